@@ -1,0 +1,98 @@
+"""The command line: thin — parse, build, call the library.
+
+``sslpoison run CONFIG.yaml [--set key=value ...] [--out DIR]``,
+``sslpoison datasets [--check NAME]``, ``sslpoison fetch NAME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sslpoison.experiment.config import load_config
+    from sslpoison.experiment.report import format_metrics
+    from sslpoison.experiment.runner import run_experiment
+
+    cfg = load_config(args.config, args.set or [])
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    results = run_experiment(cfg, out)
+    if results is not None:
+        print(format_metrics(results["metrics"]))
+        print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    from sslpoison.data.registry import dataset_status
+
+    rows = dataset_status()
+    if args.check:
+        row = next((r for r in rows if r["name"] == args.check), None)
+        if row is None:
+            raise ValueError(f"unknown dataset {args.check!r}")
+        print(f"{row['name']}: {'present at ' + str(row['where']) if row['present'] else 'absent'}")
+        return 0 if row["present"] else 1
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        state = "present" if r["present"] else "absent "
+        print(f"{r['name']:<{width}}  {state}  {r['where'] or '-'}")
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from sslpoison.data.registry import fetch
+
+    print(fetch(args.name, Path(args.dest) if args.dest else None))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sslpoison", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an experiment from a YAML config")
+    run.add_argument("config", help="experiment YAML (see configs/)")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set pretrain.train.epochs=2",
+    )
+    run.add_argument("--out", help="output folder (default runs/<name>)")
+    run.set_defaults(func=_run)
+    ds = sub.add_parser("datasets", help="list datasets, whether present, and where")
+    ds.add_argument("--check", metavar="NAME", help="exit 0 if NAME is present, else 1")
+    ds.set_defaults(func=_datasets)
+    fe = sub.add_parser("fetch", help="download a dataset (official source)")
+    fe.add_argument("name")
+    fe.add_argument("--dest", help="folder (default $SSLPOISON_DATA/NAME or ~/.cache/sslpoison)")
+    fe.set_defaults(func=_fetch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Typed, frozen configuration base: unknown keys and bad values fail naming the key."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+
+class Config(BaseModel):
+    """Base of every config object (library and YAML alike): frozen, no extra keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def check_kwargs(
+    target: Callable[..., Any],
+    kwargs: dict[str, Any],
+    where: str,
+    skip: tuple[str, ...] = ("backbone",),
+) -> dict[str, Any]:
+    """Validate ``kwargs`` against ``target``'s signature and type hints (pydantic).
+
+    Unknown names and values of the wrong type raise ``ValueError`` naming ``where.key``.
+    Returns the validated (coerced) keyword arguments.
+    """
+    model = _signature_model(target, skip)
+    try:
+        return dict(model.model_validate(kwargs).model_dump(exclude_unset=True))
+    except ValidationError as e:
+        raise ValueError(format_validation_error(e, where)) from None
+
+
+@functools.cache
+def _signature_model(target: Callable[..., Any], skip: tuple[str, ...]) -> type[BaseModel]:
+    hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    fields: dict[str, Any] = {}
+    for name, p in inspect.signature(target).parameters.items():
+        if name in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        fields[name] = (hints.get(name, Any), default)
+    return create_model(
+        f"{getattr(target, '__name__', 'target')}Args",
+        __config__=ConfigDict(extra="forbid"),
+        **fields,
+    )
+
+
+def format_validation_error(error: ValidationError, where: str = "") -> str:
+    """One line per problem: ``key.path: message``."""
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(x) for x in (where, *item["loc"]) if x != "")
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(lines)

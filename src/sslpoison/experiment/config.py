@@ -1,0 +1,109 @@
+"""The experiment schema: what one `sslpoison run CONFIG.yaml` does.
+
+Every section is a frozen pydantic model with unknown keys forbidden, so a typo or a bad
+value fails at load time with the dotted key in the message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, PositiveInt, ValidationError, model_validator
+
+from sslpoison.config import Config, format_validation_error
+from sslpoison.eval.downstream import EvalConfig
+from sslpoison.ssl.pretrain import PretrainConfig
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and the problem."""
+
+
+class DataConfig(Config):
+    """The pre-training dataset (labels are never used by pre-training)."""
+
+    dataset: str = "fashion-mnist"
+    root: str | None = None
+    subset: PositiveInt | float | None = None  # images used (a count, or a share in (0, 1])
+    size: PositiveInt | None = None  # resize to size×size
+    channels: Literal[1, 3] | None = None
+
+    @model_validator(mode="after")
+    def _share(self) -> DataConfig:
+        if isinstance(self.subset, float) and not 0 < self.subset <= 1:
+            raise ValueError(f"subset: a share must lie in (0, 1], got {self.subset}")
+        return self
+
+
+class ExperimentConfig(Config):
+    """A whole experiment: data → pre-train → evaluate (attack/defense sections come later)."""
+
+    name: str = "experiment"
+    seed: int = 0
+    device: str = "auto"
+    threads: PositiveInt | None = None  # CPU threads (torch.set_num_threads); None: default
+    cache_dir: str | None = None  # stage cache; default $SSLPOISON_CACHE or ~/.cache/sslpoison
+    data: DataConfig = Field(default_factory=DataConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _method_args(self) -> ExperimentConfig:
+        self.pretrain.checked_method_args()
+        return self
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        env = os.environ.get("SSLPOISON_CACHE")
+        return Path(env).expanduser() if env else Path.home() / ".cache" / "sslpoison" / "stages"
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"a.b.c=VALUE"`` → (["a", "b", "c"], VALUE parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {item!r}: empty key")
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment (or the defaults when ``path`` is None), apply ``--set``s."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})".replace("\n", " ")) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of keys")
+    raw = apply_overrides(raw, list(overrides))
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

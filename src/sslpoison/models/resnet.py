@@ -1,0 +1,144 @@
+"""ResNet-18/34/50 backbones (He et al., CVPR 2016) for small and large images.
+
+Stems: ``"cifar"`` (3×3 conv, no max-pool, as in SimCLR/BadEncoder CIFAR code) and
+``"imagenet"`` (7×7/2 conv + 3×3/2 max-pool). ``stem_stride=2`` on the CIFAR stem halves the
+feature maps (4× fewer FLOPs), which makes 28–32 px pre-training practical on a CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DEPTHS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+}
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = _shortcut(cin, planes, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int) -> None:
+        super().__init__()
+        cout = planes * 4
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.shortcut = _shortcut(cin, cout, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
+class ResNet(nn.Module):
+    """A ResNet trunk that maps images in [0, 1] to a pooled feature vector.
+
+    Input normalisation (``mean``/``std`` per channel) is part of the model, so every user
+    (probe, trigger, attack) feeds plain [0, 1] pixels.
+
+    Args:
+        depth: 18, 34 or 50.
+        width: channel multiplier (1.0 = 64-128-256-512 base planes).
+        in_channels: 1 for grayscale, 3 for RGB.
+        stem: ``"cifar"`` or ``"imagenet"``.
+        stem_stride: stride of the CIFAR stem's conv (1 or 2).
+        mean, std: per-channel normalisation applied to the [0, 1] input.
+
+    Shapes: ``forward``: B×C×H×W float in [0, 1] → B×``feature_dim``.
+    """
+
+    def __init__(
+        self,
+        depth: int = 18,
+        width: float = 1.0,
+        in_channels: int = 3,
+        stem: str = "cifar",
+        stem_stride: int = 1,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if depth not in DEPTHS:
+            raise ValueError(f"resnet depth must be one of {sorted(DEPTHS)}, got {depth}")
+        if stem not in ("cifar", "imagenet"):
+            raise ValueError(f"resnet stem must be 'cifar' or 'imagenet', got {stem!r}")
+        if width <= 0:
+            raise ValueError(f"resnet width must be positive, got {width}")
+        kind, counts = DEPTHS[depth]
+        block = BasicBlock if kind == "basic" else Bottleneck
+        planes = [max(1, round(p * width)) for p in (64, 128, 256, 512)]
+        mean = mean if mean is not None else [0.5] * in_channels
+        std = std if std is not None else [0.25] * in_channels
+        if len(mean) != in_channels or len(std) != in_channels:
+            raise ValueError(f"mean/std need {in_channels} values, got {len(mean)}/{len(std)}")
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=True)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=True)
+        if stem == "cifar":
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, planes[0], 3, stem_stride, 1, bias=False),
+                nn.BatchNorm2d(planes[0]),
+                nn.ReLU(inplace=True),
+            )
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, planes[0], 7, 2, 3, bias=False),
+                nn.BatchNorm2d(planes[0]),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, 2, 1),
+            )
+        cin = planes[0]
+        stages = []
+        for i, (p, n) in enumerate(zip(planes, counts, strict=True)):
+            blocks = []
+            for j in range(n):
+                blocks.append(block(cin, p, 2 if (j == 0 and i > 0) else 1))
+                cin = p * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.feature_dim = cin
+        self.in_channels = in_channels
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The four stage outputs (B×C_l×H_l×W_l each) for input in [0, 1]."""
+        x = self.stem((x - self.mean) / self.std)
+        outs = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            outs.append(x)
+        return outs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.stages(x)[-1], 1), 1)

@@ -1,0 +1,133 @@
+"""Self-supervised pre-training of a backbone on an ImageSet, through the one engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from pydantic import Field, PositiveFloat, field_validator
+
+from sslpoison.config import Config, check_kwargs
+from sslpoison.data.augment import RECIPES, ViewAugment
+from sslpoison.data.imageset import ImageSet
+from sslpoison.models import BACKBONES, build_backbone
+from sslpoison.ssl import METHODS, SSLMethod
+from sslpoison.train.engine import FitResult, TensorBatches, TrainConfig, fit
+
+
+class BackboneConfig(Config):
+    """The encoder architecture (see :class:`sslpoison.models.resnet.ResNet`)."""
+
+    arch: str = "resnet18"
+    width: PositiveFloat = 1.0
+    stem: Literal["cifar", "imagenet"] = "cifar"
+    stem_stride: Literal[1, 2] = 1
+
+    @field_validator("arch")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in BACKBONES:
+            raise ValueError(f"unknown backbone {v!r}; known: {', '.join(sorted(BACKBONES))}")
+        return v
+
+
+class AugmentConfig(Config):
+    """View augmentation; ``recipe=None`` takes the method's own (SimCLR, MoCo v2, BYOL)."""
+
+    recipe: str | None = None
+    crop_scale: tuple[float, float] | None = None
+    jitter: float | None = Field(None, ge=0.0)
+    blur: bool | None = None
+
+    @field_validator("recipe")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        if v is not None and v not in RECIPES:
+            raise ValueError(f"unknown recipe {v!r}; known: {', '.join(RECIPES)}")
+        return v
+
+
+class PretrainConfig(Config):
+    """One pre-training stage: method (+ its arguments), backbone, views and training."""
+
+    method: str = "simclr"
+    method_args: dict[str, Any] = Field(default_factory=dict)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown SSL method {v!r}; known: {', '.join(sorted(METHODS))}")
+        return v
+
+    def checked_method_args(self, where: str = "pretrain.method_args") -> dict[str, Any]:
+        return check_kwargs(METHODS[self.method], self.method_args, where)
+
+
+class PretrainTask(nn.Module):
+    """Engine task: uint8 batch → views (on device) → the method's loss."""
+
+    def __init__(self, method: SSLMethod, augment: ViewAugment) -> None:
+        super().__init__()
+        self.method = method
+        self.augment = augment
+        self.momentum = method.momentum
+
+    def forward(self, images: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
+        return self.method(self.augment(images))
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return self.method.momentum_pairs()
+
+
+def build_encoder(cfg: BackboneConfig, channels: int) -> nn.Module:
+    return build_backbone(
+        cfg.arch, width=cfg.width, in_channels=channels, stem=cfg.stem, stem_stride=cfg.stem_stride
+    )
+
+
+def pretrain(
+    data: ImageSet,
+    cfg: PretrainConfig,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    checkpoint_dir: str | Path | None = None,
+) -> tuple[nn.Module, FitResult]:
+    """Pre-train a fresh backbone on ``data`` (labels unused) with ``cfg.method``.
+
+    Returns the trained backbone (on ``device``) and the engine's result. Resumes from
+    ``checkpoint_dir`` when a checkpoint is there.
+    """
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    backbone = build_encoder(cfg.backbone, data.channels)
+    method = METHODS[cfg.method](backbone, **cfg.checked_method_args())
+    aug = cfg.augment
+    views = ViewAugment(
+        aug.recipe or method.augmentation,
+        data.image_size,
+        data.channels,
+        crop_scale=aug.crop_scale,
+        jitter=aug.jitter,
+        blur=aug.blur,
+    )
+    task = PretrainTask(method, views).to(device)
+    data = data.to(device)
+    batches = TensorBatches(
+        data.images, batch_size=cfg.train.batch_size, drop_last=cfg.train.drop_last, seed=seed
+    )
+    result = fit(
+        task,
+        batches,
+        cfg.train,
+        seed=seed,
+        checkpoint_dir=checkpoint_dir,
+        desc=f"pretrain {cfg.method}",
+    )
+    return backbone, result

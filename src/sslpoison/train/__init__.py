@@ -1,0 +1,1 @@
+"""The one training engine used by every method, attack, defense and probe."""

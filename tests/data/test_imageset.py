@@ -1,0 +1,106 @@
+"""ImageSet: construction checks and the sets made from one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sslpoison.data.imageset import ImageSet
+
+
+def make(n: int = 40, classes: int = 4, channels: int = 1, size: int = 8, name: str = "t"):
+    """Image i is flat with value i % 256, except pixel (0, 1), which holds i // 256."""
+    i = torch.arange(n)
+    images = (i % 256).to(torch.uint8).view(n, 1, 1, 1).repeat(1, channels, size, size)
+    images[:, :, 0, 1] = (i // 256).to(torch.uint8).view(n, 1)
+    labels = i % classes
+    return ImageSet(images, labels, [f"c{i}" for i in range(classes)], name=name)
+
+
+def ids(s: ImageSet) -> list[int]:
+    return (s.images[:, 0, 0, 0].long() + 256 * s.images[:, 0, 0, 1].long()).tolist()
+
+
+def test_facts_and_repr() -> None:
+    s = make()
+    assert len(s) == 40 and s.num_classes == 4 and s.channels == 1 and s.image_size == 8
+    assert s.labels.dtype == torch.int64
+    assert "40×1×8×8" in repr(s) and "4 classes" in repr(s)
+
+
+def test_subset_keeps_order_and_repeats() -> None:
+    s = make()
+    sub = s.subset([5, 1, 5])
+    assert ids(sub) == [5, 1, 5] and sub.labels.tolist() == [1, 1, 1]
+    assert sub.classes == s.classes and sub.name == s.name
+    mask = s.labels == 2
+    assert ids(s.where(mask)) == list(range(2, 40, 4))
+
+
+def test_split_sizes_and_disjointness() -> None:
+    s = make()
+    a, b = s.split(0.25, seed=1)
+    assert len(a) == 10 and len(b) == 30
+    assert set(ids(a)).isdisjoint(ids(b)) and set(ids(a)) | set(ids(b)) == set(range(40))
+    c, d = s.split(7, seed=1)
+    assert len(c) == 7 and len(d) == 33
+    assert ids(s.split(0.25, seed=1)[0]) == ids(a)  # seeded
+    with pytest.raises(ValueError, match="cannot split"):
+        s.split(41)
+
+
+def test_take_is_class_balanced() -> None:
+    s = make(n=400, classes=4)
+    t = s.take(40, seed=0)
+    assert len(t) == 40 and torch.bincount(t.labels).tolist() == [10] * 4
+    assert len(set(ids(t))) == 40
+    assert len(s.take(0.5)) == 200
+    assert s.take(1000) is s
+    with pytest.raises(ValueError):
+        s.take(0)
+
+
+def test_concat() -> None:
+    a, b = make(n=4), make(n=6)
+    c = ImageSet.concat([a, b], name="both")
+    assert len(c) == 10 and c.name == "both" and ids(c) == [0, 1, 2, 3, 0, 1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="does not match"):
+        ImageSet.concat([a, make(n=4, size=6)])
+    with pytest.raises(ValueError, match="does not match"):
+        ImageSet.concat([a, make(n=4, classes=3)])
+    with pytest.raises(ValueError, match="at least one"):
+        ImageSet.concat([])
+
+
+def test_resized_channels_and_size() -> None:
+    s = make(n=3)
+    rgb = s.resized(channels=3)
+    assert rgb.images.shape == (3, 3, 8, 8) and torch.equal(rgb.images[:, 2], s.images[:, 0])
+    big = s.resized(size=16)
+    assert big.images.shape == (3, 1, 16, 16) and big.images.dtype == torch.uint8
+    assert big.images[:, 0, 8, 8].tolist() == [0, 1, 2]
+    gray = rgb.resized(channels=1)
+    assert torch.equal(gray.images, s.images)
+    with pytest.raises(ValueError, match="cannot convert"):
+        rgb.resized(channels=2)
+
+
+def test_validation_errors() -> None:
+    imgs = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="uint8"):
+        ImageSet(imgs.float(), torch.zeros(2), ["a"])
+    with pytest.raises(ValueError, match="uint8"):
+        ImageSet(imgs[0], torch.zeros(2), ["a"])
+    with pytest.raises(ValueError, match="labels must have shape"):
+        ImageSet(imgs, torch.zeros(3), ["a"])
+    with pytest.raises(ValueError, match="labels must lie"):
+        ImageSet(imgs, torch.tensor([0, 1]), ["a"])
+    with pytest.raises(ValueError, match="captions"):
+        ImageSet(imgs, torch.zeros(2), ["a"], captions=["x"])
+
+
+def test_float_images() -> None:
+    s = make(n=3)
+    f = s.float_images(torch.tensor([2]))
+    assert f.dtype == torch.float32 and f.shape == (1, 1, 8, 8)
+    assert torch.equal(f * 255, s.images[2:3].float())

@@ -1,0 +1,119 @@
+"""`sslpoison run` end to end on tiny synthetic data, the stage cache, and config errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from sslpoison.cli import main
+from sslpoison.experiment.config import ConfigError, load_config
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"dataset": "synthetic"},
+    "pretrain": {
+        "method": "simclr",
+        "method_args": {"temperature": 0.2},
+        "backbone": {"width": 0.125},
+        "augment": {"crop_scale": [0.5, 1.0]},
+        "train": {
+            "epochs": 4,
+            "batch_size": 64,
+            "progress": False,
+            "optimizer": {"name": "sgd", "lr": 0.1, "weight_decay": 1e-4},
+        },
+    },
+    "eval": {
+        "datasets": ["synthetic"],
+        "labelled": 256,
+        "probes": ["linear", "knn"],
+        "knn": {"k": 20},
+        "probe": {"epochs": 20},
+    },
+}
+
+
+def write(tmp_path, cfg: dict) -> str:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_run_writes_results_and_reuses_the_cached_encoder(tmp_path, capsys):
+    cfg = write(tmp_path, TINY)
+    assert main(["run", cfg, "--out", str(tmp_path / "a")]) == 0
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert set(results) == {"metrics", "config", "timings", "artifacts"}
+    m = results["metrics"]
+    for key in ("linear_acc", "knn_acc", "linear_acc_random_init", "linear_acc_pixels"):
+        assert 0.0 <= m[f"synthetic/{key}"] <= 1.0
+    # The synthetic classes are easy: a trained encoder separates them well.
+    assert m["synthetic/linear_acc"] >= 0.8
+    assert m["synthetic/linear_acc"] >= m["synthetic/linear_acc_random_init"] + 0.1
+    assert results["timings"]["pretrain_cached"] is False
+    assert (tmp_path / "a" / "encoder.safetensors").exists()
+    assert results["config"]["pretrain"]["train"]["epochs"] == 4
+
+    assert main(["run", cfg, "--out", str(tmp_path / "b")]) == 0
+    again = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert again["timings"]["pretrain_cached"] is True
+    assert again["timings"]["pretrain"] < results["timings"]["pretrain"]
+    assert again["metrics"] == results["metrics"]  # same encoder, same seeds, same numbers
+    assert "synthetic/linear_acc" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("bogus=1", "bogus: unknown key"),
+        ("pretrain.train.epochs=-3", "pretrain.train.epochs"),
+        ("pretrain.method_args.temprature=0.1", "pretrain.method_args.temprature: unknown key"),
+        ("pretrain.method=swav", "unknown SSL method 'swav'"),
+        ("data.dataset=cifar10", "data.dataset: dataset 'cifar10' not found"),
+        ("eval.datasets=[svhn]", "eval.datasets.0: dataset 'svhn' not found"),
+    ],
+)
+def test_a_broken_config_fails_in_one_line_and_writes_nothing(
+    tmp_path, capsys, monkeypatch, override, message
+):
+    monkeypatch.setenv("SSLPOISON_DATA", str(tmp_path / "no-data"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    code = main(["run", write(tmp_path, TINY), "--set", override, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (out / "results.json").exists()
+
+
+def test_overrides_are_parsed_as_yaml_and_missing_files_named(tmp_path):
+    cfg = load_config(write(tmp_path, TINY), ["pretrain.train.batch_size=32", "eval.probes=[mlp]"])
+    assert cfg.pretrain.train.batch_size == 32 and cfg.eval.probes == ["mlp"]
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [1,")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_every_preset_loads():
+    from pathlib import Path
+
+    presets = sorted(Path(__file__).parents[2].joinpath("configs").glob("*.yaml"))
+    assert presets
+    for preset in presets:
+        load_config(preset)
+
+
+def test_datasets_command_lists_every_dataset(capsys):
+    from sslpoison.data.registry import DATASETS
+
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for name in DATASETS:
+        assert name in out
+    assert main(["datasets", "--check", "synthetic"]) == 0
