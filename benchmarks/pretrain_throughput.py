@@ -2,9 +2,10 @@
 
 For each method: images/s of full engine steps (augmentation, forward, backward, optimizer,
 EMA) on random uint8 images, the FLOPs of one step counted by torch's FlopCounterMode, and
-the achieved FLOP/s as a share of a dense fp32 matmul's FLOP/s measured in the same run.
+the achieved FLOP/s as a share of a dense matmul's FLOP/s (same dtype) measured in the same run.
 
-    python benchmarks/pretrain_throughput.py                 # the CPU preset's shape
+    python benchmarks/pretrain_throughput.py                 # the CPU presets' shape, fp32
+    python benchmarks/pretrain_throughput.py --bf16 --channels-last   # as the presets train
     python benchmarks/pretrain_throughput.py --size 32 --channels 3 --width 1 --stem-stride 1 \
         --batch 256 --device cuda                            # the paper's CIFAR shape
 """
@@ -29,9 +30,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_flops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of an n×n fp32 matmul (2n³ FLOPs each)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_flops(
+    device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 10
+) -> float:
+    """FLOP/s of an n×n matmul in ``dtype`` (2n³ FLOPs each)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     sync(device)
     t0 = time.perf_counter()
@@ -73,15 +77,19 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (amp / amp_cpu)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC convolutions")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    peak = matmul_flops(device)
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    peak = matmul_flops(device, dtype)
     print(
-        f"device {device}, threads {torch.get_num_threads()}, dense fp32 matmul "
+        f"device {device}, threads {torch.get_num_threads()}, dense {str(dtype)[6:]} matmul "
         f"{peak / 1e9:.1f} GFLOP/s; images {args.channels}×{args.size}², batch {args.batch}, "
         f"{args.arch} width {args.width}, stem stride {args.stem_stride}"
+        f"{', channels-last' if args.channels_last else ''}"
     )
     print(f"{'method':<8} {'images/s':>9} {'GFLOP/step':>11} {'GFLOP/s':>8} {'% of matmul':>12}")
     g = torch.Generator().manual_seed(0)

@@ -1,7 +1,14 @@
 """Probes trained on frozen (cached) features: linear and 2-layer MLP classifiers.
 
-Features are standardised with the training set's mean and std; the probe is trained by the
-one engine (:func:`sslpoison.train.engine.fit`) with Adam and a cosine schedule.
+Features are standardised with the training set's mean and std.
+
+* ``linear``: multinomial logistic regression solved to convergence (full-batch L-BFGS),
+  its L2 strength chosen from ``l2_grid`` on a held-out share of the labelled set, then refit
+  on all of it. A converged convex solve makes the comparison between feature sets (encoder,
+  random init, raw pixels) depend on the features, not on how far SGD got; a mini-batch
+  Adam probe under-fitted 128-d SSL features by 2–3 points here.
+* ``mlp``: Linear → ReLU → Linear, trained by the one engine (:func:`sslpoison.train.fit`)
+  with AdamW and a cosine schedule (the BadEncoder downstream classifier).
 """
 
 from __future__ import annotations
@@ -20,10 +27,19 @@ from sslpoison.train.optim import OptimConfig
 
 
 class ProbeConfig(Config):
-    """How probes are trained (shared by linear and MLP probes)."""
+    """How probes are trained.
 
+    Linear: ``l2_grid`` (penalty λ·‖W‖² added to the mean cross-entropy), ``val_share`` of the
+    labelled set held out to choose λ, ``max_iter`` L-BFGS iterations. MLP: the rest.
+    """
+
+    l2_grid: list[NonNegativeFloat] = Field(
+        default_factory=lambda: [1e-2, 1e-3, 1e-4, 1e-5], min_length=1
+    )
+    val_share: float = Field(0.2, gt=0.0, lt=1.0)
+    max_iter: PositiveInt = 300
     epochs: PositiveInt = 30
-    min_steps: PositiveInt = 500  # small labelled sets train for more epochs
+    min_steps: PositiveInt = 500  # small labelled sets train the MLP for more epochs
     batch_size: PositiveInt = 256
     lr: PositiveFloat = 3e-3
     weight_decay: NonNegativeFloat = 1e-4
@@ -49,6 +65,73 @@ class Probe(nn.Module):
         return torch.cat([self(f).argmax(1) for f in features.split(batch_size)])
 
 
+def standardiser(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std (clamped away from 0) of N×D features."""
+    return features.mean(0), features.std(0).clamp_min(1e-6)
+
+
+def fit_logistic(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    l2: float,
+    max_iter: int = 300,
+    init: nn.Linear | None = None,
+) -> nn.Linear:
+    """Multinomial logistic regression on (already standardised) N×D ``x`` by L-BFGS.
+
+    Minimises mean cross-entropy + ``l2``·‖W‖² (bias not penalised). ``init`` warm-starts.
+    """
+    head = nn.Linear(x.shape[1], num_classes).to(x.device, x.dtype)
+    with torch.no_grad():
+        if init is not None:
+            head.load_state_dict(init.state_dict())
+        else:
+            head.weight.zero_()
+            head.bias.zero_()
+    opt = torch.optim.LBFGS(
+        head.parameters(),
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(head(x), y) + l2 * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return head
+
+
+def _linear_probe(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeConfig, seed: int
+) -> Probe:
+    mean, std = standardiser(features)
+    x = (features - mean) / std
+    l2 = cfg.l2_grid[0]
+    if len(cfg.l2_grid) > 1:
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(x.shape[0], generator=g).to(x.device)
+        n_val = max(1, int(cfg.val_share * x.shape[0]))
+        val, fit_idx = perm[:n_val], perm[n_val:]
+        best, head = -1.0, None
+        for lam in cfg.l2_grid:  # strong → weak penalty, each warm-started from the last
+            head = fit_logistic(
+                x[fit_idx], labels[fit_idx], num_classes, lam, cfg.max_iter, init=head
+            )
+            with torch.no_grad():
+                acc = (head(x[val]).argmax(1) == labels[val]).float().mean().item()
+            if acc > best:
+                best, l2 = acc, lam
+    return Probe(mean, std, fit_logistic(x, labels, num_classes, l2, cfg.max_iter)).eval()
+
+
 class _ProbeTask(nn.Module):
     def __init__(self, probe: Probe) -> None:
         super().__init__()
@@ -58,34 +141,17 @@ class _ProbeTask(nn.Module):
         return F.cross_entropy(self.probe(features), labels)
 
 
-def train_probe(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    num_classes: int,
-    kind: Literal["linear", "mlp"] = "linear",
-    cfg: ProbeConfig | None = None,
-    seed: int = 0,
+def _mlp_probe(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeConfig, seed: int
 ) -> Probe:
-    """Fit a probe on N×D features with int64 labels (N); returns it in eval mode."""
-    cfg = cfg or ProbeConfig()
-    if features.shape[0] != labels.shape[0]:
-        raise ValueError(f"probe: {features.shape[0]} feature rows for {labels.shape[0]} labels")
-    features = features.float()
-    mean = features.mean(0)
-    std = features.std(0).clamp_min(1e-6)
-    d = features.shape[1]
+    mean, std = standardiser(features)
     torch.manual_seed(seed)
-    if kind == "linear":
-        head: nn.Module = nn.Linear(d, num_classes)
-    elif kind == "mlp":
-        head = nn.Sequential(
-            nn.Linear(d, cfg.hidden),
-            nn.ReLU(inplace=True),
-            nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.hidden, num_classes),
-        )
-    else:
-        raise ValueError(f"unknown probe kind {kind!r}; use 'linear' or 'mlp'")
+    head = nn.Sequential(
+        nn.Linear(features.shape[1], cfg.hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(cfg.dropout),
+        nn.Linear(cfg.hidden, num_classes),
+    )
     probe = Probe(mean, std, head).to(features.device)
     batch = min(cfg.batch_size, features.shape[0])
     steps_per_epoch = features.shape[0] // batch
@@ -102,6 +168,24 @@ def train_probe(
         TensorBatches(features, labels, batch_size=batch, seed=seed),
         train_cfg,
         seed=seed,
-        desc=f"{kind} probe",
+        desc="mlp probe",
     )
     return probe.eval()
+
+
+def train_probe(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    kind: Literal["linear", "mlp"] = "linear",
+    cfg: ProbeConfig | None = None,
+    seed: int = 0,
+) -> Probe:
+    """Fit a probe on N×D features with int64 labels (N); returns it in eval mode."""
+    cfg = cfg or ProbeConfig()
+    if features.shape[0] != labels.shape[0]:
+        raise ValueError(f"probe: {features.shape[0]} feature rows for {labels.shape[0]} labels")
+    if kind not in ("linear", "mlp"):
+        raise ValueError(f"unknown probe kind {kind!r}; use 'linear' or 'mlp'")
+    build = _linear_probe if kind == "linear" else _mlp_probe
+    return build(features.float(), labels, num_classes, cfg, seed)

@@ -44,13 +44,17 @@ class TrainConfig(Config):
     """How to train (independent of what is trained).
 
     ``batch_size`` is the global batch (split across DDP ranks); ``checkpoint_every`` is in
-    epochs (0: only at the end).
+    epochs (0: only at the end). ``amp``: bf16 autocast on CUDA; ``amp_cpu``: also on CPU
+    (fast on CPUs with AVX512-BF16 or AMX). ``channels_last``: NHWC convolutions (faster on
+    CPU and tensor cores).
     """
 
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 256
     optimizer: OptimConfig = Field(default_factory=OptimConfig)
     amp: bool = True
+    amp_cpu: bool = False
+    channels_last: bool = False
     grad_clip: PositiveFloat | None = None
     checkpoint_every: NonNegativeInt = 1
     drop_last: bool = True
@@ -160,6 +164,8 @@ def fit(
     Returns: per-epoch losses and throughput. ``task`` holds the trained weights.
     """
     device = next(task.parameters()).device
+    if cfg.channels_last:
+        task.to(memory_format=torch.channels_last)
     opt = build_optimizer(task, cfg.optimizer)
     model: nn.Module = task
     if dist.is_distributed():
@@ -172,7 +178,7 @@ def fit(
     warmup = round(cfg.optimizer.warmup_epochs * steps_per_epoch)
     pairs = task.momentum_pairs() if hasattr(task, "momentum_pairs") else []
     momentum = getattr(task, "momentum", None)
-    amp = cfg.amp and device.type == "cuda"
+    amp = (cfg.amp and device.type == "cuda") or (cfg.amp_cpu and device.type == "cpu")
     result = FitResult()
     start_epoch = 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -207,7 +213,7 @@ def fit(
             step = epoch * steps_per_epoch + i
             for g in opt.param_groups:
                 g["lr"] = cfg.optimizer.lr * lr_factor(step, total, warmup, cfg.optimizer)
-            ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
+            ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
             with ctx:
                 loss = model(*batch)
             if not torch.isfinite(loss):
