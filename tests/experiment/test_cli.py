@@ -47,20 +47,20 @@ def test_run_writes_results_and_reuses_the_cached_encoder(tmp_path, capsys):
     cfg = write(tmp_path, TINY)
     assert main(["run", cfg, "--out", str(tmp_path / "a")]) == 0
     results = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert set(results) == {"metrics", "config", "timings", "artifacts"}
+    assert set(results) == {"metrics", "config", "timings", "artifacts", "stages"}
     m = results["metrics"]
     for key in ("linear_acc", "knn_acc", "linear_acc_random_init", "linear_acc_pixels"):
         assert 0.0 <= m[f"synthetic/{key}"] <= 1.0
     # The synthetic classes are easy: a trained encoder separates them well.
     assert m["synthetic/linear_acc"] >= 0.8
     assert m["synthetic/linear_acc"] >= m["synthetic/linear_acc_random_init"] + 0.1
-    assert results["timings"]["pretrain_cached"] is False
+    assert results["stages"]["pretrain"]["cached"] is False
     assert (tmp_path / "a" / "encoder.safetensors").exists()
     assert results["config"]["pretrain"]["train"]["epochs"] == 4
 
     assert main(["run", cfg, "--out", str(tmp_path / "b")]) == 0
     again = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert again["timings"]["pretrain_cached"] is True
+    assert again["stages"]["pretrain"]["cached"] is True
     assert again["timings"]["pretrain"] < results["timings"]["pretrain"]
     assert again["metrics"] == results["metrics"]  # same encoder, same seeds, same numbers
     assert "synthetic/linear_acc" in capsys.readouterr().out
@@ -117,3 +117,31 @@ def test_datasets_command_lists_every_dataset(capsys):
     for name in DATASETS:
         assert name in out
     assert main(["datasets", "--check", "synthetic"]) == 0
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_to_the_same_encoder(tmp_path, monkeypatch):
+    import sslpoison.ssl.pretrain as pretrain_module
+    from sslpoison.train.engine import fit as real_fit
+
+    cfg = write(tmp_path, TINY)
+    monkeypatch.setenv("SSLPOISON_CACHE", str(tmp_path / "straight-cache"))
+    assert main(["run", cfg, "--out", str(tmp_path / "straight")]) == 0
+    straight = json.loads((tmp_path / "straight" / "results.json").read_text())
+
+    def interrupt_after_2(epoch: int, _loss: float) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    def fit_interrupted(*args, **kwargs):
+        return real_fit(*args, **kwargs, on_epoch_end=[interrupt_after_2])
+
+    monkeypatch.setenv("SSLPOISON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pretrain_module, "fit", fit_interrupted)
+    assert main(["run", cfg, "--out", str(tmp_path / "resumed")]) == 130
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    monkeypatch.setattr(pretrain_module, "fit", real_fit)
+    assert main(["run", cfg, "--out", str(tmp_path / "resumed")]) == 0
+    resumed = json.loads((tmp_path / "resumed" / "results.json").read_text())
+    assert resumed["stages"]["pretrain"]["resumed_from_epoch"] == 2
+    assert resumed["metrics"] == straight["metrics"]

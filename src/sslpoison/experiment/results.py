@@ -1,4 +1,8 @@
-"""``results.json``: ``{"metrics", "config", "timings", "artifacts"}``, written atomically."""
+"""``results.json``, written atomically.
+
+``{"metrics": {key: number}, "config": the full config, "timings": {stage: seconds},
+"artifacts": {name: path}, "stages": {stage: what it did (cache hit, resumed epoch, losses)}}``.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ def write_results(
     config: dict[str, Any],
     timings: dict[str, float],
     artifacts: dict[str, str],
+    stages: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``out_dir/results.json``; metric values must be finite numbers."""
     for key, value in metrics.items():
@@ -29,6 +34,7 @@ def write_results(
             "config": config,
             "timings": timings,
             "artifacts": artifacts,
+            "stages": stages or {},
         },
     )
     return path

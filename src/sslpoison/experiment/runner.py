@@ -142,15 +142,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]
         "stage_cache": str(cache.path("pretrain", record["key"])),
     }
     config = cfg.model_dump(mode="json")
-    info = {
-        "pretrain_cached": cached,
-        "pretrain_losses": record["losses"],
-        "pretrain_images_per_s": record["images_per_s"],
-    }
-    write_results(out, metrics, config, {**timings, **info}, artifacts)
+    stages = {"pretrain": {**record, "cached": cached}}
+    write_results(out, metrics, config, timings, artifacts, stages)
     return {
         "metrics": metrics,
         "config": config,
-        "timings": {**timings, **info},
+        "timings": timings,
         "artifacts": artifacts,
+        "stages": stages,
     }
