@@ -106,6 +106,9 @@ def main() -> None:
             progress=False,
             checkpoint_every=0,
             optimizer=OptimConfig(name="sgd", lr=0.01),
+            amp=args.bf16,
+            amp_cpu=args.bf16,
+            channels_last=args.channels_last,
         )
         # one warm-up epoch of one step, then the timed epoch
         fit(task, TensorBatches(images[: args.batch], batch_size=args.batch), cfg)

@@ -63,6 +63,23 @@ def test_run_writes_results_and_reuses_the_cached_encoder(tmp_path, capsys):
     assert again["stages"]["pretrain"]["cached"] is True
     assert again["timings"]["pretrain"] < results["timings"]["pretrain"]
     assert again["metrics"] == results["metrics"]  # same encoder, same seeds, same numbers
+    # Settings that cannot change the weights do not invalidate the cache ...
+    assert (
+        main(
+            ["run", cfg, "--out", str(tmp_path / "c"), "--set", "pretrain.train.checkpoint_every=2"]
+        )
+        == 0
+    )
+    assert (
+        json.loads((tmp_path / "c" / "results.json").read_text())["stages"]["pretrain"]["cached"]
+        is True
+    )
+    # ... and ones that can, do.
+    assert main(["run", cfg, "--out", str(tmp_path / "d"), "--set", "seed=1"]) == 0
+    assert (
+        json.loads((tmp_path / "d" / "results.json").read_text())["stages"]["pretrain"]["cached"]
+        is False
+    )
     assert "synthetic/linear_acc" in capsys.readouterr().out
 
 
@@ -75,6 +92,7 @@ def test_run_writes_results_and_reuses_the_cached_encoder(tmp_path, capsys):
         ("pretrain.method=swav", "unknown SSL method 'swav'"),
         ("data.dataset=cifar10", "data.dataset: dataset 'cifar10' not found"),
         ("eval.datasets=[svhn]", "eval.datasets.0: dataset 'svhn' not found"),
+        ("eval.labelled=1.5", "eval.labelled: a share must lie in (0, 1]"),
     ],
 )
 def test_a_broken_config_fails_in_one_line_and_writes_nothing(

@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 
 from sslpoison.config import Config
 from sslpoison.data.imageset import ImageSet
@@ -52,6 +52,13 @@ class EvalConfig(Config):
     )
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     knn: KNNConfig = Field(default_factory=KNNConfig)
+
+    @field_validator("labelled")
+    @classmethod
+    def _share(cls, v: int | float) -> int | float:
+        if isinstance(v, float) and not 0 < v <= 1:
+            raise ValueError(f"a share must lie in (0, 1], got {v}")
+        return v
 
 
 def load_downstream(

@@ -61,9 +61,11 @@ def pretrain_stage(
 
     Returns (encoder, the stage's record, whether it came from the cache).
     """
+    # Settings that cannot change the trained weights stay out of the key.
+    same_result = {"train": {"progress", "checkpoint_every"}}
     key = cache.key(
         "pretrain",
-        pretrain=cfg.pretrain.model_dump(mode="json"),
+        pretrain=cfg.pretrain.model_dump(mode="json", exclude=same_result),
         data=tensor_hash(data.images),
         seed=cfg.seed,
     )
