@@ -6,9 +6,26 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    PositiveInt,
+    ValidationError,
+    create_model,
+)
+
+
+def _count_or_share(value: int | float) -> int | float:
+    if isinstance(value, float) and not 0 < value <= 1:
+        raise ValueError(f"a share must lie in (0, 1], got {value}")
+    return value
+
+
+#: A number of items (an int ≥ 1) or a share of them (a float in (0, 1]).
+CountOrShare = Annotated[PositiveInt | float, AfterValidator(_count_or_share)]
 
 
 class Config(BaseModel):

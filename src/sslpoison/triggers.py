@@ -16,9 +16,9 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import Field, PositiveFloat, model_validator
+from pydantic import Field, model_validator
 
-from sslpoison.config import Config
+from sslpoison.config import Config, CountOrShare
 
 
 class TriggerConfig(Config):
@@ -30,7 +30,7 @@ class TriggerConfig(Config):
     """
 
     kind: Literal["solid", "noise", "image"] = "solid"
-    size: int | PositiveFloat = 5
+    size: CountOrShare = 5
     color: list[float] = Field(default_factory=lambda: [1.0])  # per channel, in [0, 1]
     image: str | None = None  # a file, for kind "image"
     seed: int = 0  # the noise pattern's seed
@@ -40,10 +40,6 @@ class TriggerConfig(Config):
 
     @model_validator(mode="after")
     def _check(self) -> TriggerConfig:
-        if isinstance(self.size, float) and self.size > 1:
-            raise ValueError(f"size: a share of the side must lie in (0, 1], got {self.size}")
-        if isinstance(self.size, int) and self.size < 1:
-            raise ValueError(f"size: must be at least 1 pixel, got {self.size}")
         lo, hi = self.box
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError(f"box: need 0 <= lo < hi <= 1, got {self.box}")
@@ -113,7 +109,7 @@ class PatchTrigger:
 
     def mask(self, corners: torch.Tensor) -> torch.Tensor:
         """Boolean B×H×W masks of the patch pixels for the given corners."""
-        idx = torch.arange(self.image_size)
+        idx = torch.arange(self.image_size, device=corners.device)
         rows = (idx >= corners[:, :1]) & (idx < corners[:, :1] + self.side)  # B×H
         cols = (idx >= corners[:, 1:]) & (idx < corners[:, 1:] + self.side)  # B×W
         return rows[:, :, None] & cols[:, None, :]

@@ -12,9 +12,9 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt
 
-from sslpoison.config import Config
+from sslpoison.config import Config, CountOrShare
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.registry import load_dataset
 from sslpoison.eval.features import FeatureCache
@@ -44,7 +44,7 @@ class EvalConfig(Config):
     """
 
     datasets: list[str] = Field(default_factory=lambda: ["fashion-mnist"], min_length=1)
-    labelled: PositiveInt | float = 10000
+    labelled: CountOrShare = 10000
     test_subset: PositiveInt | None = None
     probes: list[ProbeKind] = Field(default_factory=lambda: ["linear", "knn"], min_length=1)
     baselines: list[Literal["random_init", "pixels"]] = Field(
@@ -52,13 +52,6 @@ class EvalConfig(Config):
     )
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     knn: KNNConfig = Field(default_factory=KNNConfig)
-
-    @field_validator("labelled")
-    @classmethod
-    def _share(cls, v: int | float) -> int | float:
-        if isinstance(v, float) and not 0 < v <= 1:
-            raise ValueError(f"a share must lie in (0, 1], got {v}")
-        return v
 
 
 def load_downstream(

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PositiveInt, ValidationError, model_validator
 
-from sslpoison.config import Config, format_validation_error
+from sslpoison.config import Config, CountOrShare, format_validation_error
 from sslpoison.eval.downstream import EvalConfig
 from sslpoison.ssl.pretrain import PretrainConfig
 
@@ -27,15 +27,9 @@ class DataConfig(Config):
 
     dataset: str = "fashion-mnist"
     root: str | None = None
-    subset: PositiveInt | float | None = None  # images used (a count, or a share in (0, 1])
+    subset: CountOrShare | None = None  # pre-training images used
     size: PositiveInt | None = None  # resize to size×size
     channels: Literal[1, 3] | None = None
-
-    @model_validator(mode="after")
-    def _share(self) -> DataConfig:
-        if isinstance(self.subset, float) and not 0 < self.subset <= 1:
-            raise ValueError(f"subset: a share must lie in (0, 1], got {self.subset}")
-        return self
 
 
 class ExperimentConfig(Config):
