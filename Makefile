@@ -22,7 +22,7 @@ data: $(STAMP)
 	bash scripts/get-data.sh $(PY)
 
 demo: data
-	$(VENV)/bin/sslpoison run configs/cpu-simclr-fmnist.yaml --out runs/demo-simclr
+	$(VENV)/bin/sslpoison run configs/cpu-badencoder-fmnist.yaml --out runs/demo-badencoder
 
 test: data
 	$(PY) -m pytest -q

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import yaml
 
 from sslpoison.data.synthetic import synthetic
 
@@ -19,3 +22,48 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 def tiny_set():
     """A 64-image, 4-class, 16×16 grayscale synthetic set."""
     return synthetic(n=64, num_classes=4, size=16, channels=1, seed=0)
+
+
+#: A whole experiment that pre-trains and evaluates in seconds on the synthetic set.
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"dataset": "synthetic"},
+    "pretrain": {
+        "method": "simclr",
+        "method_args": {"temperature": 0.2},
+        "backbone": {"width": 0.125},
+        "augment": {"crop_scale": [0.5, 1.0]},
+        "train": {
+            "epochs": 4,
+            "batch_size": 64,
+            "progress": False,
+            "optimizer": {"name": "sgd", "lr": 0.1, "weight_decay": 1e-4},
+        },
+    },
+    "eval": {
+        "datasets": ["synthetic"],
+        "labelled": 256,
+        "probes": ["linear", "knn"],
+        "knn": {"k": 20},
+        "probe": {"epochs": 20},
+    },
+}
+
+
+@pytest.fixture
+def tiny_experiment() -> dict:
+    """A fresh copy of :data:`TINY` to modify."""
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """``write_config(cfg) -> path``: ``cfg`` written as ``tmp_path/cfg.yaml``."""
+
+    def write(cfg: dict) -> str:
+        path = tmp_path / "cfg.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return str(path)
+
+    return write

@@ -15,15 +15,19 @@ from pathlib import Path
 
 def _run(args: argparse.Namespace) -> int:
     from sslpoison.experiment.config import load_config
-    from sslpoison.experiment.report import format_metrics
+    from sslpoison.experiment.report import format_backdoor_table, format_metrics
     from sslpoison.experiment.runner import run_experiment
 
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     results = run_experiment(cfg, out)
     if results is not None:
-        print(format_metrics(results["metrics"]))
+        table = format_backdoor_table(results["metrics"])
+        print(table if table is not None else format_metrics(results["metrics"]))
         print(f"results: {out / 'results.json'}")
+        for name, path in results["artifacts"].items():
+            if name.startswith("trigger:"):
+                print(f"trigger {name.removeprefix('trigger:')}: {path}")
     return 0
 
 

@@ -5,46 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
 from sslpoison.cli import main
 from sslpoison.experiment.config import ConfigError, load_config
 
-TINY = {
-    "name": "tiny",
-    "seed": 0,
-    "data": {"dataset": "synthetic"},
-    "pretrain": {
-        "method": "simclr",
-        "method_args": {"temperature": 0.2},
-        "backbone": {"width": 0.125},
-        "augment": {"crop_scale": [0.5, 1.0]},
-        "train": {
-            "epochs": 4,
-            "batch_size": 64,
-            "progress": False,
-            "optimizer": {"name": "sgd", "lr": 0.1, "weight_decay": 1e-4},
-        },
-    },
-    "eval": {
-        "datasets": ["synthetic"],
-        "labelled": 256,
-        "probes": ["linear", "knn"],
-        "knn": {"k": 20},
-        "probe": {"epochs": 20},
-    },
-}
-
-
-def write(tmp_path, cfg: dict) -> str:
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
-
 
 @pytest.mark.slow
-def test_run_writes_results_and_reuses_the_cached_encoder(tmp_path, capsys):
-    cfg = write(tmp_path, TINY)
+def test_run_writes_results_and_reuses_the_cached_encoder(
+    tmp_path, capsys, tiny_experiment, write_config
+):
+    cfg = write_config(tiny_experiment)
     assert main(["run", cfg, "--out", str(tmp_path / "a")]) == 0
     results = json.loads((tmp_path / "a" / "results.json").read_text())
     assert set(results) == {"metrics", "config", "timings", "artifacts", "stages"}
@@ -96,20 +66,25 @@ def test_run_writes_results_and_reuses_the_cached_encoder(tmp_path, capsys):
     ],
 )
 def test_a_broken_config_fails_in_one_line_and_writes_nothing(
-    tmp_path, capsys, monkeypatch, override, message
+    tmp_path, capsys, monkeypatch, override, message, tiny_experiment, write_config
 ):
     monkeypatch.setenv("SSLPOISON_DATA", str(tmp_path / "no-data"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     out = tmp_path / "out"
-    code = main(["run", write(tmp_path, TINY), "--set", override, "--out", str(out)])
+    code = main(["run", write_config(tiny_experiment), "--set", override, "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code != 0
     assert message in err and len(err.splitlines()) == 1, err
     assert not (out / "results.json").exists()
 
 
-def test_overrides_are_parsed_as_yaml_and_missing_files_named(tmp_path):
-    cfg = load_config(write(tmp_path, TINY), ["pretrain.train.batch_size=32", "eval.probes=[mlp]"])
+def test_overrides_are_parsed_as_yaml_and_missing_files_named(
+    tmp_path, tiny_experiment, write_config
+):
+    cfg = load_config(
+        write_config(tiny_experiment),
+        ["pretrain.train.batch_size=32", "eval.probes=[mlp]"],
+    )
     assert cfg.pretrain.train.batch_size == 32 and cfg.eval.probes == ["mlp"]
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
@@ -138,11 +113,13 @@ def test_datasets_command_lists_every_dataset(capsys):
 
 
 @pytest.mark.slow
-def test_an_interrupted_run_resumes_to_the_same_encoder(tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_to_the_same_encoder(
+    tmp_path, monkeypatch, tiny_experiment, write_config
+):
     import sslpoison.ssl.pretrain as pretrain_module
     from sslpoison.train.engine import fit as real_fit
 
-    cfg = write(tmp_path, TINY)
+    cfg = write_config(tiny_experiment)
     monkeypatch.setenv("SSLPOISON_CACHE", str(tmp_path / "straight-cache"))
     assert main(["run", cfg, "--out", str(tmp_path / "straight")]) == 0
     straight = json.loads((tmp_path / "straight" / "results.json").read_text())
@@ -163,3 +140,16 @@ def test_an_interrupted_run_resumes_to_the_same_encoder(tmp_path, monkeypatch):
     resumed = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert resumed["stages"]["pretrain"]["resumed_from_epoch"] == 2
     assert resumed["metrics"] == straight["metrics"]
+
+
+def test_backdoor_table_has_one_row_per_dataset():
+    from sslpoison.experiment.report import format_backdoor_table
+
+    table = format_backdoor_table(
+        {"a/ca": 0.9, "a/ba": 0.89, "a/asr": 0.97, "a/asr_b": 0.01, "b/ca": 0.5, "b/ba": 0.5}
+    )
+    lines = table.splitlines()
+    assert lines[0].split() == ["dataset", "CA", "BA", "ASR-B", "ASR"]
+    assert lines[2].split() == ["a", "0.9000", "0.8900", "0.0100", "0.9700"]
+    assert lines[3].split() == ["b", "0.5000", "0.5000", "-", "-"]
+    assert format_backdoor_table({"a/linear_acc": 0.8}) is None

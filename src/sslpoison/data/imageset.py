@@ -87,6 +87,10 @@ class ImageSet:
             images, labels, list(self.classes), captions, name or self.name, dict(self.meta)
         )
 
+    def with_images(self, images: torch.Tensor, name: str | None = None) -> ImageSet:
+        """The same labels and captions with other images of the same count (e.g. triggered)."""
+        return self._with(images, self.labels, self.captions, name)
+
     def subset(self, indices: torch.Tensor | Sequence[int]) -> ImageSet:
         """The images at ``indices`` (any order, repeats allowed)."""
         idx = torch.as_tensor(indices, dtype=torch.long)

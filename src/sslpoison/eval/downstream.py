@@ -8,6 +8,7 @@ test split measures them. Metric keys are flat: ``<dataset>/<probe>_acc`` for th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -72,6 +73,22 @@ def load_downstream(
     return train, test
 
 
+def train_predictor(
+    kind: ProbeKind,
+    f_train: torch.Tensor,
+    y_train: torch.Tensor,
+    num_classes: int,
+    cfg: EvalConfig,
+    seed: int = 0,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A classifier of features (N×D → N class indices) trained on the train features."""
+    if kind == "knn":
+        return lambda f: knn_predict(
+            f_train, y_train, f, num_classes, k=cfg.knn.k, temperature=cfg.knn.temperature
+        )
+    return train_probe(f_train, y_train, num_classes, kind, cfg.probe, seed=seed).predict
+
+
 def probe_accuracy(
     kind: ProbeKind,
     f_train: torch.Tensor,
@@ -83,14 +100,8 @@ def probe_accuracy(
     seed: int = 0,
 ) -> float:
     """Accuracy on the test features of one probe trained on the train features."""
-    if kind == "knn":
-        pred = knn_predict(
-            f_train, y_train, f_test, num_classes, k=cfg.knn.k, temperature=cfg.knn.temperature
-        )
-    else:
-        probe = train_probe(f_train, y_train, num_classes, kind, cfg.probe, seed=seed)
-        pred = probe.predict(f_test)
-    return accuracy(pred, y_test)
+    predict = train_predictor(kind, f_train, y_train, num_classes, cfg, seed)
+    return accuracy(predict(f_test), y_test)
 
 
 def evaluate_features(

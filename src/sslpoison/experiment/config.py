@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PositiveInt, ValidationError, model_validator
 
+from sslpoison.attacks.badencoder import BadEncoderConfig
 from sslpoison.config import Config, CountOrShare, format_validation_error
 from sslpoison.eval.downstream import EvalConfig
 from sslpoison.ssl.pretrain import PretrainConfig
@@ -33,7 +34,7 @@ class DataConfig(Config):
 
 
 class ExperimentConfig(Config):
-    """A whole experiment: data → pre-train → evaluate (attack/defense sections come later)."""
+    """A whole experiment: data → pre-train → [attack] → evaluate."""
 
     name: str = "experiment"
     seed: int = 0
@@ -42,11 +43,19 @@ class ExperimentConfig(Config):
     cache_dir: str | None = None  # stage cache; default $SSLPOISON_CACHE or ~/.cache/sslpoison
     data: DataConfig = Field(default_factory=DataConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    attack: BadEncoderConfig | None = None
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
-    def _method_args(self) -> ExperimentConfig:
+    def _consistent(self) -> ExperimentConfig:
         self.pretrain.checked_method_args()
+        if self.attack is not None:
+            for i, t in enumerate(self.attack.targets):
+                if t.dataset not in self.eval.datasets:
+                    raise ValueError(
+                        f"attack.targets.{i}.dataset: {t.dataset!r} is not in eval.datasets "
+                        f"{self.eval.datasets}"
+                    )
         return self
 
     def resolved_cache_dir(self) -> Path:

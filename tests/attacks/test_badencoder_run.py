@@ -1,0 +1,78 @@
+"""`sslpoison run` with a BadEncoder attack, end to end on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sslpoison.cli import main
+
+ATTACK = {
+    "name": "badencoder",
+    "shadow": 256,
+    "lambda2": 2.0,
+    "targets": [
+        {
+            "dataset": "synthetic",
+            "target_class": "vertical",
+            "trigger": {"size": 5, "position": [10, 10]},
+        }
+    ],
+    "train": {
+        "epochs": 10,
+        "batch_size": 16,
+        "progress": False,
+        "optimizer": {"name": "adam", "lr": 2e-3, "weight_decay": 0.0, "warmup_epochs": 0.0},
+    },
+}
+
+
+@pytest.fixture
+def config(tiny_experiment) -> dict:
+    """The tiny experiment with a BadEncoder attack and the backdoor evaluation."""
+    cfg = tiny_experiment
+    cfg["attack"] = ATTACK
+    cfg["eval"]["probes"] = ["mlp", "linear"]
+    cfg["eval"]["baselines"] = []
+    return json.loads(json.dumps(cfg))  # a deep copy
+
+
+@pytest.mark.slow
+def test_badencoder_run_backdoors_and_keeps_utility(tmp_path, config, write_config):
+    path = write_config(config)
+    assert main(["run", path, "--out", str(tmp_path / "a")]) == 0
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    m = results["metrics"]
+    for key in ("ca", "ba", "asr", "asr_b", "ca_linear", "ba_linear", "asr_linear", "asr_b_linear"):
+        assert 0.0 <= m[f"synthetic/{key}"] <= 1.0
+    # Measured: ASR 0.97, ASR-B 0.01, CA 0.975, BA 0.955.
+    assert m["synthetic/asr"] >= 0.9 and m["synthetic/asr_b"] <= 0.1
+    assert abs(m["synthetic/ca"] - m["synthetic/ba"]) <= 0.05
+    attack = results["stages"]["attack"]
+    assert attack["cached"] is False and attack["shadow_images"] == 256
+    assert len(attack["loss_terms"]) == 10
+    picture = results["artifacts"]["trigger:synthetic/vertical"]
+    assert picture.endswith("trigger-synthetic-vertical.png")
+    assert (tmp_path / "a" / "trigger-synthetic-vertical.png").exists()
+
+    assert main(["run", path, "--out", str(tmp_path / "b")]) == 0
+    again = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert again["stages"]["attack"]["cached"] is True
+    assert again["metrics"] == m
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dataset": "digits"}, "attack.targets.0.dataset: 'digits' is not in eval.datasets"),
+        ({"target_class": 7}, "attack.targets.0.target_class: 7 is outside"),
+        ({"trigger": {"size": 20}}, "attack.targets.0.trigger: trigger size 20 px is larger"),
+    ],
+)
+def test_bad_targets_fail_before_training(tmp_path, capsys, config, write_config, change, message):
+    config["attack"]["targets"][0].update(change)
+    assert main(["run", write_config(config), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out").exists()
