@@ -76,3 +76,30 @@ def test_bad_targets_fail_before_training(tmp_path, capsys, config, write_config
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_given_state_dict_is_attacked_without_pre_training(
+    tmp_path, capsys, config, write_config
+):
+    import torch
+
+    from sslpoison.models import build_backbone
+
+    torch.manual_seed(0)
+    foreign = build_backbone("resnet18", width=0.125, in_channels=1)
+    torch.save({f"module.{k}": v for k, v in foreign.state_dict().items()}, tmp_path / "enc.pt")
+    config["pretrain"]["train"]["epochs"] = 10_000  # would never finish if it ran
+    config["attack"]["encoder"] = str(tmp_path / "enc.pt")
+    config["attack"]["key_map"] = {r"^module\.": ""}
+    config["attack"]["train"]["epochs"] = 1
+    assert main(["run", write_config(config), "--out", str(tmp_path / "a")]) == 0
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert results["stages"]["pretrain"] == {"given": str(tmp_path / "enc.pt")}
+    assert results["stages"]["attack"]["cached"] is False
+    assert "synthetic/asr" in results["metrics"]
+
+    config["attack"]["key_map"] = {}
+    assert main(["run", write_config(config), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "attack.encoder:" in err and "unexpected ['module.layer1" in err
+    assert not (tmp_path / "b").exists()

@@ -20,7 +20,12 @@ from sslpoison.eval.features import FeatureCache
 from sslpoison.experiment.cache import StageCache
 from sslpoison.experiment.config import ConfigError, ExperimentConfig
 from sslpoison.experiment.results import write_results
-from sslpoison.experiment.stages import attack_stage, pretrain_stage, pretraining_data
+from sslpoison.experiment.stages import (
+    attack_stage,
+    given_encoder,
+    pretrain_stage,
+    pretraining_data,
+)
 from sslpoison.models import save_encoder
 from sslpoison.ssl.pretrain import build_encoder
 from sslpoison.train import dist
@@ -70,15 +75,20 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]
             targets = resolve_targets(cfg.attack.targets, data.image_size, data.channels, cfg.seed)
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(str(e)) from None
-    with timed(timings, "pretrain"):
-        encoder, record, cached = pretrain_stage(cfg, data, cache, device)
-    stages: dict[str, Any] = {"pretrain": {**record, "cached": cached}}
-    artifacts: dict[str, str] = {"stage_cache": str(cache.path("pretrain", record["key"]))}
+    stages: dict[str, Any] = {}
+    artifacts: dict[str, str] = {}
+    if cfg.attack is not None and cfg.attack.encoder is not None:  # no pre-training needed
+        encoder = given_encoder(cfg, data.channels, device)
+        stages["pretrain"] = {"given": cfg.attack.encoder}
+    else:
+        with timed(timings, "pretrain"):
+            encoder, record, cached = pretrain_stage(cfg, data, cache, device)
+        stages["pretrain"] = {**record, "cached": cached}
+        artifacts["stage_cache"] = str(cache.path("pretrain", record["key"]))
     if cfg.attack is not None:
+        clean = encoder
         with timed(timings, "attack"):
-            clean, encoder, attack_record, cached = attack_stage(
-                cfg, data, encoder, targets, cache, device
-            )
+            encoder, attack_record, cached = attack_stage(cfg, data, clean, targets, cache, device)
         stages["attack"] = {**attack_record, "cached": cached}
         artifacts["attack_stage_cache"] = str(cache.path("attack", attack_record["key"]))
     if dist.is_distributed():  # evaluation runs on rank 0 alone

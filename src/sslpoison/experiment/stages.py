@@ -84,18 +84,16 @@ def pretrain_stage(
     return encoder, record, False
 
 
-def attacked_input(cfg: ExperimentConfig, encoder: nn.Module, channels: int) -> nn.Module:
-    """The encoder to attack: the pre-trained one, or ``attack.encoder`` when it is set."""
+def given_encoder(cfg: ExperimentConfig, channels: int, device: torch.device) -> nn.Module:
+    """``attack.encoder``: a saved sslpoison encoder, or a plain state dict mapped onto
+    ``pretrain.backbone`` through ``attack.key_map``."""
     path = cfg.attack.encoder
-    if path is None:
-        return encoder
-    device = next(encoder.parameters()).device
-    if Path(path).with_suffix(".json").exists():
-        return load_encoder(path, device)
-    model = build_encoder(cfg.pretrain.backbone, channels)
     try:
+        if Path(path).with_suffix(".json").exists():
+            return load_encoder(path, device)
+        model = build_encoder(cfg.pretrain.backbone, channels)
         return load_weights(model, path, cfg.attack.key_map).to(device)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         raise ValueError(f"attack.encoder: {e}") from None
 
 
@@ -106,15 +104,12 @@ def attack_stage(
     targets: list[Target],
     cache: StageCache,
     device: torch.device,
-) -> tuple[nn.Module, nn.Module, dict[str, Any], bool]:
+) -> tuple[nn.Module, dict[str, Any], bool]:
     """The backdoored encoder (BadEncoder), from the cache when this exact stage ran before.
 
-    ``clean`` is the pre-trained encoder; ``attack.encoder``, when set, replaces it.
-    Returns (clean encoder, backdoored encoder, the stage's record, whether it came from the
-    cache).
+    Returns (backdoored encoder, the stage's record, whether it came from the cache).
     """
     attack = cfg.attack
-    clean = attacked_input(cfg, clean, data.channels)
     shadow = data.take(attack.shadow, seed=cfg.seed, stratified=False)
     key = cache.key(
         "attack",
@@ -127,7 +122,7 @@ def attack_stage(
     record = cache.done("attack", key)
     if record is not None:
         log.info("attack: reusing the cached backdoored encoder %s", folder)
-        return clean, load_encoder(folder / "encoder", device), record, True
+        return load_encoder(folder / "encoder", device), record, True
     attacked = copy.deepcopy(clean)
     attacked, result, parts = run_badencoder(
         attacked, shadow, targets, attack, seed=cfg.seed, checkpoint_dir=folder / "checkpoints"
@@ -145,4 +140,4 @@ def attack_stage(
         save_encoder(attacked, folder / "encoder", attack=attack.model_dump(mode="json"))
         cache.finish("attack", key, record)
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-    return clean, attacked, record, False
+    return attacked, record, False
