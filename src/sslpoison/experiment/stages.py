@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from sslpoison.models import load_encoder, save_encoder
 from sslpoison.models.io import load_weights
 from sslpoison.ssl.pretrain import build_encoder, pretrain
 from sslpoison.train import dist
+from sslpoison.train.engine import FitResult
 from sslpoison.utils import module_hash, tensor_hash
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,40 @@ def pretraining_data(cfg: ExperimentConfig) -> ImageSet:
     return data
 
 
+def encoder_stage(
+    cache: StageCache,
+    stage: str,
+    key: str,
+    device: torch.device,
+    train: Callable[[Path], tuple[nn.Module, FitResult, dict[str, Any]]],
+    card: dict[str, Any],
+) -> tuple[nn.Module, dict[str, Any], bool]:
+    """A stage whose output is an encoder: reuse the cached one, or ``train`` it and cache it.
+
+    ``train(checkpoint_dir)`` returns (encoder, the engine's result, extra record fields);
+    ``card`` goes into the saved encoder's JSON card. Returns (encoder, record, cached?).
+    """
+    folder = cache.path(stage, key)
+    record = cache.done(stage, key)
+    if record is not None:
+        log.info("%s: reusing the cached encoder %s", stage, folder)
+        return load_encoder(folder / "encoder", device), record, True
+    encoder, result, extra = train(folder / "checkpoints")
+    record = {
+        "key": key,
+        **extra,
+        "losses": result.losses,
+        "seconds": round(result.seconds, 3),
+        "images_per_s": round(result.samples_per_s, 1),
+        "resumed_from_epoch": result.resumed_from,
+    }
+    if dist.rank() == 0:
+        save_encoder(encoder, folder / "encoder", **card)
+        cache.finish(stage, key, record)
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    return encoder, record, False
+
+
 def pretrain_stage(
     cfg: ExperimentConfig, data: ImageSet, cache: StageCache, device: torch.device
 ) -> tuple[nn.Module, dict[str, Any], bool]:
@@ -48,40 +84,26 @@ def pretrain_stage(
 
     Returns (encoder, the stage's record, whether it came from the cache).
     """
-    same_result = {"train": SAME_RESULT}
     key = cache.key(
         "pretrain",
-        pretrain=cfg.pretrain.model_dump(mode="json", exclude=same_result),
+        pretrain=cfg.pretrain.model_dump(mode="json", exclude={"train": SAME_RESULT}),
         data=tensor_hash(data.images),
         seed=cfg.seed,
     )
-    folder = cache.path("pretrain", key)
-    record = cache.done("pretrain", key)
-    if record is not None:
-        log.info("pretrain: reusing the cached encoder %s", folder)
-        return load_encoder(folder / "encoder", device), record, True
-    encoder, result = pretrain(
-        data, cfg.pretrain, seed=cfg.seed, device=device, checkpoint_dir=folder / "checkpoints"
-    )
-    record = {
-        "key": key,
-        "losses": result.losses,
-        "seconds": round(result.seconds, 3),
-        "images_per_s": round(result.samples_per_s, 1),
-        "resumed_from_epoch": result.resumed_from,
-        "input": {"size": data.image_size, "channels": data.channels},
-    }
-    if dist.rank() == 0:
-        save_encoder(
-            encoder,
-            folder / "encoder",
-            input=record["input"],
-            pretrain=cfg.pretrain.model_dump(mode="json"),
-            dataset=cfg.data.dataset,
+    shape = {"size": data.image_size, "channels": data.channels}
+
+    def train(checkpoints: Path) -> tuple[nn.Module, FitResult, dict[str, Any]]:
+        encoder, result = pretrain(
+            data, cfg.pretrain, seed=cfg.seed, device=device, checkpoint_dir=checkpoints
         )
-        cache.finish("pretrain", key, record)
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-    return encoder, record, False
+        return encoder, result, {"input": shape}
+
+    card = {
+        "input": shape,
+        "pretrain": cfg.pretrain.model_dump(mode="json"),
+        "dataset": cfg.data.dataset,
+    }
+    return encoder_stage(cache, "pretrain", key, device, train, card)
 
 
 def given_encoder(cfg: ExperimentConfig, channels: int, device: torch.device) -> nn.Module:
@@ -118,26 +140,17 @@ def attack_stage(
         shadow=tensor_hash(shadow.images),
         seed=cfg.seed,
     )
-    folder = cache.path("attack", key)
-    record = cache.done("attack", key)
-    if record is not None:
-        log.info("attack: reusing the cached backdoored encoder %s", folder)
-        return load_encoder(folder / "encoder", device), record, True
-    attacked = copy.deepcopy(clean)
-    attacked, result, parts = run_badencoder(
-        attacked, shadow, targets, attack, seed=cfg.seed, checkpoint_dir=folder / "checkpoints"
-    )
-    record = {
-        "key": key,
-        "shadow_images": len(shadow),
-        "losses": result.losses,
-        "loss_terms": parts,
-        "seconds": round(result.seconds, 3),
-        "images_per_s": round(result.samples_per_s, 1),
-        "resumed_from_epoch": result.resumed_from,
-    }
-    if dist.rank() == 0:
-        save_encoder(attacked, folder / "encoder", attack=attack.model_dump(mode="json"))
-        cache.finish("attack", key, record)
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-    return attacked, record, False
+
+    def train(checkpoints: Path) -> tuple[nn.Module, FitResult, dict[str, Any]]:
+        encoder, result, parts = run_badencoder(
+            copy.deepcopy(clean),
+            shadow,
+            targets,
+            attack,
+            seed=cfg.seed,
+            checkpoint_dir=checkpoints,
+        )
+        return encoder, result, {"shadow_images": len(shadow), "loss_terms": parts}
+
+    card = {"attack": attack.model_dump(mode="json")}
+    return encoder_stage(cache, "attack", key, device, train, card)
