@@ -106,19 +106,10 @@ def resolve_targets(
     for i, t in enumerate(targets):
         where = f"attack.targets.{i}"
         data = load_dataset(t.dataset, "train").resized(size, channels)
-        cls = t.target_class
-        if isinstance(cls, str):
-            if cls not in data.classes:
-                raise ValueError(
-                    f"{where}.target_class: {cls!r} is not a class of {t.dataset} "
-                    f"({', '.join(data.classes)})"
-                )
-            cls = data.classes.index(cls)
-        if not 0 <= cls < data.num_classes:
-            raise ValueError(
-                f"{where}.target_class: {cls} is outside {t.dataset}'s classes "
-                f"0..{data.num_classes - 1}"
-            )
+        try:
+            cls = data.class_index(t.target_class)
+        except ValueError as e:
+            raise ValueError(f"{where}.target_class: {e}") from None
         pool = (data.labels == cls).nonzero().squeeze(1)
         if pool.numel() < t.references:
             raise ValueError(

@@ -81,6 +81,21 @@ class ImageSet:
         caps = ", captions" if self.captions is not None else ""
         return f"ImageSet({self.name!r}, {shape}, {self.num_classes} classes{caps})"
 
+    def class_index(self, cls: int | str) -> int:
+        """``cls`` (an index or a class name) as a class index; ValueError if it is not one."""
+        if isinstance(cls, str):
+            if cls not in self.classes:
+                raise ValueError(
+                    f"{cls!r} is not a class of {self.name or 'the dataset'} "
+                    f"({', '.join(self.classes)})"
+                )
+            return self.classes.index(cls)
+        if not 0 <= cls < self.num_classes:
+            raise ValueError(
+                f"{cls} is outside {self.name or 'the dataset'}'s classes 0..{self.num_classes - 1}"
+            )
+        return cls
+
     # ---- new sets from this one ----------------------------------------------------------
     def _with(self, images: torch.Tensor, labels: torch.Tensor, captions, name=None) -> ImageSet:
         return ImageSet(
