@@ -268,8 +268,6 @@ def run_badencoder(
     reference_clean = [extract_features(encoder, t.references, device=device) for t in targets]
     center = shadow_clean.mean(0) if cfg.center else None
     augment = ViewAugment("simclr", shadow.image_size, shadow.channels)
-    for t in targets:
-        t.references = t.references.to(device)
     task = BadEncoderTask(encoder, targets, reference_clean, center, cfg, augment).to(device)
     batches = TensorBatches(
         shadow.images.to(device),
