@@ -51,6 +51,33 @@ TINY = {
 }
 
 
+#: A BadEncoder attack that backdoors a :data:`TINY` encoder in seconds (ASR ≥ 0.9).
+TINY_BADENCODER = {
+    "name": "badencoder",
+    "shadow": 256,
+    "lambda2": 2.0,
+    "targets": [
+        {
+            "dataset": "synthetic",
+            "target_class": "vertical",
+            "trigger": {"size": 5, "position": [10, 10]},
+        }
+    ],
+    "train": {
+        "epochs": 10,
+        "batch_size": 16,
+        "progress": False,
+        "optimizer": {"name": "adam", "lr": 2e-3, "weight_decay": 0.0, "warmup_epochs": 0.0},
+    },
+}
+
+
+@pytest.fixture
+def tiny_badencoder() -> dict:
+    """A fresh copy of :data:`TINY_BADENCODER` to modify."""
+    return copy.deepcopy(TINY_BADENCODER)
+
+
 @pytest.fixture
 def tiny_experiment() -> dict:
     """A fresh copy of :data:`TINY` to modify."""

@@ -16,22 +16,31 @@ from pathlib import Path
 
 def _run(args: argparse.Namespace) -> int:
     from sslpoison.experiment.config import load_config
-    from sslpoison.experiment.report import format_backdoor_table, format_metrics
+    from sslpoison.experiment.report import (
+        format_backdoor_table,
+        format_detections,
+        format_metrics,
+    )
     from sslpoison.experiment.runner import run_experiment
 
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     results = run_experiment(cfg, out)
     if results is not None:
-        table = format_backdoor_table(results["metrics"])
+        table = format_backdoor_table(results["metrics"], results["stages"])
         print(table if table is not None else format_metrics(results["metrics"]))
+        verdicts = format_detections(results["metrics"])
+        if verdicts:
+            print(verdicts)
         print(f"results: {out / 'results.json'}")
         for name, path in results["artifacts"].items():
             kind, _, what = name.partition(":")
-            if what and kind in ("trigger", "confusion"):
+            if what and kind in ("trigger", "confusion", "trigger_inverted"):
                 print(f"{kind} {what}: {path}")
             elif kind == "poison":
                 print(f"poisoned indices: {path}")
+            elif kind in ("summary", "defenses_plot"):
+                print(f"{kind.replace('_', ' ')}: {path}")
     return 0
 
 

@@ -6,7 +6,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,25 @@ def resolve_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available")
     return dev
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (or buffer); the CPU when it has neither."""
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``module`` in eval mode with ``requires_grad`` off for the block (gradients still reach
+    its input); its mode and each parameter's ``requires_grad`` are put back afterwards, so a
+    defense or detector leaves the encoder it was given as it was."""
+    was_training = module.training
+    grads = [p.requires_grad for p in module.parameters()]
+    try:
+        yield module.requires_grad_(False).eval()
+    finally:
+        for p, g in zip(module.parameters(), grads, strict=True):
+            p.requires_grad_(g)
+        module.train(was_training)

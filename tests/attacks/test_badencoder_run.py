@@ -8,31 +8,12 @@ import pytest
 
 from sslpoison.cli import main
 
-ATTACK = {
-    "name": "badencoder",
-    "shadow": 256,
-    "lambda2": 2.0,
-    "targets": [
-        {
-            "dataset": "synthetic",
-            "target_class": "vertical",
-            "trigger": {"size": 5, "position": [10, 10]},
-        }
-    ],
-    "train": {
-        "epochs": 10,
-        "batch_size": 16,
-        "progress": False,
-        "optimizer": {"name": "adam", "lr": 2e-3, "weight_decay": 0.0, "warmup_epochs": 0.0},
-    },
-}
-
 
 @pytest.fixture
-def config(tiny_experiment) -> dict:
+def config(tiny_experiment, tiny_badencoder) -> dict:
     """The tiny experiment with a BadEncoder attack and the backdoor evaluation."""
     cfg = tiny_experiment
-    cfg["attack"] = ATTACK
+    cfg["attack"] = tiny_badencoder
     cfg["eval"]["probes"] = ["mlp", "linear"]
     cfg["eval"]["baselines"] = []
     return json.loads(json.dumps(cfg))  # a deep copy

@@ -68,7 +68,7 @@ def test_run_writes_results_and_reuses_the_cached_encoder(
         ("defenses=[{name: distill}]", "defenses: there is no attack section"),
         (
             "defenses=[{name: prune}]",
-            "defenses.0: unknown name 'prune' (known: distill)",
+            "defenses.0: unknown name 'prune' (known: mimic, distill, feature_distill, finetune,",
         ),
         (
             "attack={name: ssl_backdoor, target_class: 1, poison: 0}",
@@ -176,12 +176,13 @@ def test_backdoor_table_has_one_row_per_dataset_and_encoder():
     assert lines[5].split() == ["b", "attacked", "0.5000", "-"]
     metrics |= {"a/fp_clean": 3, "a/fp_poisoned": 40, "kd/a/ba": 0.88, "kd/a/asr": 0.02}
     metrics |= {"kd/a/fp": 2, "a/Bag/asr": 0.5}
-    lines = format_backdoor_table(metrics).splitlines()
-    assert lines[0].split() == ["dataset", "encoder", "acc", "ASR", "FP"]
-    assert lines[2].split() == ["a", "clean", "0.9000", "0.0100", "3"]
-    assert lines[3].split() == ["a", "attacked", "0.8900", "0.9700", "40"]
-    assert lines[4].split() == ["a", "kd", "0.8800", "0.0200", "2"]
+    stages = {"defense:kd": {"clean_images": 64, "wall_s": 12.3}}
+    lines = format_backdoor_table(metrics, stages).splitlines()
+    assert lines[0].split() == ["dataset", "encoder", "acc", "ASR", "FP", "clean", "time", "s"]
+    assert lines[2].split() == ["a", "clean", "0.9000", "0.0100", "3", "-", "-"]
+    assert lines[3].split() == ["a", "attacked", "0.8900", "0.9700", "40", "-", "-"]
+    assert lines[4].split() == ["a", "kd", "0.8800", "0.0200", "2", "64", "12"]
     assert [line.split()[:2] for line in lines[5:7]] == [["b", "clean"], ["b", "attacked"]]
-    assert lines[6].split()[2:] == ["0.5000", "-", "-"]
-    assert len(lines) == 8  # no "kd" row for b: the defense was not measured there
+    assert lines[6].split()[2:] == ["0.5000", "-", "-", "-", "-"]
+    assert len(lines) == 9  # no "kd" row for b: the defense was not measured there (2 footnotes)
     assert format_backdoor_table({"a/linear_acc": 0.8}) is None

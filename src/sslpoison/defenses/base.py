@@ -25,6 +25,7 @@ from pydantic import Field
 from sslpoison.config import Config, CountOrShare
 from sslpoison.data.imageset import ImageSet
 from sslpoison.train.engine import FitResult, TrainConfig
+from sslpoison.train.optim import OptimConfig
 
 
 @dataclass
@@ -75,6 +76,28 @@ class DefenseConfig(Config, abc.ABC):
         """
 
 
+def student_training(epochs: int = 100) -> TrainConfig:
+    """Adam 1e-3, weight decay 1e-6, batch 128, constant rate: how MIMIC's public code
+    trains its student; the default of MIMIC and of the baselines compared with it."""
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=128,
+        optimizer=OptimConfig(
+            name="adam", lr=1e-3, weight_decay=1e-6, warmup_epochs=0.0, schedule="constant"
+        ),
+    )
+
+
+def check_batch(cfg: DefenseConfig, n: int) -> None:
+    """Raise naming ``defense.train.batch_size`` when a batch is larger than the ``n`` clean
+    images (with ``drop_last`` no step would run)."""
+    if cfg.train.drop_last and cfg.train.batch_size > n:
+        raise ValueError(
+            f"defense.train.batch_size: {cfg.train.batch_size} is larger than the {n} clean "
+            "images (defense.clean)"
+        )
+
+
 def _reset_order(module: nn.Module) -> list[nn.Module]:
     # Reversed pre-order: every submodule comes before its ancestors, so a parent's own
     # ``reset_parameters`` (an architecture's init rule) has the last word.
@@ -120,17 +143,22 @@ def reinitialise(module: nn.Module, seed: int) -> nn.Module:
     return fresh.to(device)
 
 
+#: A random-init student is drawn from ``seed + STUDENT_SEED_OFFSET``: an experiment that
+#: pre-trains its encoder from ``seed`` never gets a student from the very same stream.
+STUDENT_SEED_OFFSET = 104_729
+
+
 def make_student(
     teacher: nn.Module, init: Literal["random", "teacher"], seed: int = 0
 ) -> nn.Module:
     """A trainable student of ``teacher``'s architecture, on its device, in train mode.
 
-    ``"random"``: :func:`reinitialise` (independent of the teacher's weights: a backdoor is
-    not inherited; CompRess, MIMIC). ``"teacher"``: an exact copy of the teacher's weights
-    (the "plain distillation" / fine-tuning baselines).
+    ``"random"``: :func:`reinitialise` from ``seed + STUDENT_SEED_OFFSET`` (independent of
+    the teacher's weights: a backdoor is not inherited; CompRess, MIMIC). ``"teacher"``: an
+    exact copy of the teacher's weights (the "plain distillation" / fine-tuning baselines).
     """
     if init == "random":
-        student = reinitialise(teacher, seed)
+        student = reinitialise(teacher, seed + STUDENT_SEED_OFFSET)
     elif init == "teacher":
         student = copy.deepcopy(teacher)
     else:
@@ -138,4 +166,11 @@ def make_student(
     return student.requires_grad_(True).train()
 
 
-__all__ = ["Defended", "DefenseConfig", "make_student", "reinitialise"]
+__all__ = [
+    "Defended",
+    "DefenseConfig",
+    "check_batch",
+    "make_student",
+    "reinitialise",
+    "student_training",
+]

@@ -47,17 +47,14 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_
 from sslpoison.config import Config
 from sslpoison.data.augment import ViewSpec, to_float, view_pipeline
 from sslpoison.data.imageset import ImageSet
-from sslpoison.defenses.base import Defended, DefenseConfig, make_student
+from sslpoison.defenses.base import Defended, DefenseConfig, check_batch, make_student
 from sslpoison.eval.features import extract_features
 from sslpoison.ssl.moco import enqueue, gather_keys
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
+from sslpoison.utils import frozen
 
 log = logging.getLogger(__name__)
-
-#: The random-init student is drawn from ``seed + STUDENT_SEED_OFFSET``: an experiment that
-#: pre-trains its encoder from ``seed`` never gets a student from the very same stream.
-STUDENT_SEED_OFFSET = 104_729
 
 
 def compress_loss(
@@ -278,7 +275,7 @@ def run_distill(
     """Distil ``teacher`` into a student on the ``clean`` images (CompRess, see module doc).
 
     ``teacher`` is left as given (weights, mode, ``requires_grad``). The student starts as
-    ``cfg.student`` says (random init from ``seed + STUDENT_SEED_OFFSET``, or the teacher's
+    ``cfg.student`` says (random init from ``seed``, see :func:`make_student`, or the teacher's
     weights) and comes back as the backbone alone (the 1q layer is dropped), in eval mode, on
     the teacher's device.
 
@@ -290,17 +287,10 @@ def run_distill(
             set (with ``drop_last``).
     """
     n = len(clean)
-    if cfg.train.drop_last and cfg.train.batch_size > n:
-        raise ValueError(
-            f"defense.train.batch_size: {cfg.train.batch_size} is larger than the {n} clean "
-            "images (defense.clean)"
-        )
+    check_batch(cfg, n)
     device = next(teacher.parameters()).device
-    was_training = teacher.training
-    grads = [p.requires_grad for p in teacher.parameters()]
-    try:
-        teacher.requires_grad_(False).eval()
-        student = make_student(teacher, cfg.student, seed + STUDENT_SEED_OFFSET).to(device)
+    with frozen(teacher):
+        student = make_student(teacher, cfg.student, seed).to(device)
         images = clean.images.to(device)
         k = min(cfg.bank, n)
         pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]
@@ -332,10 +322,6 @@ def run_distill(
         result = fit(
             task, batches, cfg.train, seed=seed, checkpoint_dir=checkpoint_dir, desc="distill"
         )
-    finally:
-        for p, g in zip(teacher.parameters(), grads, strict=True):
-            p.requires_grad_(g)
-        teacher.train(was_training)
     record: dict[str, Any] = {
         "student_init": cfg.student,
         "variant": cfg.variant,

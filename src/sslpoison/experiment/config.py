@@ -16,11 +16,12 @@ from pydantic import Field, PositiveInt, ValidationError, model_validator
 from sslpoison.attacks import ATTACKS, AttackSpec
 from sslpoison.config import Config, CountOrShare, format_validation_error
 from sslpoison.defenses import DEFENSES, DefenseSpec
+from sslpoison.detectors import DETECTORS, DetectorSpec
 from sslpoison.eval.downstream import EvalConfig
 from sslpoison.ssl.pretrain import PretrainConfig
 
-#: Attack and defense names, which pydantic writes into the key path of their errors.
-TAGS = frozenset(ATTACKS) | frozenset(DEFENSES)
+#: Attack, defense and detector names, which pydantic writes into the key path of errors.
+TAGS = frozenset(ATTACKS) | frozenset(DEFENSES) | frozenset(DETECTORS)
 
 
 class ConfigError(ValueError):
@@ -41,7 +42,8 @@ class ExperimentConfig(Config):
     """A whole experiment: data → [poison] → pre-train → [attack] → [defend] → evaluate.
 
     ``attack.name`` picks the attack (``badencoder``, ``ssl_backdoor``); every entry of
-    ``defenses`` is applied to the attacked encoder and evaluated next to it.
+    ``defenses`` is applied to the attacked encoder and evaluated next to it; every entry of
+    ``detectors`` judges the clean and the attacked encoder.
     """
 
     name: str = "experiment"
@@ -53,6 +55,9 @@ class ExperimentConfig(Config):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     attack: Annotated[AttackSpec, Field(discriminator="name")] | None = None
     defenses: list[Annotated[DefenseSpec, Field(discriminator="name")]] = Field(
+        default_factory=list
+    )
+    detectors: list[Annotated[DetectorSpec, Field(discriminator="name")]] = Field(
         default_factory=list
     )
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -88,10 +93,11 @@ class ExperimentConfig(Config):
             )
         if self.defenses and self.attack is None:
             raise ValueError("defenses: there is no attack section, so nothing to defend")
-        names = [d.name for d in self.defenses]
-        for i, n in enumerate(names):
-            if n in names[:i]:
-                raise ValueError(f"defenses.{i}.name: {n!r} is listed twice")
+        for section in ("defenses", "detectors"):
+            names = [d.name for d in getattr(self, section)]
+            for i, n in enumerate(names):
+                if n in names[:i]:
+                    raise ValueError(f"{section}.{i}.name: {n!r} is listed twice")
         return self
 
     def resolved_cache_dir(self) -> Path:

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 from sslpoison.utils import atomic_write_via
 
@@ -62,3 +63,58 @@ def line_plot(
     atomic_write_via(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
     return path
+
+
+def plot_trigger(mask: torch.Tensor, trigger: torch.Tensor, path: Path, title: str) -> Path:
+    """An inverted trigger: its mask (H×W in [0, 1]) and the stamped pattern mask·pattern
+    (C×H×W in [0, 1]) side by side."""
+    fig, axes = plt.subplots(1, 2, figsize=(5.0, 2.8))
+    axes[0].imshow(mask.float().numpy(), vmin=0, vmax=1, cmap="gray")
+    axes[0].set_title("mask")
+    t = trigger.float().permute(1, 2, 0).numpy()
+    axes[1].imshow(t[:, :, 0] if t.shape[2] == 1 else t, vmin=0, vmax=1, cmap="gray")
+    axes[1].set_title("mask · pattern")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_via(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    return path
+
+
+def bar_plot(
+    panels: dict[str, dict[str, dict[str, float]]], ylabel: str, path: Path, title: str
+) -> Path:
+    """Grouped bars, one panel per key of ``panels``: ``panels[panel][group][series]``
+    (e.g. dataset → encoder → {"acc": …, "ASR": …}); values in [0, 1]."""
+    n = len(panels)
+    fig, axes = plt.subplots(
+        1, n, figsize=(max(4.5, 1.1 * _groups(panels)) * n, 3.8), squeeze=False
+    )
+    for ax, (panel, groups) in zip(axes[0], panels.items(), strict=True):
+        series = sorted({s for values in groups.values() for s in values})
+        width = 0.8 / max(1, len(series))
+        x = np.arange(len(groups))
+        for i, name in enumerate(series):
+            ys = [groups[g].get(name, np.nan) for g in groups]
+            ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width, label=name)
+        ax.set_xticks(x, list(groups), rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(panel)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write_via(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    return path
+
+
+def _groups(panels: dict[str, dict]) -> int:
+    return max((len(g) for g in panels.values()), default=1)

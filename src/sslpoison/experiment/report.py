@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def format_metrics(metrics: dict[str, float | int]) -> str:
     """A two-column table of metric keys and values (fractions to 4 places)."""
@@ -35,24 +37,59 @@ def backdoor_rows(metrics: dict[str, float | int]) -> list[tuple[str, str, dict]
     return out
 
 
-def format_backdoor_table(metrics: dict[str, float | int]) -> str | None:
-    """dataset | encoder | accuracy | ASR [| FP] for every encoder of a backdoor run, else
-    None. Accuracy is CA for the clean encoder and BA for the others; the clean encoder's
-    ASR is ASR-B."""
+def _defense_cost(encoder: str, stages: dict[str, Any] | None) -> tuple[str, str]:
+    """(clean images, wall seconds) of a defense's stage, as table cells ("-" otherwise)."""
+    rec = (stages or {}).get(f"defense:{encoder}")
+    if not rec:
+        return "-", "-"
+    seconds = rec.get("wall_s", rec.get("seconds"))
+    return str(rec.get("clean_images", "-")), "-" if seconds is None else f"{seconds:.0f}"
+
+
+def format_backdoor_table(
+    metrics: dict[str, float | int], stages: dict[str, Any] | None = None
+) -> str | None:
+    """dataset | encoder | accuracy | ASR [| FP] [| clean images | time] for every encoder of
+    a backdoor run, else None. Accuracy is CA for the clean encoder and BA for the others;
+    the clean encoder's ASR is ASR-B. With defenses, ``stages`` (the run's stage records)
+    gives each defense's clean images and wall time (training, MI estimation included; the
+    original run's when the stage came from the cache)."""
     rows = backdoor_rows(metrics)
     if not rows:
         return None
     with_fp = any(v["fp"] is not None for _, _, v in rows)
+    with_cost = any(e not in ("clean", "attacked") for _, e, _ in rows)
     dw = max(len("dataset"), *(len(d) for d, _, _ in rows))
     ew = max(len("encoder"), *(len(e) for _, e, _ in rows))
     head = f"{'dataset':<{dw}}  {'encoder':<{ew}}  {'acc':>6}  {'ASR':>6}"
     head += f"  {'FP':>6}" if with_fp else ""
+    head += f"  {'clean':>6}  {'time s':>6}" if with_cost else ""
     lines = [head, "-" * len(head)]
     for d, e, v in rows:
         cells = [f"{v[c]:.4f}" if v[c] is not None else "-" for c in ("acc", "asr")]
         line = f"{d:<{dw}}  {e:<{ew}}  {cells[0]:>6}  {cells[1]:>6}"
         if with_fp:
             line += f"  {v['fp'] if v['fp'] is not None else '-':>6}"
+        if with_cost:
+            clean, seconds = _defense_cost(e, stages)
+            line += f"  {clean:>6}  {seconds:>6}"
         lines.append(line)
     lines.append("acc: CA for the clean encoder, BA otherwise; the clean encoder's ASR is ASR-B.")
+    if with_cost:
+        lines.append("clean: clean images the defense used; time s: its wall time.")
     return "\n".join(lines)
+
+
+def format_detections(metrics: dict[str, float | int]) -> str | None:
+    """One line per detector and encoder (``<detector>/<encoder>_flagged`` keys), or None."""
+    lines = []
+    for key in sorted(k for k in metrics if k.endswith("_flagged")):
+        det, _, rest = key.partition("/")
+        role = rest.removesuffix("_flagged")
+        score = metrics.get(f"{det}/{role}_pl1")
+        verdict = "BACKDOORED" if metrics[key] else "clean"
+        extra = f" (PL1 norm {score:.4f}, L1 {metrics.get(f'{det}/{role}_norm', 0):.1f})"
+        lines.append(
+            f"{det}: {role} encoder judged {verdict}" + (extra if score is not None else "")
+        )
+    return "\n".join(lines) or None

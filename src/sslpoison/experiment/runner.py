@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,11 +31,13 @@ from sslpoison.eval.downstream import evaluate_encoder, load_downstream
 from sslpoison.eval.features import FeatureCache
 from sslpoison.experiment.cache import StageCache
 from sslpoison.experiment.config import ConfigError, ExperimentConfig
-from sslpoison.experiment.plots import plot_confusions
+from sslpoison.experiment.plots import bar_plot, plot_confusions
+from sslpoison.experiment.report import backdoor_rows, format_backdoor_table, format_detections
 from sslpoison.experiment.results import write_results
 from sslpoison.experiment.stages import (
     attack_stage,
     defense_stage,
+    detect_stage,
     given_encoder,
     pretrain_stage,
     pretraining_data,
@@ -42,7 +45,7 @@ from sslpoison.experiment.stages import (
 from sslpoison.models import save_encoder
 from sslpoison.ssl.pretrain import build_encoder
 from sslpoison.train import dist
-from sslpoison.utils import atomic_write_json, resolve_device
+from sslpoison.utils import atomic_write_json, atomic_write_text, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +159,17 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]
                 cfg, defense, encoders[ATTACKED], data, cache, device
             )
         stages[f"defense:{defense.name}"] = {**record, "cached": cached}
+    detected: dict[str, float | int] = {}
+    for detector in cfg.detectors:
+        for role in (CLEAN, ATTACKED):
+            if role not in encoders:
+                continue
+            with timed(timings, f"detect:{detector.name}"):
+                record, cached = detect_stage(cfg, detector, encoders[role], data, cache)
+            stages[f"detect:{detector.name}:{role}"] = {**record, "cached": cached}
+            for k, v in detector.metrics(record).items():
+                detected[f"{detector.name}/{role}_{k}"] = v
+            detected[f"{detector.name}/{role}_flagged"] = int(record["flagged"])
 
     if dist.is_distributed():  # evaluation runs on rank 0 alone
         main = dist.rank() == 0
@@ -189,11 +203,13 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]
                 random_init=random_init,
                 seed=cfg.seed,
             )
+    metrics |= detected
     out.mkdir(parents=True, exist_ok=True)
     if cfg.attack is not None:
         artifacts |= write_backdoor_artifacts(
             cfg, out, targets, poisoned, evaluation, size, channels
         )
+        artifacts |= write_summary(cfg, out, metrics, stages)
     input_card = {"size": size, "channels": channels}
     config = cfg.model_dump(mode="json")
     for role, encoder in encoders.items():
@@ -243,4 +259,33 @@ def write_backdoor_artifacts(
             artifacts[f"confusion:{name}/{cls}"] = str(
                 plot_confusions(per_encoder, conf["classes"], path, title)
             )
+    return artifacts
+
+
+def write_summary(
+    cfg: ExperimentConfig, out: Path, metrics: dict[str, Any], stages: dict[str, Any]
+) -> dict[str, str]:
+    """``summary.md`` (the per-encoder table, each defense's cost, the detectors' verdicts),
+    ``defenses.png`` (accuracy and ASR of every encoder, per dataset) when there are
+    defenses, and each detector's inverted trigger as ``<detector>-<encoder>.png``."""
+    artifacts: dict[str, str] = {}
+    parts = [f"# {cfg.name}", "", "```", format_backdoor_table(metrics, stages) or "", "```"]
+    verdicts = format_detections(metrics)
+    if verdicts:
+        parts += ["", "```", verdicts, "```"]
+    atomic_write_text(out / "summary.md", "\n".join(parts) + "\n")
+    artifacts["summary"] = str(out / "summary.md")
+    if cfg.defenses:
+        panels: dict[str, dict[str, dict[str, float]]] = {}
+        for dataset, encoder, v in backdoor_rows(metrics):
+            bars = {"accuracy": v["acc"]} | ({"ASR": v["asr"]} if v["asr"] is not None else {})
+            panels.setdefault(dataset, {})[encoder] = bars
+        title = f"{cfg.name}: accuracy (CA/BA) and ASR per encoder"
+        artifacts["defenses_plot"] = str(bar_plot(panels, "share", out / "defenses.png", title))
+    for name, record in stages.items():
+        if name.startswith("detect:") and record.get("trigger_png"):
+            _, detector, role = name.split(":")
+            path = out / f"{detector}-{role}.png"
+            shutil.copyfile(record["trigger_png"], path)
+            artifacts[f"trigger_inverted:{detector}/{role}"] = str(path)
     return artifacts

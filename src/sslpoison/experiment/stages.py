@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ from sslpoison.attacks.badencoder import Target, run_badencoder
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.registry import load_fitted
 from sslpoison.defenses import DefenseConfig
+from sslpoison.detectors import DetectorConfig
 from sslpoison.experiment.cache import StageCache
 from sslpoison.experiment.config import ExperimentConfig
+from sslpoison.experiment.plots import plot_trigger
 from sslpoison.models import load_encoder, save_encoder
 from sslpoison.models.io import load_weights
 from sslpoison.ssl.pretrain import build_encoder, pretrain
@@ -188,11 +191,61 @@ def defense_stage(
     )
 
     def train(checkpoints: Path) -> tuple[nn.Module, FitResult | None, dict[str, Any]]:
+        t0 = time.perf_counter()
         done = defense.apply(
             copy.deepcopy(suspect), subset, seed=cfg.seed, checkpoint_dir=checkpoints
         )
-        used = {"clean_images": len(subset), "clean_share": len(subset) / len(clean_data)}
+        used = {
+            "clean_images": len(subset),
+            "clean_share": len(subset) / len(clean_data),
+            "wall_s": round(time.perf_counter() - t0, 3),
+        }
         return done.encoder, done.fit, {**used, **done.record}
 
     card = {"defense": defense.model_dump(mode="json")}
     return encoder_stage(cache, "defense", key, device, train, card)
+
+
+def detect_stage(
+    cfg: ExperimentConfig,
+    detector: DetectorConfig,
+    encoder: nn.Module,
+    clean_data: ImageSet,
+    cache: StageCache,
+) -> tuple[dict[str, Any], bool]:
+    """``detector``'s verdict on ``encoder`` with ``detector.clean`` of the clean pre-training
+    images, from the cache when this exact stage ran before.
+
+    Returns (the record — ``score``, ``flagged``, the detector's facts, ``wall_s`` and
+    ``trigger_png`` when a trigger was inverted — and whether it came from the cache).
+    """
+    subset = detector.clean_subset(clean_data, seed=cfg.seed)
+    key = cache.key(
+        "detect",
+        detector=detector.model_dump(mode="json", exclude={"train": SAME_RESULT}),
+        encoder=module_hash(encoder),
+        clean=tensor_hash(subset.images),
+        seed=cfg.seed,
+    )
+    record = cache.done("detect", key)
+    if record is not None:
+        return record, True
+    folder = cache.path("detect", key)
+    t0 = time.perf_counter()
+    found = detector.detect(encoder, subset, seed=cfg.seed, checkpoint_dir=folder / "checkpoints")
+    record = {
+        "key": key,
+        "score": found.score,
+        "flagged": found.flagged,
+        **found.record,
+        "wall_s": round(time.perf_counter() - t0, 3),
+    }
+    if dist.rank() == 0:
+        if found.mask is not None and found.trigger is not None:
+            title = f"{detector.name}: score {found.score:.4f}, flagged {found.flagged}"
+            record["trigger_png"] = str(
+                plot_trigger(found.mask, found.trigger, folder / "trigger.png", title)
+            )
+        cache.finish("detect", key, record)
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    return record, False

@@ -73,6 +73,8 @@ class ResNet(nn.Module):
         stem: ``"cifar"`` or ``"imagenet"``.
         stem_stride: stride of the CIFAR stem's conv (1 or 2).
         mean, std: per-channel normalisation applied to the [0, 1] input.
+        pruned: output channels of the last stage held at zero (fine-pruning, Liu et al.,
+            RAID 2018); stored in the encoder's card, so a pruned encoder reloads pruned.
 
     Shapes: ``forward``: B×C×H×W float in [0, 1] → B×``feature_dim``.
     """
@@ -86,6 +88,7 @@ class ResNet(nn.Module):
         stem_stride: int = 1,
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        pruned: list[int] | None = None,
     ) -> None:
         super().__init__()
         if depth not in DEPTHS:
@@ -127,6 +130,13 @@ class ResNet(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.feature_dim = cin
         self.in_channels = in_channels
+        keep = torch.ones(1, cin, 1, 1)
+        if pruned:
+            if not all(0 <= c < cin for c in pruned):
+                raise ValueError(f"resnet pruned channels must lie in [0, {cin}), got {pruned}")
+            keep[0, list(pruned), 0, 0] = 0.0
+        # Not in the state dict: it follows from the card's ``pruned`` argument.
+        self.register_buffer("keep", keep if pruned else None, persistent=False)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -138,6 +148,8 @@ class ResNet(nn.Module):
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = layer(x)
             outs.append(x)
+        if self.keep is not None:
+            outs[-1] = outs[-1] * self.keep.to(outs[-1].dtype)
         return outs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

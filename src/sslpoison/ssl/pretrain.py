@@ -48,6 +48,17 @@ class AugmentConfig(Config):
             raise ValueError(f"unknown recipe {v!r}; known: {', '.join(RECIPES)}")
         return v
 
+    def build(self, default_recipe: str, size: int, channels: int) -> ViewAugment:
+        """The views (``recipe``, or ``default_recipe`` when unset) at ``size`` px."""
+        return ViewAugment(
+            self.recipe or default_recipe,
+            size,
+            channels,
+            crop_scale=self.crop_scale,
+            jitter=self.jitter,
+            blur=self.blur,
+        )
+
 
 class PretrainConfig(Config):
     """One pre-training stage: method (+ its arguments), backbone, views and training."""
@@ -104,19 +115,33 @@ def pretrain(
     Returns the trained backbone (on ``device``) and the engine's result. Resumes from
     ``checkpoint_dir`` when a checkpoint is there.
     """
-    device = torch.device(device)
     torch.manual_seed(seed)
     backbone = build_encoder(cfg.backbone, data.channels)
-    method = METHODS[cfg.method](backbone, **cfg.checked_method_args())
-    aug = cfg.augment
-    views = ViewAugment(
-        aug.recipe or method.augmentation,
-        data.image_size,
-        data.channels,
-        crop_scale=aug.crop_scale,
-        jitter=aug.jitter,
-        blur=aug.blur,
+    return train_backbone(
+        backbone, data, cfg, seed=seed, device=device, checkpoint_dir=checkpoint_dir
     )
+
+
+def train_backbone(
+    backbone: nn.Module,
+    data: ImageSet,
+    cfg: PretrainConfig,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    desc: str | None = None,
+) -> tuple[nn.Module, FitResult]:
+    """Train ``backbone`` (in place, from its current weights) on ``data`` with ``cfg.method``,
+    ``cfg.augment`` and ``cfg.train``; ``cfg.backbone`` is not used. The method's heads are
+    fresh (drawn from the global RNG) and are dropped afterwards.
+
+    :func:`pretrain` starts it from a fresh backbone; the fine-tuning defenses start it from
+    a suspect encoder. Returns (``backbone`` on ``device``, the engine's result).
+    """
+    device = torch.device(device)
+    method = METHODS[cfg.method](backbone, **cfg.checked_method_args())
+    views = cfg.augment.build(method.augmentation, data.image_size, data.channels)
     task = PretrainTask(method, views).to(device)
     data = data.to(device)
     batches = TensorBatches(
@@ -128,6 +153,6 @@ def pretrain(
         cfg.train,
         seed=seed,
         checkpoint_dir=checkpoint_dir,
-        desc=f"pretrain {cfg.method}",
+        desc=desc or f"pretrain {cfg.method}",
     )
     return backbone, result
