@@ -104,3 +104,15 @@ def test_float_images() -> None:
     f = s.float_images(torch.tensor([2]))
     assert f.dtype == torch.float32 and f.shape == (1, 1, 8, 8)
     assert torch.equal(f * 255, s.images[2:3].float())
+
+
+def test_with_captions_follow_subsets_and_concat() -> None:
+    s = make(n=6)
+    caps = [f"caption {i}" for i in range(6)]
+    c = s.with_captions(caps)
+    assert s.captions is None and c.captions == caps and c.images is s.images
+    assert c.subset([4, 1]).captions == ["caption 4", "caption 1"]
+    assert ImageSet.concat([c, c]).captions == caps + caps
+    assert c.with_captions(None).captions is None
+    with pytest.raises(ValueError, match="5 captions for 6 images"):
+        s.with_captions(caps[:5])

@@ -106,6 +106,12 @@ class ImageSet:
         """The same labels and captions with other images of the same count (e.g. triggered)."""
         return self._with(images, self.labels, self.captions, name)
 
+    def with_captions(self, captions: Sequence[str] | None, name: str | None = None) -> ImageSet:
+        """The same images and labels with one caption per image (``None`` drops them)."""
+        return self._with(
+            self.images, self.labels, None if captions is None else list(captions), name
+        )
+
     def subset(self, indices: torch.Tensor | Sequence[int]) -> ImageSet:
         """The images at ``indices`` (any order, repeats allowed)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
