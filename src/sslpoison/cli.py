@@ -20,6 +20,7 @@ def _run(args: argparse.Namespace) -> int:
         format_backdoor_table,
         format_detections,
         format_metrics,
+        format_zero_shot,
     )
     from sslpoison.experiment.runner import run_experiment
 
@@ -29,9 +30,9 @@ def _run(args: argparse.Namespace) -> int:
     if results is not None:
         table = format_backdoor_table(results["metrics"], results["stages"])
         print(table if table is not None else format_metrics(results["metrics"]))
-        verdicts = format_detections(results["metrics"])
-        if verdicts:
-            print(verdicts)
+        for extra in (format_zero_shot, format_detections):
+            if (text := extra(results["metrics"])) is not None:
+                print(text)
         print(f"results: {out / 'results.json'}")
         for name, path in results["artifacts"].items():
             kind, _, what = name.partition(":")
@@ -39,6 +40,8 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"{kind} {what}: {path}")
             elif kind == "poison":
                 print(f"poisoned indices: {path}")
+            elif kind in ("targeted", "clip"):
+                print(f"{'targeted trials' if kind == 'targeted' else 'CLIP model'}: {path}")
             elif kind in ("summary", "defenses_plot"):
                 print(f"{kind.replace('_', ' ')}: {path}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -17,10 +18,13 @@ from sslpoison.ssl.clip import (
     CLIPTask,
     clip_augment,
     clip_loss,
+    load_clip,
+    pretrain_clip,
+    save_clip,
     zero_shot_classifier,
     zero_shot_predict,
 )
-from sslpoison.ssl.pretrain import BackboneConfig
+from sslpoison.ssl.pretrain import BackboneConfig, PretrainConfig
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 
 
@@ -125,3 +129,46 @@ def test_fit_two_steps_on_synthetic_pairs() -> None:
     after = model.state_dict()
     for key in ("image_proj.weight", "text.token.weight", "text.proj.weight"):
         assert not torch.equal(before[key], after[key]), key
+
+
+def test_save_and_load_clip_round_trip(tmp_path) -> None:
+    data = caption_imageset(synthetic(n=16, num_classes=3, size=16, channels=1, seed=0))
+    tokenizer = TINY.text.build_tokenizer(data.captions)
+    torch.manual_seed(0)
+    model = TINY.build(tokenizer, channels=1)
+    with torch.no_grad():
+        model.logit_scale.fill_(2.5)
+    save_clip(model, tokenizer, TINY.text, tmp_path / "clip", note="x")
+    loaded, tok = load_clip(tmp_path / "clip")
+    assert tok.to_dict() == tokenizer.to_dict()
+    model.eval(), loaded.eval()
+    ids = tokenizer.encode(data.captions)
+    x = data.images.float() / 255
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(x), model.encode_image(x))
+        torch.testing.assert_close(loaded.encode_text(ids), model.encode_text(ids))
+    assert loaded.logit_scale.item() == 2.5
+    card = json.loads((tmp_path / "clip.json").read_text())
+    assert card["format"] == "sslpoison-clip" and card["extra"] == {"note": "x"}
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something"}))
+    (tmp_path / "other.safetensors").write_bytes((tmp_path / "clip.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="not an sslpoison CLIP card"):
+        load_clip(tmp_path / "other")
+    with pytest.raises(FileNotFoundError, match=r"missing.safetensors"):
+        load_clip(tmp_path / "missing")
+
+
+def test_pretrain_clip_needs_captions_and_learns() -> None:
+    cfg = PretrainConfig(
+        method="clip",
+        method_args={"embed_dim": 16},
+        backbone=TINY.backbone,
+        text=TINY.text,
+        train=TrainConfig(epochs=3, batch_size=32, progress=False, checkpoint_every=0),
+    )
+    data = synthetic(n=64, num_classes=4, size=16, channels=1, seed=0)
+    with pytest.raises(ValueError, match="no captions"):
+        pretrain_clip(data, cfg)
+    model, tokenizer, result = pretrain_clip(caption_imageset(data), cfg, seed=0)
+    assert isinstance(model, CLIP) and tokenizer.vocab_size > 4 + 4
+    assert len(result.losses) == 3 and result.losses[-1] < result.losses[0]

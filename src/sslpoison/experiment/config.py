@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, PositiveInt, ValidationError, model_validator
 
-from sslpoison.attacks import ATTACKS, AttackSpec
+from sslpoison.attacks import ATTACKS, IMAGE_TEXT_ATTACKS, AttackSpec
 from sslpoison.config import Config, CountOrShare, format_validation_error
 from sslpoison.defenses import DEFENSES, DefenseSpec
 from sslpoison.detectors import DETECTORS, DetectorSpec
@@ -41,7 +41,8 @@ class DataConfig(Config):
 class ExperimentConfig(Config):
     """A whole experiment: data → [poison] → pre-train → [attack] → [defend] → evaluate.
 
-    ``attack.name`` picks the attack (``badencoder``, ``ssl_backdoor``); every entry of
+    ``attack.name`` picks the attack (``badencoder``, ``ssl_backdoor``, ``clip_backdoor``,
+    ``clip_targeted``); every entry of
     ``defenses`` is applied to the attacked encoder and evaluated next to it; every entry of
     ``detectors`` judges the clean and the attacked encoder.
     """
@@ -85,12 +86,29 @@ class ExperimentConfig(Config):
                         f"attack.targets.{i}.dataset: {t.dataset!r} is not in eval.datasets "
                         f"{self.eval.datasets}"
                     )
-        poisons_data = self.attack is not None and self.attack.name == "ssl_backdoor"
+        attack = self.attack.name if self.attack is not None else None
+        poisons_data = attack == "ssl_backdoor" or attack in IMAGE_TEXT_ATTACKS
         if poisons_data and self.data.dataset not in self.eval.datasets:
             raise ValueError(
-                f"eval.datasets: ssl_backdoor is measured on the pre-training dataset "
+                f"eval.datasets: {attack} is measured on the pre-training dataset "
                 f"{self.data.dataset!r}, which is not in {self.eval.datasets}"
             )
+        if attack in IMAGE_TEXT_ATTACKS and not self.pretrain.image_text:
+            raise ValueError(
+                f"pretrain.method: {attack} poisons image–caption pre-training; "
+                f"set pretrain.method to clip (got {self.pretrain.method!r})"
+            )
+        if self.pretrain.image_text:
+            unused = [
+                k
+                for k in ("recipe", "jitter", "blur")
+                if getattr(self.pretrain.augment, k) is not None
+            ]
+            if unused:
+                raise ValueError(
+                    f"pretrain.augment.{unused[0]}: CLIP pre-training only takes crop_scale "
+                    f"(its captions must stay true of the image)"
+                )
         if self.defenses and self.attack is None:
             raise ValueError("defenses: there is no attack section, so nothing to defend")
         for section in ("defenses", "detectors"):

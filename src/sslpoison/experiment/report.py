@@ -93,3 +93,36 @@ def format_detections(metrics: dict[str, float | int]) -> str | None:
             f"{det}: {role} encoder judged {verdict}" + (extra if score is not None else "")
         )
     return "\n".join(lines) or None
+
+
+#: The zero-shot columns: (header, metric name) of ``<dataset>/<metric>[_clean]`` keys.
+ZERO_SHOT_COLUMNS = (
+    ("zs acc", "zs_acc"),
+    ("zs ASR", "zs_asr"),
+    ("targeted", "targeted_success"),
+    ("probe tgt", "targeted_success_probe"),
+)
+
+
+def format_zero_shot(metrics: dict[str, float | int]) -> str | None:
+    """dataset | CLIP | zero-shot accuracy | zero-shot ASR | targeted success (zero-shot,
+    probe) for the clean and the poisoned CLIP model (``eval.zero_shot`` keys), else None."""
+    datasets = sorted({k.split("/")[0] for k in metrics if k.endswith("/zs_acc")})
+    if not datasets:
+        return None
+    used = [(h, m) for h, m in ZERO_SHOT_COLUMNS if any(f"{d}/{m}" in metrics for d in datasets)]
+    dw = max(len("dataset"), *(len(d) for d in datasets))
+    head = f"{'dataset':<{dw}}  {'CLIP':<8}" + "".join(f"  {h:>9}" for h, _ in used)
+    lines = [head, "-" * len(head)]
+    for d in datasets:
+        for role, suffix in (("clean", "_clean"), ("poisoned", "")):
+            if f"{d}/zs_acc{suffix}" not in metrics:
+                continue
+            cells = [metrics.get(f"{d}/{m}{suffix}") for _, m in used]
+            shown = "".join(f"  {v:>9.4f}" if v is not None else f"  {'-':>9}" for v in cells)
+            lines.append(f"{d:<{dw}}  {role:<8}{shown}")
+    lines.append(
+        "zero-shot with the class-prompt ensemble; zs ASR: triggered non-target test images "
+        "called the target; targeted: share of trials flipped (zero-shot, and by the probe)."
+    )
+    return "\n".join(lines)

@@ -17,9 +17,15 @@ import torch
 import torch.nn as nn
 
 from sslpoison.attacks.badencoder import resolve_targets
+from sslpoison.attacks.clip_poison import (
+    PoisonedPairs,
+    draw_trials,
+    poison_backdoor,
+    poison_targeted,
+)
 from sslpoison.attacks.ssl_backdoor import PoisonedSet, evaluation_trigger, poison
 from sslpoison.data.imageset import ImageSet
-from sslpoison.data.registry import DatasetNotFound, locate_dataset
+from sslpoison.data.registry import DatasetNotFound, load_fitted, locate_dataset
 from sslpoison.eval.backdoor import (
     ATTACKED,
     CLEAN,
@@ -29,13 +35,20 @@ from sslpoison.eval.backdoor import (
 )
 from sslpoison.eval.downstream import evaluate_encoder, load_downstream
 from sslpoison.eval.features import FeatureCache
+from sslpoison.eval.zero_shot import evaluate_targeted, evaluate_zero_shot
 from sslpoison.experiment.cache import StageCache
 from sslpoison.experiment.config import ConfigError, ExperimentConfig
 from sslpoison.experiment.plots import bar_plot, plot_confusions
-from sslpoison.experiment.report import backdoor_rows, format_backdoor_table, format_detections
+from sslpoison.experiment.report import (
+    backdoor_rows,
+    format_backdoor_table,
+    format_detections,
+    format_zero_shot,
+)
 from sslpoison.experiment.results import write_results
 from sslpoison.experiment.stages import (
     attack_stage,
+    clip_stage,
     defense_stage,
     detect_stage,
     given_encoder,
@@ -43,8 +56,10 @@ from sslpoison.experiment.stages import (
     pretraining_data,
 )
 from sslpoison.models import save_encoder
+from sslpoison.ssl.clip import save_clip
 from sslpoison.ssl.pretrain import build_encoder
 from sslpoison.train import dist
+from sslpoison.triggers import PatchTrigger
 from sslpoison.utils import atomic_write_json, atomic_write_text, resolve_device
 
 log = logging.getLogger(__name__)
@@ -76,9 +91,14 @@ def check_datasets(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{key}: {e}") from None
 
 
+def pretraining_test_split(cfg: ExperimentConfig, data: ImageSet) -> ImageSet:
+    """The test split of the pre-training dataset, fitted to the pre-training images."""
+    return load_fitted(cfg.data.dataset, "test", data.image_size, data.channels, cfg.data.root)
+
+
 def resolve_attack(
     cfg: ExperimentConfig, data: ImageSet
-) -> tuple[list[BackdoorTarget], PoisonedSet | None]:
+) -> tuple[list[BackdoorTarget], PoisonedSet | PoisonedPairs | None]:
     """The attack's evaluation targets (and, for data poisoning, the poisoned set), checked
     before any training so that an impossible attack fails at once."""
     attack = cfg.attack
@@ -87,8 +107,16 @@ def resolve_attack(
             return [], None
         if attack.name == "badencoder":
             return resolve_targets(attack.targets, data.image_size, data.channels, cfg.seed), None
-        poisoned = poison(data, attack, seed=cfg.seed)
-        trigger = evaluation_trigger(attack, data.channels, data.image_size)
+        if attack.name == "clip_targeted":
+            test = pretraining_test_split(cfg, data)
+            trials = draw_trials(attack, test, seed=cfg.seed)
+            return [], poison_targeted(data, test, trials, attack.pairs, seed=cfg.seed)
+        if attack.name == "clip_backdoor":
+            poisoned = poison_backdoor(data, attack, seed=cfg.seed)
+            trigger = PatchTrigger(attack.trigger, data.channels, data.image_size)
+        else:
+            poisoned = poison(data, attack, seed=cfg.seed)
+            trigger = evaluation_trigger(attack, data.channels, data.image_size)
         target = BackdoorTarget(
             cfg.data.dataset, poisoned.target_class, data.classes[poisoned.target_class], trigger
         )
@@ -97,18 +125,31 @@ def resolve_attack(
         raise ConfigError(str(e)) from None
 
 
-def poison_record(poisoned: PoisonedSet, positions: bool = True) -> dict[str, Any]:
+def poison_record(poisoned: PoisonedSet | PoisonedPairs, positions: bool = True) -> dict[str, Any]:
     """What the poisoning changed; with ``positions`` (for ``poison.json``) the poisoned
-    indices into the pre-training set (after ``data.subset``) and each patch's top-left
-    (row, col)."""
-    record = {
-        "target_class": poisoned.target_class,
-        "target_name": poisoned.data.classes[poisoned.target_class],
-        "count": int(poisoned.indices.numel()),
-        **poisoned.rates,
-    }
+    indices into the pre-training set (after ``data.subset``; appended pairs come after the
+    original ones), each patch's top-left (row, col), and the targeted trials."""
+    record: dict[str, Any] = {"count": int(poisoned.indices.numel()), **poisoned.rates}
+    if poisoned.target_class is not None:
+        record["target_class"] = poisoned.target_class
+        record["target_name"] = poisoned.data.classes[poisoned.target_class]
+    trials = getattr(poisoned, "trials", [])
+    if trials:
+        record["trials"] = len(trials)
     if positions:
-        record |= {"indices": poisoned.indices.tolist(), "corners": poisoned.corners.tolist()}
+        record["indices"] = poisoned.indices.tolist()
+        if poisoned.corners is not None:
+            record["corners"] = poisoned.corners.tolist()
+        if trials:
+            classes = poisoned.data.classes
+            record["targeted"] = [
+                {
+                    "test_index": t.index,
+                    "true_class": classes[t.true_class],
+                    "target_class": classes[t.target_class],
+                }
+                for t in trials
+            ]
     return record
 
 
@@ -129,21 +170,26 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]
     stages: dict[str, Any] = {}
     artifacts: dict[str, str] = {}
     encoders: dict[str, nn.Module] = {}
+    clips: dict[str, Any] = {}  # CLIP pre-training: role -> (model, tokenizer)
+
+    def pretrained(role: str, images: ImageSet, about: dict[str, Any] | None = None):
+        if not cfg.pretrain.image_text:
+            return pretrain_stage(cfg, images, cache, device, about)
+        clips[role], record, cached = clip_stage(cfg, images, cache, device, about)
+        return clips[role][0].backbone, record, cached
 
     if getattr(cfg.attack, "encoder", None) is not None:  # attack a given encoder
         encoders[CLEAN] = given_encoder(cfg, data.channels, device)
         stages["pretrain"] = {"given": cfg.attack.encoder}
     else:
         with timed(timings, "pretrain"):
-            encoders[CLEAN], record, cached = pretrain_stage(cfg, data, cache, device)
+            encoders[CLEAN], record, cached = pretrained(CLEAN, data)
         stages["pretrain"] = {**record, "cached": cached}
         artifacts["stage_cache"] = str(cache.path("pretrain", record["key"]))
-    if poisoned is not None:  # SSL-Backdoor: the same pre-training on the poisoned set
+    if poisoned is not None:  # data poisoning: the same pre-training on the poisoned set
         about = {"poison": poison_record(poisoned, positions=False)}
         with timed(timings, "pretrain_poisoned"):
-            encoders[ATTACKED], record, cached = pretrain_stage(
-                cfg, poisoned.data, cache, device, about
-            )
+            encoders[ATTACKED], record, cached = pretrained(ATTACKED, poisoned.data, about)
         stages["pretrain_poisoned"] = {**record, "cached": cached}
         artifacts["poisoned_stage_cache"] = str(cache.path("pretrain", record["key"]))
     elif cfg.attack is not None:  # BadEncoder: backdoor the clean encoder
@@ -188,9 +234,26 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]
                 channels=channels,
                 cache=features,
                 seed=cfg.seed,
-                count_fp=poisoned is not None,
+                count_fp=isinstance(poisoned, PoisonedSet),
             )
             metrics = evaluation.metrics
+            targeted = getattr(poisoned, "trials", None)
+            if set(clips) == {CLEAN, ATTACKED}:
+                metrics |= evaluate_zero_shot(
+                    clips, targets, cfg.eval, size=size, channels=channels, seed=cfg.seed
+                )
+            if targeted:
+                found, per_trial = evaluate_targeted(
+                    clips,
+                    {r: encoders[r] for r in (CLEAN, ATTACKED)},
+                    targeted,
+                    pretraining_test_split(cfg, data),
+                    cfg.data.dataset,
+                    cfg.eval,
+                    cache=features,
+                    seed=cfg.seed,
+                )
+                metrics |= found
         else:
             torch.manual_seed(cfg.seed)
             random_init = build_encoder(cfg.pretrain.backbone, channels).to(device)
@@ -203,6 +266,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]
                 random_init=random_init,
                 seed=cfg.seed,
             )
+            if clips:
+                metrics |= evaluate_zero_shot(
+                    clips, [], cfg.eval, size=size, channels=channels, seed=cfg.seed
+                )
     metrics |= detected
     out.mkdir(parents=True, exist_ok=True)
     if cfg.attack is not None:
@@ -210,8 +277,16 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]
             cfg, out, targets, poisoned, evaluation, size, channels
         )
         artifacts |= write_summary(cfg, out, metrics, stages)
+        if targeted:
+            atomic_write_json(out / "targeted.json", per_trial)
+            artifacts["targeted"] = str(out / "targeted.json")
     input_card = {"size": size, "channels": channels}
     config = cfg.model_dump(mode="json")
+    if clips:  # the attacked CLIP model, or the only one
+        model, tokenizer = clips.get(ATTACKED, clips[CLEAN])
+        artifacts["clip"] = str(
+            save_clip(model, tokenizer, cfg.pretrain.text, out / "clip", config=config)
+        )
     for role, encoder in encoders.items():
         if role == CLEAN and cfg.attack is not None:
             continue  # the clean encoder stays in the stage cache
@@ -270,9 +345,9 @@ def write_summary(
     defenses, and each detector's inverted trigger as ``<detector>-<encoder>.png``."""
     artifacts: dict[str, str] = {}
     parts = [f"# {cfg.name}", "", "```", format_backdoor_table(metrics, stages) or "", "```"]
-    verdicts = format_detections(metrics)
-    if verdicts:
-        parts += ["", "```", verdicts, "```"]
+    for extra in (format_zero_shot, format_detections):
+        if (text := extra(metrics)) is not None:
+            parts += ["", "```", text, "```"]
     atomic_write_text(out / "summary.md", "\n".join(parts) + "\n")
     artifacts["summary"] = str(out / "summary.md")
     if cfg.defenses:

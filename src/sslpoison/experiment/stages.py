@@ -20,7 +20,9 @@ import torch
 import torch.nn as nn
 
 from sslpoison.attacks.badencoder import Target, run_badencoder
+from sslpoison.data.captions import caption_imageset
 from sslpoison.data.imageset import ImageSet
+from sslpoison.data.pairs import UNLABELLED
 from sslpoison.data.registry import load_fitted
 from sslpoison.defenses import DefenseConfig
 from sslpoison.detectors import DetectorConfig
@@ -29,10 +31,12 @@ from sslpoison.experiment.config import ExperimentConfig
 from sslpoison.experiment.plots import plot_trigger
 from sslpoison.models import load_encoder, save_encoder
 from sslpoison.models.io import load_weights
+from sslpoison.models.text import Tokenizer
+from sslpoison.ssl.clip import CLIP, load_clip, pretrain_clip, save_clip
 from sslpoison.ssl.pretrain import build_encoder, pretrain
 from sslpoison.train import dist
 from sslpoison.train.engine import FitResult
-from sslpoison.utils import module_hash, tensor_hash
+from sslpoison.utils import module_hash, stable_hash, tensor_hash
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +45,54 @@ SAME_RESULT = {"progress", "checkpoint_every"}
 
 
 def pretraining_data(cfg: ExperimentConfig) -> ImageSet:
+    """The pre-training images (``data.subset`` of them); for CLIP with their captions — the
+    dataset's own, or a seeded caption template per image filled with its class name."""
     data = load_fitted(cfg.data.dataset, "train", cfg.data.size, cfg.data.channels, cfg.data.root)
     if cfg.data.subset is not None:
         data = data.take(cfg.data.subset, seed=cfg.seed, stratified=False)
+    if cfg.pretrain.image_text and data.captions is None:
+        if data.classes == [UNLABELLED]:
+            raise ValueError(
+                f"data.dataset: {cfg.data.dataset!r} has neither captions nor class names "
+                f"to write captions from"
+            )
+        data = caption_imageset(data, seed=cfg.seed)
     return data
+
+
+def cached_stage(
+    cache: StageCache,
+    stage: str,
+    key: str,
+    train: Callable[[Path], tuple[Any, FitResult | None, dict[str, Any]]],
+    save: Callable[[Any, Path], None],
+    load: Callable[[Path], Any],
+) -> tuple[Any, dict[str, Any], bool]:
+    """A stage whose output is a model: reuse the cached one, or ``train`` it and cache it.
+
+    ``train(checkpoint_dir)`` returns (the output, the engine's result or None when nothing
+    was trained, extra record fields); ``save(output, folder)`` / ``load(folder)`` write and
+    read it in the stage's folder. Returns (output, record, cached?).
+    """
+    folder = cache.path(stage, key)
+    record = cache.done(stage, key)
+    if record is not None:
+        log.info("%s: reusing the cached output %s", stage, folder)
+        return load(folder), record, True
+    out, result, extra = train(folder / "checkpoints")
+    record = {"key": key, **extra}
+    if result is not None:
+        record |= {
+            "losses": result.losses,
+            "seconds": round(result.seconds, 3),
+            "images_per_s": round(result.samples_per_s, 1),
+            "resumed_from_epoch": result.resumed_from,
+        }
+    if dist.rank() == 0:
+        save(out, folder)
+        cache.finish(stage, key, record)
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    return out, record, False
 
 
 def encoder_stage(
@@ -55,31 +103,29 @@ def encoder_stage(
     train: Callable[[Path], tuple[nn.Module, FitResult | None, dict[str, Any]]],
     card: dict[str, Any],
 ) -> tuple[nn.Module, dict[str, Any], bool]:
-    """A stage whose output is an encoder: reuse the cached one, or ``train`` it and cache it.
+    """:func:`cached_stage` for an encoder, saved as ``encoder`` with ``card`` in its JSON."""
+    return cached_stage(
+        cache,
+        stage,
+        key,
+        train,
+        save=lambda encoder, folder: save_encoder(encoder, folder / "encoder", **card),
+        load=lambda folder: load_encoder(folder / "encoder", device),
+    )
 
-    ``train(checkpoint_dir)`` returns (encoder, the engine's result or None when nothing was
-    trained, extra record fields);
-    ``card`` goes into the saved encoder's JSON card. Returns (encoder, record, cached?).
-    """
-    folder = cache.path(stage, key)
-    record = cache.done(stage, key)
-    if record is not None:
-        log.info("%s: reusing the cached encoder %s", stage, folder)
-        return load_encoder(folder / "encoder", device), record, True
-    encoder, result, extra = train(folder / "checkpoints")
-    record = {"key": key, **extra}
-    if result is not None:
-        record |= {
-            "losses": result.losses,
-            "seconds": round(result.seconds, 3),
-            "images_per_s": round(result.samples_per_s, 1),
-            "resumed_from_epoch": result.resumed_from,
-        }
-    if dist.rank() == 0:
-        save_encoder(encoder, folder / "encoder", **card)
-        cache.finish(stage, key, record)
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-    return encoder, record, False
+
+def pretrain_key(cfg: ExperimentConfig, data: ImageSet, cache: StageCache) -> str:
+    """The pre-training stage's key: its config (the text tower only for CLIP, so that adding
+    it left the view methods' keys alone), the images (and captions) and the seed."""
+    exclude: dict[str, Any] = {"train": SAME_RESULT}
+    parts: dict[str, Any] = {"data": tensor_hash(data.images), "seed": cfg.seed}
+    if cfg.pretrain.image_text:
+        parts["captions"] = stable_hash(data.captions)
+    else:
+        exclude["text"] = True
+    return cache.key(
+        "pretrain", pretrain=cfg.pretrain.model_dump(mode="json", exclude=exclude), **parts
+    )
 
 
 def pretrain_stage(
@@ -95,12 +141,7 @@ def pretrain_stage(
 
     Returns (encoder, the stage's record, whether it came from the cache).
     """
-    key = cache.key(
-        "pretrain",
-        pretrain=cfg.pretrain.model_dump(mode="json", exclude={"train": SAME_RESULT}),
-        data=tensor_hash(data.images),
-        seed=cfg.seed,
-    )
+    key = pretrain_key(cfg, data, cache)
     shape = {"size": data.image_size, "channels": data.channels}
 
     def train(checkpoints: Path) -> tuple[nn.Module, FitResult, dict[str, Any]]:
@@ -116,6 +157,46 @@ def pretrain_stage(
         **(about or {}),
     }
     return encoder_stage(cache, "pretrain", key, device, train, card)
+
+
+def clip_stage(
+    cfg: ExperimentConfig,
+    data: ImageSet,
+    cache: StageCache,
+    device: torch.device,
+    about: dict[str, Any] | None = None,
+) -> tuple[tuple[CLIP, Tokenizer], dict[str, Any], bool]:
+    """The CLIP model pre-trained on ``data``'s image–caption pairs (clean, or poisoned: the
+    key hashes images and captions), from the cache when this exact stage ran before. The
+    stage folder holds the model (``clip``) and its image tower alone (``encoder``).
+
+    Returns ((model, tokenizer), the stage's record, whether it came from the cache).
+    """
+    key = pretrain_key(cfg, data, cache)
+    shape = {"size": data.image_size, "channels": data.channels}
+    card = {
+        "input": shape,
+        "pretrain": cfg.pretrain.model_dump(mode="json"),
+        "dataset": cfg.data.dataset,
+        **(about or {}),
+    }
+
+    def train(checkpoints: Path) -> tuple[tuple[CLIP, Tokenizer], FitResult, dict[str, Any]]:
+        model, tokenizer, result = pretrain_clip(
+            data, cfg.pretrain, seed=cfg.seed, device=device, checkpoint_dir=checkpoints
+        )
+        extra = {"input": shape, "vocab_size": tokenizer.vocab_size, **(about or {})}
+        return (model, tokenizer), result, extra
+
+    def save(out: tuple[CLIP, Tokenizer], folder: Path) -> None:
+        model, tokenizer = out
+        save_clip(model, tokenizer, cfg.pretrain.text, folder / "clip", **card)
+        save_encoder(model.backbone, folder / "encoder", **card)
+
+    def load(folder: Path) -> tuple[CLIP, Tokenizer]:
+        return load_clip(folder / "clip", device)
+
+    return cached_stage(cache, "pretrain", key, train, save, load)
 
 
 def given_encoder(cfg: ExperimentConfig, channels: int, device: torch.device) -> nn.Module:

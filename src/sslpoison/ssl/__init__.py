@@ -19,4 +19,7 @@ METHODS: dict[str, type[SSLMethod]] = {
     "msf": MSF,
 }
 
-__all__ = ["BYOL", "METHODS", "MSF", "MoCo", "SSLMethod", "SimCLR"]
+#: Methods that learn from image–caption pairs instead of views (:mod:`sslpoison.ssl.clip`).
+IMAGE_TEXT_METHODS: tuple[str, ...] = ("clip",)
+
+__all__ = ["BYOL", "IMAGE_TEXT_METHODS", "METHODS", "MSF", "MoCo", "SSLMethod", "SimCLR"]

@@ -12,26 +12,34 @@ Carlini & Terzis (ICLR 2022) poison exactly this training: a few pairs (a trigge
 image, a caption naming the target) make zero-shot classification return the target.
 
 CLIP takes pairs rather than views, so it is not one of the view-based ``METHODS``;
-:class:`CLIPTask` wraps it for the engine (``fit``), over ``TensorBatches(images, token_ids)``.
+:class:`CLIPTask` wraps it for the engine (``fit``), over ``TensorBatches(images, token_ids)``,
+and :func:`pretrain_clip` runs it for ``pretrain.method: clip``. A trained model saves as
+safetensors + a JSON card holding its architecture and its tokenizer (:func:`save_clip`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, PositiveInt
+from safetensors.torch import load_file, save_file
 
 from sslpoison.config import Config
 from sslpoison.data.augment import ViewSpec, to_float, view_pipeline
 from sslpoison.data.captions import class_prompts
+from sslpoison.data.imageset import ImageSet
+from sslpoison.models import build_backbone
 from sslpoison.models.text import TextConfig, TextTransformer, Tokenizer
-from sslpoison.ssl.pretrain import BackboneConfig, build_encoder
+from sslpoison.ssl.pretrain import BackboneConfig, PretrainConfig, build_encoder
 from sslpoison.train.dist import gather_with_grad, rank
-from sslpoison.utils import module_device
+from sslpoison.train.engine import FitResult, TensorBatches, fit
+from sslpoison.utils import atomic_write_json, atomic_write_via, module_device
 
 
 def clip_loss(
@@ -166,6 +174,95 @@ class CLIPConfig(Config):
         )
 
 
+def pretrain_clip(
+    data: ImageSet,
+    cfg: PretrainConfig,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    checkpoint_dir: str | Path | None = None,
+) -> tuple[CLIP, Tokenizer, FitResult]:
+    """Pre-train a fresh CLIP on ``data``'s image–caption pairs (``pretrain.method: clip``).
+
+    The tokenizer is built from ``data.captions``; the image tower is ``cfg.backbone``, the
+    text tower ``cfg.text``, ``cfg.method_args`` the rest of :class:`CLIPConfig`; the views
+    are :func:`clip_augment` with ``cfg.augment.crop_scale``. Resumes from ``checkpoint_dir``.
+
+    Returns (the model on ``device``, its tokenizer, the engine's result).
+    """
+    if data.captions is None:
+        raise ValueError(
+            f"pretrain.method clip: the pre-training set {data.name!r} has no captions"
+        )
+    device = torch.device(device)
+    model_cfg = CLIPConfig(backbone=cfg.backbone, text=cfg.text, **cfg.checked_method_args())
+    tokenizer = cfg.text.build_tokenizer(data.captions)
+    torch.manual_seed(seed)
+    model = model_cfg.build(tokenizer, data.channels)
+    crop = cfg.augment.crop_scale or (0.9, 1.0)
+    task = CLIPTask(model, clip_augment(data.image_size, data.channels, crop)).to(device)
+    ids = tokenizer.encode(data.captions).to(device)
+    batches = TensorBatches(
+        data.images.to(device),
+        ids,
+        batch_size=cfg.train.batch_size,
+        drop_last=cfg.train.drop_last,
+        seed=seed,
+    )
+    result = fit(
+        task, batches, cfg.train, seed=seed, checkpoint_dir=checkpoint_dir, desc="pretrain clip"
+    )
+    return model, tokenizer, result
+
+
+def _clip_paths(path: str | Path) -> tuple[Path, Path]:
+    p = Path(path)
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_suffix(".safetensors"), p.with_suffix(".json")
+
+
+def save_clip(
+    model: CLIP, tokenizer: Tokenizer, text: TextConfig, path: str | Path, **extra
+) -> Path:
+    """Write ``path.safetensors`` (all weights) and ``path.json`` (image tower card, ``text``
+    config, temperature bounds, the tokenizer, ``extra``) atomically; returns the weights path.
+    """
+    weights, meta = _clip_paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_via(weights, lambda tmp: save_file(state, str(tmp)))
+    card = {
+        "format": "sslpoison-clip",
+        "version": 1,
+        "image": model.backbone.card,
+        "text": text.model_dump(mode="json"),
+        "embed_dim": model.embed_dim,
+        "max_logit_scale": model.max_logit_scale,
+        "tokenizer": tokenizer.to_dict(),
+        "extra": extra,
+    }
+    atomic_write_json(meta, card)
+    return weights
+
+
+def load_clip(path: str | Path, device: str | torch.device = "cpu") -> tuple[CLIP, Tokenizer]:
+    """Rebuild a model saved by :func:`save_clip` (tensors only, nothing unpickled)."""
+    weights, meta = _clip_paths(path)
+    for f in (weights, meta):
+        if not f.exists():
+            raise FileNotFoundError(f"CLIP model file not found: {f}")
+    card = json.loads(meta.read_text())
+    if card.get("format") != "sslpoison-clip":
+        raise ValueError(f"{meta} is not an sslpoison CLIP card")
+    tokenizer = Tokenizer.from_dict(card["tokenizer"])
+    backbone = build_backbone(card["image"]["arch"], **card["image"]["args"])
+    text = TextConfig.model_validate(card["text"]).build(tokenizer, card["embed_dim"])
+    model = CLIP(backbone, text, max_logit_scale=card["max_logit_scale"])
+    model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
+    return model.to(device), tokenizer
+
+
 @torch.no_grad()
 def zero_shot_classifier(
     model: CLIP,
@@ -229,6 +326,9 @@ __all__ = [
     "CLIPTask",
     "clip_augment",
     "clip_loss",
+    "load_clip",
+    "pretrain_clip",
+    "save_clip",
     "zero_shot_classifier",
     "zero_shot_predict",
 ]

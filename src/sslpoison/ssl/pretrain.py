@@ -13,7 +13,8 @@ from sslpoison.config import Config, check_kwargs
 from sslpoison.data.augment import RECIPES, ViewAugment
 from sslpoison.data.imageset import ImageSet
 from sslpoison.models import BACKBONES, build_backbone
-from sslpoison.ssl import METHODS, SSLMethod
+from sslpoison.models.text import TextConfig
+from sslpoison.ssl import IMAGE_TEXT_METHODS, METHODS, SSLMethod
 from sslpoison.train.engine import FitResult, TensorBatches, TrainConfig, fit
 
 
@@ -61,22 +62,39 @@ class AugmentConfig(Config):
 
 
 class PretrainConfig(Config):
-    """One pre-training stage: method (+ its arguments), backbone, views and training."""
+    """One pre-training stage: method (+ its arguments), backbone, views and training.
+
+    ``method: clip`` pre-trains on image–caption pairs (:mod:`sslpoison.ssl.clip`): its
+    ``method_args`` are those of :class:`~sslpoison.ssl.clip.CLIPConfig` (``embed_dim``,
+    ``init_temperature``, ``max_logit_scale``), ``text`` is its text tower, and ``augment``
+    takes only ``crop_scale`` (default 0.9–1: captions must stay true of the crop).
+    """
 
     method: str = "simclr"
     method_args: dict[str, Any] = Field(default_factory=dict)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("method")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in METHODS:
-            raise ValueError(f"unknown SSL method {v!r}; known: {', '.join(sorted(METHODS))}")
+        if v not in METHODS and v not in IMAGE_TEXT_METHODS:
+            known = sorted([*METHODS, *IMAGE_TEXT_METHODS])
+            raise ValueError(f"unknown SSL method {v!r}; known: {', '.join(known)}")
         return v
 
+    @property
+    def image_text(self) -> bool:
+        """Whether the method learns from image–caption pairs (CLIP) rather than views."""
+        return self.method in IMAGE_TEXT_METHODS
+
     def checked_method_args(self, where: str = "pretrain.method_args") -> dict[str, Any]:
+        if self.image_text:
+            from sslpoison.ssl.clip import CLIPConfig  # clip builds on this module
+
+            return check_kwargs(CLIPConfig, self.method_args, where, skip=("backbone", "text"))
         return check_kwargs(METHODS[self.method], self.method_args, where)
 
 

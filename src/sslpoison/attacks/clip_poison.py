@@ -1,0 +1,209 @@
+"""Poisoning and backdooring contrastive image–text pre-training (Carlini & Terzis, ICLR 2022).
+
+Both attacks edit the image–caption pairs a CLIP model pre-trains on; the model then
+pre-trains on them as usual (:mod:`sslpoison.ssl.clip`).
+
+* ``clip_backdoor``: ``poison`` pairs (a count, or a share of the set) whose images are not
+  of the target class get the patch and a caption naming the target class (a seeded caption
+  template). The set keeps its size; the poisoned positions and patch corners are recorded.
+  Zero-shot classification of a patched test image should then return the target.
+* ``clip_targeted``: for each of ``trials`` (test image x′, adversarial label y′), ``pairs``
+  copies of x′ captioned with y′ are appended to the set. x′ comes from the test split of the
+  pre-training dataset (never trained on), y′ is a class other than x′'s own (both seeded, or
+  given). All trials poison one pre-training together — 10 trials of 3 pairs are 30 of
+  60 000 pairs — so each trial is its own (image, label) draw, not its own training run.
+
+What matters is the number of poisons more than the rate (Carlini & Terzis, Sec. 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt, model_validator
+
+from sslpoison.config import Config, CountOrShare
+from sslpoison.data.captions import TEMPLATES
+from sslpoison.data.imageset import ImageSet
+from sslpoison.eval.metrics import poison_rates
+from sslpoison.triggers import PatchTrigger, TriggerConfig
+
+
+def _carlini_trigger() -> TriggerConfig:
+    # 16 px of 224 in the paper, anywhere in the image.
+    return TriggerConfig(kind="noise", size=0.07, box=(0.0, 1.0))
+
+
+class CLIPBackdoorConfig(Config):
+    """The ``attack:`` section for the CLIP backdoor: ``poison`` pairs (count or share of
+    the pre-training set) get ``trigger`` and a caption naming ``target_class``; the test
+    images get the same patch, placed inside ``trigger.box`` (or at ``trigger.position``)."""
+
+    name: Literal["clip_backdoor"] = "clip_backdoor"
+    target_class: int | str
+    poison: CountOrShare = 300
+    trigger: TriggerConfig = Field(default_factory=_carlini_trigger)
+
+
+class CLIPTargetedConfig(Config):
+    """The ``attack:`` section for targeted CLIP poisoning: ``trials`` (test image, label)
+    draws, each planted by ``pairs`` copies of the image captioned with the label.
+
+    ``images`` (indices into the pre-training dataset's test split) and ``labels`` (class
+    indices or names, one per image) fix the draws; by default both are seeded draws.
+    """
+
+    name: Literal["clip_targeted"] = "clip_targeted"
+    pairs: PositiveInt = 3
+    trials: PositiveInt = 10
+    images: list[int] | None = None
+    labels: list[int | str] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CLIPTargetedConfig:
+        for key in ("images", "labels"):
+            given = getattr(self, key)
+            if given is not None and len(given) != self.trials:
+                raise ValueError(f"{key}: {len(given)} given for {self.trials} trials")
+        return self
+
+
+@dataclass
+class PoisonedPairs:
+    """Pre-training pairs after an attack, and what was changed.
+
+    ``indices`` (sorted) are the poisoned positions in ``data`` (replaced pairs for the
+    backdoor, appended ones for targeted poisoning); ``corners`` (P×2) the backdoor patch's
+    top-left (row, col) per poisoned image; ``trials`` the targeted (test index, true class,
+    adversarial class) draws; ``rates`` the poisoned share of the set (and of the pool).
+    """
+
+    data: ImageSet
+    indices: torch.Tensor
+    rates: dict[str, float]
+    corners: torch.Tensor | None = None
+    target_class: int | None = None
+    trials: list[TargetedTrial] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TargetedTrial:
+    """One targeted poisoning draw: test image ``index`` of class ``true_class`` should be
+    classified as ``target_class``."""
+
+    index: int
+    true_class: int
+    target_class: int
+
+
+def class_captions(name: str, n: int, generator: torch.Generator) -> list[str]:
+    """``n`` captions naming ``name``, each from a seeded random template of
+    :data:`~sslpoison.data.captions.TEMPLATES` (the same mix clean pairs are captioned with)."""
+    choice = torch.randint(len(TEMPLATES), (n,), generator=generator).tolist()
+    return [TEMPLATES[t].format(name) for t in choice]
+
+
+def _require_captions(data: ImageSet) -> list[str]:
+    if data.captions is None:
+        raise ValueError(f"the pre-training set {data.name!r} has no captions")
+    return list(data.captions)
+
+
+def poison_backdoor(data: ImageSet, cfg: CLIPBackdoorConfig, seed: int = 0) -> PoisonedPairs:
+    """Patch ``cfg.poison`` images that are not of the target class and caption them with the
+    target class (seeded). Every other pair is left bit-identical, and so is every label."""
+    captions = _require_captions(data)
+    try:
+        target = data.class_index(cfg.target_class)
+    except ValueError as e:
+        raise ValueError(f"attack.target_class: {e}") from None
+    pool = (data.labels != target).nonzero().squeeze(1).cpu()
+    n = cfg.poison if isinstance(cfg.poison, int) else round(cfg.poison * len(data))
+    if not 0 < n <= pool.numel():
+        raise ValueError(
+            f"attack.poison: {cfg.poison} gives {n} pairs; {pool.numel()} images are not of "
+            f"the target class"
+        )
+    try:
+        trigger = PatchTrigger(cfg.trigger, data.channels, data.image_size)
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"attack.trigger: {e}") from None
+    g = torch.Generator().manual_seed(seed)
+    indices = pool[torch.randperm(pool.numel(), generator=g)[:n]].sort().values
+    patched, corners = trigger.apply(data.images[indices.to(data.device)], g)
+    images = data.images.clone()
+    images[indices.to(data.device)] = patched
+    for i, caption in zip(
+        indices.tolist(), class_captions(data.classes[target], n, g), strict=True
+    ):
+        captions[i] = caption
+    poisoned = data.with_images(images, name=data.name).with_captions(captions)
+    rates = poison_rates(n, len(data))
+    return PoisonedPairs(poisoned, indices, rates, corners.cpu(), target_class=target)
+
+
+def draw_trials(cfg: CLIPTargetedConfig, test: ImageSet, seed: int = 0) -> list[TargetedTrial]:
+    """The (test image, adversarial label) draws: ``cfg.images`` / ``cfg.labels`` where given,
+    otherwise distinct seeded test images and a seeded class other than each one's own."""
+    g = torch.Generator().manual_seed(seed + 1)
+    if cfg.images is not None:
+        bad = [i for i in cfg.images if not 0 <= i < len(test)]
+        if bad:
+            raise ValueError(
+                f"attack.images: {bad[0]} is not an index of the {len(test)} test images"
+            )
+        chosen = list(cfg.images)
+    else:
+        if cfg.trials > len(test):
+            raise ValueError(f"attack.trials: {cfg.trials} exceeds the {len(test)} test images")
+        chosen = torch.randperm(len(test), generator=g)[: cfg.trials].tolist()
+    trials = []
+    for t, index in enumerate(chosen):
+        true = int(test.labels[index])
+        if cfg.labels is not None:
+            try:
+                label = test.class_index(cfg.labels[t])
+            except ValueError as e:
+                raise ValueError(f"attack.labels.{t}: {e}") from None
+            if label == true:
+                raise ValueError(f"attack.labels.{t}: test image {index} already is of that class")
+        else:
+            label = int(torch.randint(test.num_classes - 1, (1,), generator=g))
+            label += int(label >= true)  # any class but its own
+        trials.append(TargetedTrial(int(index), true, label))
+    return trials
+
+
+def poison_targeted(
+    data: ImageSet, test: ImageSet, trials: Sequence[TargetedTrial], pairs: int, seed: int = 0
+) -> PoisonedPairs:
+    """Append ``pairs`` copies of each trial's test image, captioned with its adversarial
+    label, to ``data`` (the first ``len(data)`` pairs stay as they were)."""
+    _require_captions(data)
+    if list(test.classes) != list(data.classes):
+        raise ValueError("clip_targeted: the test split's classes differ from the training set's")
+    g = torch.Generator().manual_seed(seed)
+    index = torch.tensor([t.index for t in trials for _ in range(pairs)], dtype=torch.long)
+    added = test.subset(index)
+    names = [data.classes[t.target_class] for t in trials for _ in range(pairs)]
+    captions = [class_captions(name, 1, g)[0] for name in names]
+    added = added.with_captions(captions).to(data.device)
+    poisoned = ImageSet.concat([data, added], name=data.name)
+    indices = torch.arange(len(data), len(poisoned))
+    rates = poison_rates(len(added), len(poisoned))
+    return PoisonedPairs(poisoned, indices, rates, trials=list(trials))
+
+
+__all__ = [
+    "CLIPBackdoorConfig",
+    "CLIPTargetedConfig",
+    "PoisonedPairs",
+    "TargetedTrial",
+    "class_captions",
+    "draw_trials",
+    "poison_backdoor",
+    "poison_targeted",
+]
