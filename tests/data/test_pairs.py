@@ -17,6 +17,7 @@ from sslpoison.data.pairs import (
     iter_webdataset,
     load_caption_csv,
 )
+from sslpoison.data.registry import DatasetNotFound, load_dataset, load_fitted
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
 
@@ -121,3 +122,17 @@ def test_webdataset_is_lazy_and_errors_name_shard_and_member(tmp_path) -> None:
     assert expand_shards(str(tmp_path / "s-{000002..000002}.tar")) == [tmp_path / "s-000002.tar"]
     with pytest.raises(FileNotFoundError, match=r"shard not found: .*s-000003\.tar"):
         expand_shards(str(tmp_path / "s-{000002..000003}.tar"))
+
+
+def test_registry_captions_dataset_reads_split_csvs(tmp_path) -> None:
+    write_csv(tmp_path, [])
+    (tmp_path / "train.csv").write_text("path,caption\nimg/0.png,a red thing\nimg/1.png,grass\n")
+    (tmp_path / "test.csv").write_text("path,caption,label\nimg/2.png,sky,blue\n")
+    train = load_fitted("captions", "train", size=5, root=str(tmp_path))
+    assert train.name == "captions" and train.images.shape == (2, 3, 5, 5)
+    assert train.captions == ["a red thing", "grass"] and train.classes == [UNLABELLED]
+    test = load_dataset("captions", "test", root=str(tmp_path))
+    assert test.images.shape == (1, 3, 64, 64) and test.classes == ["blue"]
+    (tmp_path / "train.csv").unlink()
+    with pytest.raises(DatasetNotFound, match=r"train\.csv"):
+        load_dataset("captions", "train", root=str(tmp_path))

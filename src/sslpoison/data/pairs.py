@@ -152,6 +152,23 @@ def load_caption_csv(
     )
 
 
+def find_caption_dir(folder: Path) -> Path | None:
+    """``folder`` when it holds ``train.csv`` (the registry's ``captions`` dataset)."""
+    return folder if (folder / "train.csv").is_file() else None
+
+
+def load_caption_split(path: Path, split: str = "train", size: int = 64) -> ImageSet:
+    """The ``captions`` dataset: ``path/<split>.csv`` with columns ``path`` and ``caption``
+    (and ``label``, class names, when present), images resized to ``size`` px, RGB."""
+    csv_path = Path(path) / f"{split}.csv"
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"caption dataset: {csv_path} not found")
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    label = "label" if "label" in header else None
+    return load_caption_csv(csv_path, size, label_column=label, name="captions")
+
+
 # ---- WebDataset ----------------------------------------------------------------------------
 
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -323,8 +340,10 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "UNLABELLED",
     "expand_shards",
+    "find_caption_dir",
     "image_array",
     "iter_webdataset",
     "iter_webdataset_samples",
     "load_caption_csv",
+    "load_caption_split",
 ]

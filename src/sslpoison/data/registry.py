@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sslpoison.data import cifar, digits, folder, gtsrb, idx, stl10, svhn, synthetic
+from sslpoison.data import cifar, digits, folder, gtsrb, idx, pairs, stl10, svhn, synthetic
 from sslpoison.data.download import DatasetDownloadError, Resource, fetch_resources
 from sslpoison.data.imageset import ImageSet
 
@@ -189,6 +189,15 @@ DATASETS: dict[str, DatasetSpec] = {
         folder.find_image_folder,
         folder.load_image_folder,
         hint="pass root= a folder with one subfolder of images per class",
+        sized=True,
+    ),
+    "captions": DatasetSpec(
+        "captions",
+        "Image–caption pairs: root/train.csv (+ test.csv) with columns path, caption [, label]",
+        ("train", "test"),
+        pairs.find_caption_dir,
+        pairs.load_caption_split,
+        hint="pass root= a folder with train.csv listing (path, caption) pairs",
         sized=True,
     ),
     "digits": DatasetSpec(
