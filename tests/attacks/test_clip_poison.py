@@ -15,6 +15,8 @@ from sslpoison.attacks.clip_poison import (
     poison_targeted,
 )
 from sslpoison.data.captions import TEMPLATES, caption_imageset
+from sslpoison.data.imageset import ImageSet
+from sslpoison.data.pairs import UNLABELLED
 from sslpoison.data.synthetic import synthetic
 from sslpoison.models.text import words
 
@@ -117,3 +119,20 @@ def test_targeted_appends_k_captioned_copies_of_each_test_image(pairs) -> None:
             caption = out.data.captions[i]
             assert names_class(caption, test.classes[t.target_class])
             assert test.classes[t.true_class] not in " ".join(words(caption))
+
+
+def test_attacks_on_unlabelled_pairs_take_the_measured_datasets_classes(pairs) -> None:
+    """Pairs without labels (one class, as a caption CSV gives) are poisoned with the class
+    names of the labelled dataset the attack is measured on."""
+    web = ImageSet(pairs.images, torch.zeros_like(pairs.labels), [UNLABELLED], pairs.captions)
+    test = synthetic(n=100, num_classes=4, size=16, channels=1, seed=1)
+    cfg = CLIPBackdoorConfig(target_class="vertical", poison=150, trigger=TRIGGER)
+    out = poison_backdoor(web, cfg, measured_on=test)
+    assert out.classes == test.classes and out.target_class == 1
+    # Any image may be poisoned now, including those that show the target class.
+    assert (pairs.labels[out.indices] == 1).any()
+    assert all(names_class(out.data.captions[i], "vertical") for i in out.indices.tolist())
+    trials = [TargetedTrial(3, int(test.labels[3]), (int(test.labels[3]) + 1) % 4)]
+    added = poison_targeted(web, test, trials, pairs=2)
+    assert added.data.classes == [UNLABELLED] and added.data.labels[-2:].tolist() == [0, 0]
+    assert names_class(added.data.captions[-1], test.classes[trials[0].target_class])

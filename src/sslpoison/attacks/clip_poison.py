@@ -4,16 +4,21 @@ Both attacks edit the image–caption pairs a CLIP model pre-trains on; the mode
 pre-trains on them as usual (:mod:`sslpoison.ssl.clip`).
 
 * ``clip_backdoor``: ``poison`` pairs (a count, or a share of the set) whose images are not
-  of the target class get the patch and a caption naming the target class (a seeded caption
-  template). The set keeps its size; the poisoned positions and patch corners are recorded.
-  Zero-shot classification of a patched test image should then return the target.
+  of the target class (any image, when the pre-training pairs are unlabelled) get the patch
+  and a caption naming the target class (a seeded caption template). The set keeps its
+  size; the poisoned positions and patch corners are recorded. Zero-shot classification
+  of a patched test image should then return the target.
 * ``clip_targeted``: for each of ``trials`` (test image x′, adversarial label y′), ``pairs``
   copies of x′ captioned with y′ are appended to the set. x′ comes from the test split of the
-  pre-training dataset (never trained on), y′ is a class other than x′'s own (both seeded, or
+  evaluation dataset (never trained on), y′ is a class other than x′'s own (both seeded, or
   given). All trials poison one pre-training together — 10 trials of 3 pairs are 30 of
   60 000 pairs — so each trial is its own (image, label) draw, not its own training run.
 
 What matters is the number of poisons more than the rate (Carlini & Terzis, Sec. 4).
+
+Both are measured on a labelled ``dataset`` (default: the pre-training dataset; for pairs
+without labels, such as Conceptual Captions, e.g. ``cifar10``): the target class and the
+adversarial labels are its classes, and captions name them by its class names.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class CLIPBackdoorConfig(Config):
     target_class: int | str
     poison: CountOrShare = 300
     trigger: TriggerConfig = Field(default_factory=_carlini_trigger)
+    dataset: str | None = None  # measured on (its classes); default: the pre-training dataset
 
 
 class CLIPTargetedConfig(Config):
@@ -61,6 +67,7 @@ class CLIPTargetedConfig(Config):
     trials: PositiveInt = 10
     images: list[int] | None = None
     labels: list[int | str] | None = None
+    dataset: str | None = None  # test images drawn from; default: the pre-training dataset
 
     @model_validator(mode="after")
     def _consistent(self) -> CLIPTargetedConfig:
@@ -76,14 +83,17 @@ class PoisonedPairs:
     """Pre-training pairs after an attack, and what was changed.
 
     ``indices`` (sorted) are the poisoned positions in ``data`` (replaced pairs for the
-    backdoor, appended ones for targeted poisoning); ``corners`` (P×2) the backdoor patch's
-    top-left (row, col) per poisoned image; ``trials`` the targeted (test index, true class,
-    adversarial class) draws; ``rates`` the poisoned share of the set (and of the pool).
+    backdoor, appended ones for targeted poisoning); ``classes`` name the classes of the
+    dataset the attack is measured on (target and trial labels index them); ``corners``
+    (P×2) the backdoor patch's top-left (row, col) per poisoned image; ``trials`` the
+    targeted (test index, true class, adversarial class) draws; ``rates`` the poisoned share
+    of the set.
     """
 
     data: ImageSet
     indices: torch.Tensor
     rates: dict[str, float]
+    classes: list[str]  # of the dataset the attack is measured on
     corners: torch.Tensor | None = None
     target_class: int | None = None
     trials: list[TargetedTrial] = field(default_factory=list)
@@ -112,15 +122,29 @@ def _require_captions(data: ImageSet) -> list[str]:
     return list(data.captions)
 
 
-def poison_backdoor(data: ImageSet, cfg: CLIPBackdoorConfig, seed: int = 0) -> PoisonedPairs:
+def poison_backdoor(
+    data: ImageSet,
+    cfg: CLIPBackdoorConfig,
+    seed: int = 0,
+    measured_on: ImageSet | None = None,
+) -> PoisonedPairs:
     """Patch ``cfg.poison`` images that are not of the target class and caption them with the
-    target class (seeded). Every other pair is left bit-identical, and so is every label."""
+    target class (seeded). Every other pair is left bit-identical, and so is every label.
+
+    ``measured_on``: a split of the dataset the attack is measured on, whose classes name the
+    target (default ``data``); when its classes are not ``data``'s, any image may be poisoned.
+    """
     captions = _require_captions(data)
+    labelled = data if measured_on is None else measured_on
+    names = list(labelled.classes)
     try:
-        target = data.class_index(cfg.target_class)
+        target = labelled.class_index(cfg.target_class)
     except ValueError as e:
         raise ValueError(f"attack.target_class: {e}") from None
-    pool = (data.labels != target).nonzero().squeeze(1).cpu()
+    if names == list(data.classes):
+        pool = (data.labels != target).nonzero().squeeze(1).cpu()
+    else:
+        pool = torch.arange(len(data))
     n = cfg.poison if isinstance(cfg.poison, int) else round(cfg.poison * len(data))
     if not 0 < n <= pool.numel():
         raise ValueError(
@@ -136,13 +160,11 @@ def poison_backdoor(data: ImageSet, cfg: CLIPBackdoorConfig, seed: int = 0) -> P
     patched, corners = trigger.apply(data.images[indices.to(data.device)], g)
     images = data.images.clone()
     images[indices.to(data.device)] = patched
-    for i, caption in zip(
-        indices.tolist(), class_captions(data.classes[target], n, g), strict=True
-    ):
+    for i, caption in zip(indices.tolist(), class_captions(names[target], n, g), strict=True):
         captions[i] = caption
     poisoned = data.with_images(images, name=data.name).with_captions(captions)
     rates = poison_rates(n, len(data))
-    return PoisonedPairs(poisoned, indices, rates, corners.cpu(), target_class=target)
+    return PoisonedPairs(poisoned, indices, rates, names, corners.cpu(), target_class=target)
 
 
 def draw_trials(cfg: CLIPTargetedConfig, test: ImageSet, seed: int = 0) -> list[TargetedTrial]:
@@ -180,21 +202,23 @@ def draw_trials(cfg: CLIPTargetedConfig, test: ImageSet, seed: int = 0) -> list[
 def poison_targeted(
     data: ImageSet, test: ImageSet, trials: Sequence[TargetedTrial], pairs: int, seed: int = 0
 ) -> PoisonedPairs:
-    """Append ``pairs`` copies of each trial's test image, captioned with its adversarial
-    label, to ``data`` (the first ``len(data)`` pairs stay as they were)."""
+    """Append ``pairs`` copies of each trial's test image (``test``: fitted to ``data``'s size
+    and channels), captioned with its adversarial label, to ``data`` (the first ``len(data)``
+    pairs stay as they were). Appended pairs keep their true label when ``test`` shares
+    ``data``'s classes, else get label 0 (CLIP never reads labels)."""
     _require_captions(data)
-    if list(test.classes) != list(data.classes):
-        raise ValueError("clip_targeted: the test split's classes differ from the training set's")
     g = torch.Generator().manual_seed(seed)
     index = torch.tensor([t.index for t in trials for _ in range(pairs)], dtype=torch.long)
-    added = test.subset(index)
-    names = [data.classes[t.target_class] for t in trials for _ in range(pairs)]
+    names = [test.classes[t.target_class] for t in trials for _ in range(pairs)]
     captions = [class_captions(name, 1, g)[0] for name in names]
-    added = added.with_captions(captions).to(data.device)
+    added = test.subset(index).with_captions(captions)
+    if list(test.classes) != list(data.classes):
+        added = ImageSet(added.images, torch.zeros_like(added.labels), list(data.classes), captions)
+    added = added.to(data.device)
     poisoned = ImageSet.concat([data, added], name=data.name)
     indices = torch.arange(len(data), len(poisoned))
     rates = poison_rates(len(added), len(poisoned))
-    return PoisonedPairs(poisoned, indices, rates, trials=list(trials))
+    return PoisonedPairs(poisoned, indices, rates, list(test.classes), trials=list(trials))
 
 
 __all__ = [

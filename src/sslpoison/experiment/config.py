@@ -87,12 +87,13 @@ class ExperimentConfig(Config):
                         f"{self.eval.datasets}"
                     )
         attack = self.attack.name if self.attack is not None else None
-        poisons_data = attack == "ssl_backdoor" or attack in IMAGE_TEXT_ATTACKS
-        if poisons_data and self.data.dataset not in self.eval.datasets:
-            raise ValueError(
-                f"eval.datasets: {attack} is measured on the pre-training dataset "
-                f"{self.data.dataset!r}, which is not in {self.eval.datasets}"
-            )
+        if attack == "ssl_backdoor" or attack in IMAGE_TEXT_ATTACKS:
+            measured = getattr(self.attack, "dataset", None) or self.data.dataset
+            if measured not in self.eval.datasets:
+                raise ValueError(
+                    f"eval.datasets: {attack} is measured on {measured!r}, which is not in "
+                    f"{self.eval.datasets}"
+                )
         if attack in IMAGE_TEXT_ATTACKS and not self.pretrain.image_text:
             raise ValueError(
                 f"pretrain.method: {attack} poisons image–caption pre-training; "

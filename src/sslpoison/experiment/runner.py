@@ -91,9 +91,11 @@ def check_datasets(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{key}: {e}") from None
 
 
-def pretraining_test_split(cfg: ExperimentConfig, data: ImageSet) -> ImageSet:
-    """The test split of the pre-training dataset, fitted to the pre-training images."""
-    return load_fitted(cfg.data.dataset, "test", data.image_size, data.channels, cfg.data.root)
+def attack_test_split(cfg: ExperimentConfig, data: ImageSet) -> ImageSet:
+    """The test split of the dataset a CLIP attack is measured on (``attack.dataset``, by
+    default the pre-training dataset), fitted to the pre-training images."""
+    name = cfg.attack.dataset or cfg.data.dataset
+    return load_fitted(name, "test", data.image_size, data.channels, cfg.eval.roots.get(name))
 
 
 def resolve_attack(
@@ -108,13 +110,16 @@ def resolve_attack(
         if attack.name == "badencoder":
             return resolve_targets(attack.targets, data.image_size, data.channels, cfg.seed), None
         if attack.name == "clip_targeted":
-            test = pretraining_test_split(cfg, data)
+            test = attack_test_split(cfg, data)
             trials = draw_trials(attack, test, seed=cfg.seed)
             return [], poison_targeted(data, test, trials, attack.pairs, seed=cfg.seed)
         if attack.name == "clip_backdoor":
-            poisoned = poison_backdoor(data, attack, seed=cfg.seed)
+            test = attack_test_split(cfg, data)
+            poisoned = poison_backdoor(data, attack, seed=cfg.seed, measured_on=test)
             trigger = PatchTrigger(attack.trigger, data.channels, data.image_size)
-        else:
+            target = poisoned.target_class
+            dataset = attack.dataset or cfg.data.dataset
+            return [BackdoorTarget(dataset, target, test.classes[target], trigger)], poisoned
             poisoned = poison(data, attack, seed=cfg.seed)
             trigger = evaluation_trigger(attack, data.channels, data.image_size)
         target = BackdoorTarget(
@@ -130,9 +135,10 @@ def poison_record(poisoned: PoisonedSet | PoisonedPairs, positions: bool = True)
     indices into the pre-training set (after ``data.subset``; appended pairs come after the
     original ones), each patch's top-left (row, col), and the targeted trials."""
     record: dict[str, Any] = {"count": int(poisoned.indices.numel()), **poisoned.rates}
+    classes = getattr(poisoned, "classes", poisoned.data.classes)
     if poisoned.target_class is not None:
         record["target_class"] = poisoned.target_class
-        record["target_name"] = poisoned.data.classes[poisoned.target_class]
+        record["target_name"] = classes[poisoned.target_class]
     trials = getattr(poisoned, "trials", [])
     if trials:
         record["trials"] = len(trials)
@@ -141,7 +147,6 @@ def poison_record(poisoned: PoisonedSet | PoisonedPairs, positions: bool = True)
         if poisoned.corners is not None:
             record["corners"] = poisoned.corners.tolist()
         if trials:
-            classes = poisoned.data.classes
             record["targeted"] = [
                 {
                     "test_index": t.index,
@@ -247,8 +252,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]
                     clips,
                     {r: encoders[r] for r in (CLEAN, ATTACKED)},
                     targeted,
-                    pretraining_test_split(cfg, data),
-                    cfg.data.dataset,
+                    attack_test_split(cfg, data),
+                    cfg.attack.dataset or cfg.data.dataset,
                     cfg.eval,
                     cache=features,
                     seed=cfg.seed,
