@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sslpoison.cli import main
-from sslpoison.experiment.sweep import combinations, run_name
+from sslpoison.experiment.sweep import ReachSpec, combinations, format_reach, run_name
 
 
 def test_combinations_vary_the_first_key_slowest():
@@ -69,3 +69,21 @@ def test_a_bad_grid_value_fails_before_any_run(tmp_path, capsys, sweep_file):
     err = capsys.readouterr().err
     assert "sweep run {'eval.labelled': -1, 'eval.probe.epochs': 5}: eval.labelled" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_format_reach_names_the_smallest_value_per_setting():
+    rows = [
+        {"attack.poison": p, "attack.trigger.size": s, "asr": a}
+        for p, s, a in [(10, 4, 0.1), (50, 4, 0.6), (100, 4, 0.9), (10, 8, 0.7), (50, 8, 0.4)]
+    ]
+    rows.append({"attack.poison": 100, "attack.trigger.size": 8, "asr": None})
+    spec = ReachSpec(x="attack.poison", y="asr", at=0.5)
+    lines = format_reach(rows, spec, ["attack.poison", "attack.trigger.size"]).splitlines()
+    assert lines == [
+        "smallest attack.poison with asr ≥ 0.5 (attack.trigger.size=4): 50",
+        "smallest attack.poison with asr ≥ 0.5 (attack.trigger.size=8): 10",
+    ]
+    low = [{"attack.poison": p, "asr": 0.2} for p in (10, 30)]
+    assert format_reach(low, spec, ["attack.poison"]) == (
+        "asr stayed below 0.5 up to attack.poison = 30"
+    )

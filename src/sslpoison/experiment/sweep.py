@@ -9,6 +9,7 @@ A sweep file (YAML)::
       attack.trigger.size: [4, 6]
     metrics: [fashion-mnist/fp_clean, fashion-mnist/fp_poisoned]   # table columns
     plot: {x: attack.poison, y: [fashion-mnist/fp_poisoned]}       # optional PNG
+    reach: {x: attack.poison, y: fashion-mnist/fp_poisoned, at: 50}  # optional: smallest x
 
 Each run writes ``OUT/<i>-<key=value,...>/results.json`` like ``sslpoison run``; the stage
 cache shares what the runs have in common (the clean encoder). ``OUT/sweep.json`` and
@@ -43,6 +44,14 @@ class PlotSpec(Config):
     y: list[str] = Field(min_length=1)
 
 
+class ReachSpec(Config):
+    """The smallest grid value ``x`` whose run has metric ``y`` ≥ ``at`` (per other setting)."""
+
+    x: str
+    y: str
+    at: float
+
+
 class SweepConfig(Config):
     """A sweep file (see the module doc)."""
 
@@ -52,6 +61,7 @@ class SweepConfig(Config):
     grid: dict[str, list[Any]] = Field(min_length=1)
     metrics: list[str] = Field(default_factory=list)
     plot: PlotSpec | None = None
+    reach: ReachSpec | None = None
 
 
 def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
@@ -66,8 +76,10 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
     for key, values in sweep.grid.items():
         if not values:
             raise ConfigError(f"{p}: grid.{key}: no values")
-    if sweep.plot is not None and sweep.plot.x not in sweep.grid:
-        raise ConfigError(f"{p}: plot.x: {sweep.plot.x!r} is not a grid key")
+    for section in ("plot", "reach"):
+        spec = getattr(sweep, section)
+        if spec is not None and spec.x not in sweep.grid:
+            raise ConfigError(f"{p}: {section}.x: {spec.x!r} is not a grid key")
     base = Path(sweep.base)
     return sweep, base if base.is_absolute() else p.parent / base
 
@@ -110,6 +122,25 @@ def format_sweep_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
             v = row.get(c)
             cells.append("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_reach(rows: list[dict[str, Any]], spec: ReachSpec, grid_keys: list[str]) -> str:
+    """One line per setting of the other grid keys: the smallest ``spec.x`` whose ``spec.y``
+    reached ``spec.at`` (or that none did, up to the largest value run)."""
+    others = [k for k in grid_keys if k != spec.x]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(", ".join(f"{k}={row[k]}" for k in others), []).append(row)
+    lines = []
+    for group, members in groups.items():
+        reached = [r[spec.x] for r in members if r.get(spec.y) is not None and r[spec.y] >= spec.at]
+        where = f" ({group})" if group else ""
+        if reached:
+            lines.append(f"smallest {spec.x} with {spec.y} ≥ {spec.at:g}{where}: {min(reached)}")
+        else:
+            tried = max(r[spec.x] for r in members)
+            lines.append(f"{spec.y} stayed below {spec.at:g} up to {spec.x} = {tried}{where}")
     return "\n".join(lines)
 
 
@@ -157,11 +188,14 @@ def run_sweep(
             }
         )
         columns = [*sweep.grid, *shown, "minutes"]
+        table = format_sweep_table(rows, columns) + "\n"
+        if sweep.reach is not None:
+            table += "\n" + format_reach(rows, sweep.reach, list(sweep.grid)) + "\n"
         atomic_write_json(out / "sweep.json", {"grid": sweep.grid, "rows": rows})
-        atomic_write_text(out / "sweep.md", format_sweep_table(rows, columns) + "\n")
+        atomic_write_text(out / "sweep.md", table)
     if sweep.plot is not None and rows:
         plot_sweep(rows, sweep.plot, list(sweep.grid), out / "sweep.png")
     return rows
 
 
-__all__ = ["SweepConfig", "combinations", "load_sweep", "run_sweep"]
+__all__ = ["SweepConfig", "combinations", "format_reach", "load_sweep", "run_sweep"]
