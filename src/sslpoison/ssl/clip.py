@@ -186,7 +186,8 @@ def pretrain_clip(
 
     The tokenizer is built from ``data.captions``; the image tower is ``cfg.backbone``, the
     text tower ``cfg.text``, ``cfg.method_args`` the rest of :class:`CLIPConfig`; the views
-    are :func:`clip_augment` with ``cfg.augment.crop_scale``. Resumes from ``checkpoint_dir``.
+    are :func:`clip_augment` with ``cfg.augment.crop_scale`` (default 0.9–1; ``[1, 1]``: the
+    images as they are). Resumes from ``checkpoint_dir``.
 
     Returns (the model on ``device``, its tokenizer, the engine's result).
     """
@@ -199,8 +200,9 @@ def pretrain_clip(
     tokenizer = cfg.text.build_tokenizer(data.captions)
     torch.manual_seed(seed)
     model = model_cfg.build(tokenizer, data.channels)
-    crop = cfg.augment.crop_scale or (0.9, 1.0)
-    task = CLIPTask(model, clip_augment(data.image_size, data.channels, crop)).to(device)
+    crop = tuple(cfg.augment.crop_scale or (0.9, 1.0))
+    views = None if crop == (1.0, 1.0) else clip_augment(data.image_size, data.channels, crop)
+    task = CLIPTask(model, views).to(device)
     ids = tokenizer.encode(data.captions).to(device)
     batches = TensorBatches(
         data.images.to(device),
