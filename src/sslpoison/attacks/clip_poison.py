@@ -30,11 +30,12 @@ from typing import Literal
 import torch
 from pydantic import Field, PositiveInt, model_validator
 
+from sslpoison.attacks.ssl_backdoor import patch_subset
 from sslpoison.config import Config, CountOrShare
 from sslpoison.data.captions import TEMPLATES
 from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.metrics import poison_rates
-from sslpoison.triggers import PatchTrigger, TriggerConfig
+from sslpoison.triggers import TriggerConfig
 
 
 def _carlini_trigger() -> TriggerConfig:
@@ -151,20 +152,13 @@ def poison_backdoor(
             f"attack.poison: {cfg.poison} gives {n} pairs; {pool.numel()} images are not of "
             f"the target class"
         )
-    try:
-        trigger = PatchTrigger(cfg.trigger, data.channels, data.image_size)
-    except (ValueError, FileNotFoundError) as e:
-        raise ValueError(f"attack.trigger: {e}") from None
     g = torch.Generator().manual_seed(seed)
-    indices = pool[torch.randperm(pool.numel(), generator=g)[:n]].sort().values
-    patched, corners = trigger.apply(data.images[indices.to(data.device)], g)
-    images = data.images.clone()
-    images[indices.to(data.device)] = patched
+    patched, indices, corners = patch_subset(data, pool, n, cfg.trigger, g)
     for i, caption in zip(indices.tolist(), class_captions(names[target], n, g), strict=True):
         captions[i] = caption
-    poisoned = data.with_images(images, name=data.name).with_captions(captions)
+    poisoned = patched.with_captions(captions)
     rates = poison_rates(n, len(data))
-    return PoisonedPairs(poisoned, indices, rates, names, corners.cpu(), target_class=target)
+    return PoisonedPairs(poisoned, indices, rates, names, corners, target_class=target)
 
 
 def draw_trials(cfg: CLIPTargetedConfig, test: ImageSet, seed: int = 0) -> list[TargetedTrial]:

@@ -55,6 +55,25 @@ class PoisonedSet:
     rates: dict[str, float]
 
 
+def patch_subset(
+    data: ImageSet, pool: torch.Tensor, n: int, trigger: TriggerConfig, g: torch.Generator
+) -> tuple[ImageSet, torch.Tensor, torch.Tensor]:
+    """Paste ``trigger`` onto ``n`` images drawn (with ``g``) from the indices ``pool``.
+
+    Returns (``data`` with those images patched, their sorted indices P, the patches'
+    top-left corners P×2 on the CPU). Every other image is left bit-identical.
+    """
+    try:
+        patch = PatchTrigger(trigger, data.channels, data.image_size)
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"attack.trigger: {e}") from None
+    indices = pool[torch.randperm(pool.numel(), generator=g)[:n]].sort().values
+    patched, corners = patch.apply(data.images[indices.to(data.device)], g)
+    images = data.images.clone()
+    images[indices.to(data.device)] = patched
+    return data.with_images(images, name=data.name), indices, corners.cpu()
+
+
 def poison(data: ImageSet, cfg: SSLBackdoorConfig, seed: int = 0) -> PoisonedSet:
     """Paste the trigger onto ``cfg.poison`` of the target class's images (seeded).
 
@@ -70,18 +89,10 @@ def poison(data: ImageSet, cfg: SSLBackdoorConfig, seed: int = 0) -> PoisonedSet
         raise ValueError(
             f"attack.poison: {cfg.poison} gives {n} images, the target class has {pool.numel()}"
         )
-    try:
-        trigger = PatchTrigger(cfg.trigger, data.channels, data.image_size)
-    except (ValueError, FileNotFoundError) as e:
-        raise ValueError(f"attack.trigger: {e}") from None
     g = torch.Generator().manual_seed(seed)
-    indices = pool[torch.randperm(pool.numel(), generator=g)[:n]].sort().values
-    patched, corners = trigger.apply(data.images[indices.to(data.device)], g)
-    images = data.images.clone()
-    images[indices.to(data.device)] = patched
-    poisoned = data.with_images(images, name=data.name)
+    poisoned, indices, corners = patch_subset(data, pool, n, cfg.trigger, g)
     rates = poison_rates(indices.numel(), len(data), pool.numel())
-    return PoisonedSet(poisoned, indices, corners.cpu(), target, rates)
+    return PoisonedSet(poisoned, indices, corners, target, rates)
 
 
 def evaluation_trigger(cfg: SSLBackdoorConfig, channels: int, image_size: int) -> PatchTrigger:

@@ -120,7 +120,12 @@ def format_sweep_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
         cells = []
         for c in columns:
             v = row.get(c)
-            cells.append("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v))
+            if v is None:
+                cells.append("-")
+            elif isinstance(v, float):
+                cells.append(f"{v:.1f}" if c == "minutes" else f"{v:.4f}")
+            else:
+                cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
