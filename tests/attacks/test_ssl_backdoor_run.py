@@ -120,4 +120,4 @@ def test_ssl_backdoor_needs_its_dataset_in_eval(tmp_path, capsys, config, write_
     config["eval"]["datasets"] = ["digits"]
     assert main(["run", write_config(config), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "eval.datasets: ssl_backdoor is measured on the pre-training dataset" in err
+    assert "eval.datasets: ssl_backdoor is measured on 'synthetic', which is not in" in err

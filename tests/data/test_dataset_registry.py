@@ -29,7 +29,7 @@ from sslpoison.data.download import Resource, extract_archive, fetch_resources
 
 NAMES = {
     "fashion-mnist", "mnist", "cifar10", "cifar100", "stl10", "svhn", "gtsrb", "imagefolder",
-    "digits", "synthetic",
+    "captions", "digits", "synthetic",
 }  # fmt: skip
 MNIST_FILES = {
     "train-images-idx3-ubyte.gz": (3, 28, 28),
@@ -84,7 +84,9 @@ def test_registry_entries() -> None:
     for name, spec in DATASETS.items():
         assert spec.name == name and isinstance(spec.splits, tuple) and "train" in spec.splits
         assert spec.builtin == (name in {"digits", "synthetic"})
-        assert (spec.download is None) == (name in {"digits", "synthetic", "imagefolder"})
+        assert (spec.download is None) == (
+            name in {"digits", "synthetic", "imagefolder", "captions"}
+        )
     with pytest.raises(dataclasses.FrozenInstanceError):
         DATASETS["mnist"].name = "x"  # type: ignore[misc]
 

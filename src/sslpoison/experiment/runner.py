@@ -120,8 +120,8 @@ def resolve_attack(
             target = poisoned.target_class
             dataset = attack.dataset or cfg.data.dataset
             return [BackdoorTarget(dataset, target, test.classes[target], trigger)], poisoned
-            poisoned = poison(data, attack, seed=cfg.seed)
-            trigger = evaluation_trigger(attack, data.channels, data.image_size)
+        poisoned = poison(data, attack, seed=cfg.seed)
+        trigger = evaluation_trigger(attack, data.channels, data.image_size)
         target = BackdoorTarget(
             cfg.data.dataset, poisoned.target_class, data.classes[poisoned.target_class], trigger
         )
