@@ -128,6 +128,18 @@ def pretrain_key(cfg: ExperimentConfig, data: ImageSet, cache: StageCache) -> st
     )
 
 
+def pretrain_card(
+    cfg: ExperimentConfig, data: ImageSet, about: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What a pre-trained model's card records: input shape, recipe, dataset, ``about``."""
+    return {
+        "input": {"size": data.image_size, "channels": data.channels},
+        "pretrain": cfg.pretrain.model_dump(mode="json"),
+        "dataset": cfg.data.dataset,
+        **(about or {}),
+    }
+
+
 def pretrain_stage(
     cfg: ExperimentConfig,
     data: ImageSet,
@@ -150,13 +162,7 @@ def pretrain_stage(
         )
         return encoder, result, {"input": shape, **(about or {})}
 
-    card = {
-        "input": shape,
-        "pretrain": cfg.pretrain.model_dump(mode="json"),
-        "dataset": cfg.data.dataset,
-        **(about or {}),
-    }
-    return encoder_stage(cache, "pretrain", key, device, train, card)
+    return encoder_stage(cache, "pretrain", key, device, train, pretrain_card(cfg, data, about))
 
 
 def clip_stage(
@@ -174,12 +180,7 @@ def clip_stage(
     """
     key = pretrain_key(cfg, data, cache)
     shape = {"size": data.image_size, "channels": data.channels}
-    card = {
-        "input": shape,
-        "pretrain": cfg.pretrain.model_dump(mode="json"),
-        "dataset": cfg.data.dataset,
-        **(about or {}),
-    }
+    card = pretrain_card(cfg, data, about)
 
     def train(checkpoints: Path) -> tuple[tuple[CLIP, Tokenizer], FitResult, dict[str, Any]]:
         model, tokenizer, result = pretrain_clip(
