@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from sslpoison.attacks.clip_poison import TargetedTrial
 from sslpoison.data.imageset import ImageSet
+from sslpoison.data.registry import load_fitted
 from sslpoison.eval.backdoor import CLEAN, BackdoorTarget, triggered_copy
 from sslpoison.eval.downstream import EvalConfig, load_downstream, train_predictor
 from sslpoison.eval.features import FeatureCache
@@ -52,9 +53,9 @@ def evaluate_zero_shot(
     (model, tokenizer)."""
     metrics: dict[str, float] = {}
     for name in cfg.datasets:
-        _, test = load_downstream(
-            name, size, channels, 1, cfg.test_subset, seed, cfg.roots.get(name)
-        )
+        test = load_fitted(name, "test", size, channels, cfg.roots.get(name))
+        if cfg.test_subset is not None:  # the probes' test images (see load_downstream)
+            test = test.take(cfg.test_subset, seed=seed)
         mine = [t for t in targets if t.dataset == name]
         triggered = [triggered_copy(test, t.trigger, seed) for t in mine]
         for role, (model, tokenizer) in models.items():
