@@ -9,6 +9,10 @@ import torch
 
 from sslpoison.cli import main
 from sslpoison.data.registry import load_dataset
+from sslpoison.experiment.config import load_config
+from sslpoison.experiment.stages import pretraining_data
+from sslpoison.models import load_encoder
+from sslpoison.models.io import read_state_dict
 
 ATTACK = {
     "name": "ssl_backdoor",
@@ -37,7 +41,7 @@ DISTILL = {
 
 @pytest.mark.slow
 def test_ssl_backdoor_run_records_poisons_and_reports_fp(tmp_path, config, write_config):
-    config["defenses"] = [DISTILL]
+    config["defenses"] = [{**DISTILL, "control": True}]
     path = write_config(config)
     assert main(["run", path, "--out", str(tmp_path / "a")]) == 0
     out = tmp_path / "a"
@@ -77,10 +81,25 @@ def test_ssl_backdoor_run_records_poisons_and_reports_fp(tmp_path, config, write
     assert 0.0 <= m["distill/synthetic/ba"] <= 1.0
     assert (out / "encoder-distill.safetensors").exists()
 
+    # The control: the same distillation of the clean encoder, with the same clean images.
+    control = stages["defense:distill_on_clean"]
+    assert control["clean_images"] == 128 and control["key"] != distill["key"]
+    assert m["distill_on_clean/synthetic/fp"] == round(
+        m["distill_on_clean/synthetic/asr"] * non_target
+    )
+    cfg = load_config(path)
+    defense = cfg.defenses[0]
+    clean = load_encoder(f"{results['artifacts']['stage_cache']}/encoder.safetensors")
+    subset = defense.clean_subset(pretraining_data(cfg), seed=cfg.seed)
+    direct = defense.apply(clean, subset, seed=cfg.seed).encoder.state_dict()
+    saved = read_state_dict(out / "encoder-distill_on_clean.safetensors")
+    assert set(saved) <= set(direct)
+    assert all(torch.equal(saved[k], direct[k]) for k in saved)
+
     # Confusion matrices: saved (rows = true class) and plotted.
     confusion = json.loads((out / "confusion.json").read_text())["synthetic"]
     triggered = confusion["triggered"]["vertical"]
-    assert list(triggered) == ["clean", "attacked", "distill"]
+    assert list(triggered) == ["clean", "attacked", "distill", "distill_on_clean"]
     for role, fp_key in (
         ("clean", "fp_clean"),
         ("attacked", "fp_poisoned"),
@@ -95,9 +114,17 @@ def test_ssl_backdoor_run_records_poisons_and_reports_fp(tmp_path, config, write
     # The same config again reuses both encoders.
     assert main(["run", path, "--out", str(tmp_path / "b")]) == 0
     again = json.loads((tmp_path / "b" / "results.json").read_text())
-    for stage in ("pretrain", "pretrain_poisoned", "defense:distill"):
+    for stage in ("pretrain", "pretrain_poisoned", "defense:distill", "defense:distill_on_clean"):
         assert again["stages"][stage]["cached"], stage
     assert again["metrics"] == m
+
+    # Turning the control off keeps the defense's cache entry and drops the control.
+    config["defenses"] = [DISTILL]
+    assert main(["run", write_config(config), "--out", str(tmp_path / "c")]) == 0
+    plain = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert plain["stages"]["defense:distill"]["cached"]
+    assert "defense:distill_on_clean" not in plain["stages"]
+    assert plain["metrics"] == {k: v for k, v in m.items() if "_on_clean" not in k}
 
 
 @pytest.mark.parametrize(

@@ -50,10 +50,13 @@ class DefenseConfig(Config, abc.ABC):
 
     ``clean``: how many of the pre-training set's clean images the defender holds (a count, or
     a share in (0, 1]; MIMIC and Saha et al. use ≤ 5 %). ``train``: how the defense trains
-    (each defense gives its paper's setting as the default).
+    (each defense gives its paper's setting as the default). ``control``: also apply the
+    defense, unchanged, to the *clean* encoder and report it as ``<name>_on_clean`` — what the
+    defense alone does to accuracy, ASR and FP, the yardstick for its effect on the backdoor.
     """
 
     clean: CountOrShare = 0.05
+    control: bool = False
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     def clean_subset(self, data: ImageSet, seed: int = 0) -> ImageSet:

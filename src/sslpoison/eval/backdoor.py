@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: The encoders every backdoor evaluation starts with; any others are defenses.
 CLEAN, ATTACKED = "clean", "attacked"
+#: Suffix of a defense applied to the clean encoder as a control (``defenses.N.control``).
+ON_CLEAN = "_on_clean"
 
 
 @dataclass

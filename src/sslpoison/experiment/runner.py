@@ -29,6 +29,7 @@ from sslpoison.data.registry import DatasetNotFound, load_fitted, locate_dataset
 from sslpoison.eval.backdoor import (
     ATTACKED,
     CLEAN,
+    ON_CLEAN,
     BackdoorEvaluation,
     BackdoorTarget,
     evaluate_backdoor,
@@ -205,11 +206,15 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any]
         stages["attack"] = {**record, "cached": cached}
         artifacts["attack_stage_cache"] = str(cache.path("attack", record["key"]))
     for defense in cfg.defenses:
-        with timed(timings, f"defense:{defense.name}"):
-            encoders[defense.name], record, cached = defense_stage(
-                cfg, defense, encoders[ATTACKED], data, cache, device
-            )
-        stages[f"defense:{defense.name}"] = {**record, "cached": cached}
+        runs = {defense.name: encoders[ATTACKED]}
+        if defense.control:  # the same defense on the clean encoder
+            runs[f"{defense.name}{ON_CLEAN}"] = encoders[CLEAN]
+        for name, suspect in runs.items():
+            with timed(timings, f"defense:{name}"):
+                encoders[name], record, cached = defense_stage(
+                    cfg, defense, suspect, data, cache, device
+                )
+            stages[f"defense:{name}"] = {**record, "cached": cached}
     detected: dict[str, float | int] = {}
     for detector in cfg.detectors:
         for role in (CLEAN, ATTACKED):

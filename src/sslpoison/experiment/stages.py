@@ -266,7 +266,7 @@ def defense_stage(
     subset = defense.clean_subset(clean_data, seed=cfg.seed)
     key = cache.key(
         "defense",
-        defense=defense.model_dump(mode="json", exclude={"train": SAME_RESULT}),
+        defense=defense.model_dump(mode="json", exclude={"train": SAME_RESULT, "control": True}),
         suspect=module_hash(suspect),
         clean=tensor_hash(subset.images),
         seed=cfg.seed,
