@@ -126,6 +126,23 @@ def test_ssl_backdoor_run_records_poisons_and_reports_fp(tmp_path, config, write
     assert "defense:distill_on_clean" not in plain["stages"]
     assert plain["metrics"] == {k: v for k, v in m.items() if "_on_clean" not in k}
 
+    # The defense's own seed: the experiment's by default (the same cache entry); another one
+    # re-runs only the defense, on the cached encoders, with another clean subset.
+    config["defenses"] = [{**DISTILL, "seed": config["seed"]}]
+    assert main(["run", write_config(config), "--out", str(tmp_path / "d")]) == 0
+    same = json.loads((tmp_path / "d" / "results.json").read_text())["stages"]
+    assert same["defense:distill"]["cached"] and same["defense:distill"]["key"] == distill["key"]
+    config["defenses"] = [{**DISTILL, "seed": config["seed"] + 1}]
+    assert main(["run", write_config(config), "--out", str(tmp_path / "e")]) == 0
+    other = json.loads((tmp_path / "e" / "results.json").read_text())["stages"]
+    assert other["pretrain"]["cached"] and other["pretrain_poisoned"]["cached"]
+    reseeded = other["defense:distill"]
+    assert not reseeded["cached"] and reseeded["key"] != distill["key"]
+    assert reseeded["seed"] == config["seed"] + 1
+    saved = read_state_dict(tmp_path / "e" / "encoder-distill.safetensors")
+    first = read_state_dict(out / "encoder-distill.safetensors")
+    assert not all(torch.equal(saved[k], first[k]) for k in first)
+
 
 @pytest.mark.parametrize(
     ("change", "message"),

@@ -53,10 +53,13 @@ class DefenseConfig(Config, abc.ABC):
     (each defense gives its paper's setting as the default). ``control``: also apply the
     defense, unchanged, to the *clean* encoder and report it as ``<name>_on_clean`` — what the
     defense alone does to accuracy, ASR and FP, the yardstick for its effect on the backdoor.
+    ``seed``: the defense's own seed (clean subset, student init, batches); ``None`` takes the
+    experiment's. Sweeping it measures the defense's spread on the same (cached) encoders.
     """
 
     clean: CountOrShare = 0.05
     control: bool = False
+    seed: int | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     def clean_subset(self, data: ImageSet, seed: int = 0) -> ImageSet:

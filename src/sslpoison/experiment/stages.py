@@ -259,27 +259,30 @@ def defense_stage(
     device: torch.device,
 ) -> tuple[nn.Module, dict[str, Any], bool]:
     """``defense`` applied to the suspect encoder with ``defense.clean`` of the clean
-    pre-training images, from the cache when this exact stage ran before.
+    pre-training images, from the cache when this exact stage ran before. The defense's seed
+    is ``defense.seed``, or the experiment's when that is unset.
 
     Returns (defended encoder, the stage's record, whether it came from the cache).
     """
-    subset = defense.clean_subset(clean_data, seed=cfg.seed)
+    seed = cfg.seed if defense.seed is None else defense.seed
+    subset = defense.clean_subset(clean_data, seed=seed)
     key = cache.key(
         "defense",
-        defense=defense.model_dump(mode="json", exclude={"train": SAME_RESULT, "control": True}),
+        defense=defense.model_dump(
+            mode="json", exclude={"train": SAME_RESULT, "control": True, "seed": True}
+        ),
         suspect=module_hash(suspect),
         clean=tensor_hash(subset.images),
-        seed=cfg.seed,
+        seed=seed,
     )
 
     def train(checkpoints: Path) -> tuple[nn.Module, FitResult | None, dict[str, Any]]:
         t0 = time.perf_counter()
-        done = defense.apply(
-            copy.deepcopy(suspect), subset, seed=cfg.seed, checkpoint_dir=checkpoints
-        )
+        done = defense.apply(copy.deepcopy(suspect), subset, seed=seed, checkpoint_dir=checkpoints)
         used = {
             "clean_images": len(subset),
             "clean_share": len(subset) / len(clean_data),
+            "seed": seed,
             "wall_s": round(time.perf_counter() - t0, 3),
         }
         return done.encoder, done.fit, {**used, **done.record}
