@@ -127,7 +127,7 @@ def test_ssl_backdoor_run_records_poisons_and_reports_fp(tmp_path, config, write
     assert plain["metrics"] == {k: v for k, v in m.items() if "_on_clean" not in k}
 
     # The defense's own seed: the experiment's by default (the same cache entry); another one
-    # re-runs only the defense, on the cached encoders, with another clean subset.
+    # re-runs only the defense, on the cached encoders, and gives another student.
     config["defenses"] = [{**DISTILL, "seed": config["seed"]}]
     assert main(["run", write_config(config), "--out", str(tmp_path / "d")]) == 0
     same = json.loads((tmp_path / "d" / "results.json").read_text())["stages"]
