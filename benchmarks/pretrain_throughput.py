@@ -2,12 +2,16 @@
 
 For each method: images/s of full engine steps (augmentation, forward, backward, optimizer,
 EMA) on random uint8 images, the FLOPs of one step counted by torch's FlopCounterMode, and
-the achieved FLOP/s as a share of a dense matmul's FLOP/s (same dtype) measured in the same run.
+the achieved FLOP/s as a share of a dense matmul's FLOP/s (same dtype) measured in the same
+run — in fp32, and in bf16 where the hardware has it (a CPU without native bf16 emulates it
+many times slower; the column is skipped there, and the line above the table says so). The
+first line gives the CPU capability and the fp32 matmul rate that scales the README's time
+budgets.
 
-    python benchmarks/pretrain_throughput.py                 # the CPU presets' shape, fp32
-    python benchmarks/pretrain_throughput.py --bf16 --channels-last   # as the presets train
+    python benchmarks/pretrain_throughput.py                 # the CPU presets' shape
+    python benchmarks/pretrain_throughput.py --no-channels-last --precision fp32
     python benchmarks/pretrain_throughput.py --size 32 --channels 3 --width 1 --stem-stride 1 \
-        --batch 256 --device cuda                            # the paper's CIFAR shape
+        --batch 512 --device cuda [--bf16]                   # the paper's CIFAR shape
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from sslpoison.ssl import METHODS
 from sslpoison.ssl.pretrain import PretrainConfig, PretrainTask, build_encoder
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
+from sslpoison.train.precision import cpu_capability, cpu_has_native_bf16
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def sync(device: torch.device) -> None:
@@ -65,11 +72,23 @@ def step_flops(task: PretrainTask, images: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
+def precisions(args: argparse.Namespace, device: torch.device) -> tuple[list[str], str | None]:
+    """The columns to run, and why bf16 was skipped (None when it was not)."""
+    wanted = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    if "bf16" not in wanted or device.type != "cpu" or cpu_has_native_bf16() or args.force_bf16:
+        return wanted, None
+    why = (
+        f"bf16 skipped: this CPU ({cpu_capability()}) has no native bf16 (AVX512-BF16 / AMX), "
+        "so torch emulates it many times slower than fp32 (--force-bf16 runs it anyway)"
+    )
+    return [p for p in wanted if p != "bf16"], why
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=sorted(METHODS))
     p.add_argument("--arch", default="resnet18")
-    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--width", type=float, default=0.5)
     p.add_argument("--stem-stride", type=int, default=2)
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--channels", type=int, default=1)
@@ -77,50 +96,77 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (amp / amp_cpu)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC convolutions")
+    p.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
+    p.add_argument(
+        "--bf16",
+        action="store_const",
+        const="bf16",
+        dest="precision",
+        help="the bf16 column only (same as --precision bf16)",
+    )
+    p.add_argument(
+        "--force-bf16",
+        action="store_true",
+        help="run the bf16 column even where the CPU emulates bf16 (slow)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="NHWC convolutions (default on, as the presets train)",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if args.bf16 else torch.float32
-    peak = matmul_flops(device, dtype)
+    columns, skipped = precisions(args, device)
+    peaks = {name: matmul_flops(device, DTYPES[name]) for name in columns}
+    fp32 = peaks["fp32"] if "fp32" in peaks else matmul_flops(device, torch.float32)
+    cpu = f"CPU capability {cpu_capability()}, native bf16: {cpu_has_native_bf16()}"
     print(
-        f"device {device}, threads {torch.get_num_threads()}, dense {str(dtype)[6:]} matmul "
-        f"{peak / 1e9:.1f} GFLOP/s; images {args.channels}×{args.size}², batch {args.batch}, "
-        f"{args.arch} width {args.width}, stem stride {args.stem_stride}"
-        f"{', channels-last' if args.channels_last else ''}"
+        f"device {device} ({cpu if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
+        f"threads {torch.get_num_threads()}, dense fp32 matmul {fp32 / 1e9:.1f} GFLOP/s"
+        + "".join(f", {n} {v / 1e9:.1f}" for n, v in peaks.items() if n != "fp32")
     )
-    print(f"{'method':<8} {'images/s':>9} {'GFLOP/step':>11} {'GFLOP/s':>8} {'% of matmul':>12}")
+    print(
+        f"images {args.channels}×{args.size}², batch {args.batch}, {args.arch} width "
+        f"{args.width}, stem stride {args.stem_stride}"
+        f"{', channels-last' if args.channels_last else ''}; time budgets scale by "
+        f"{fp32 / 1e9:.1f} / 120 (README, 'Time budgets')"
+    )
+    if skipped:
+        print(skipped)
+    head = "".join(f" {c + ' img/s':>11} {'% matmul':>9}" for c in columns)
+    print(f"{'method':<8} {'GFLOP/step':>11}{head}")
     g = torch.Generator().manual_seed(0)
     n = args.batch * (args.steps + 1)
     images = torch.randint(
         0, 256, (n, args.channels, args.size, args.size), dtype=torch.uint8, generator=g
     ).to(device)
     for method in args.methods:
-        task = build_task(method, args, device)
-        flops = step_flops(task, images[: args.batch])
-        cfg = TrainConfig(
-            epochs=1,
-            batch_size=args.batch,
-            progress=False,
-            checkpoint_every=0,
-            optimizer=OptimConfig(name="sgd", lr=0.01),
-            amp=args.bf16,
-            amp_cpu=args.bf16,
-            channels_last=args.channels_last,
-        )
-        # one warm-up epoch of one step, then the timed epoch
-        fit(task, TensorBatches(images[: args.batch], batch_size=args.batch), cfg)
-        sync(device)
-        result = fit(task, TensorBatches(images[args.batch :], batch_size=args.batch), cfg)
-        sync(device)
-        rate = result.samples_per_s
-        achieved = flops * rate / args.batch
-        print(
-            f"{method:<8} {rate:>9.0f} {flops / 1e9:>11.2f} {achieved / 1e9:>8.1f} "
-            f"{100 * achieved / peak:>11.1f}%"
-        )
+        flops = step_flops(build_task(method, args, device), images[: args.batch])
+        row = f"{method:<8} {flops / 1e9:>11.2f}"
+        for column in columns:
+            task = build_task(method, args, device)
+            cfg = TrainConfig(
+                epochs=1,
+                batch_size=args.batch,
+                progress=False,
+                checkpoint_every=0,
+                optimizer=OptimConfig(name="sgd", lr=0.01),
+                amp=column == "bf16",
+                amp_cpu=column == "bf16",
+                channels_last=args.channels_last,
+            )
+            # one warm-up epoch of one step, then the timed epoch
+            fit(task, TensorBatches(images[: args.batch], batch_size=args.batch), cfg)
+            sync(device)
+            result = fit(task, TensorBatches(images[args.batch :], batch_size=args.batch), cfg)
+            sync(device)
+            rate = result.samples_per_s
+            share = 100 * flops * rate / args.batch / peaks[column]
+            row += f" {rate:>11.0f} {share:>8.1f}%"
+        print(row, flush=True)
 
 
 if __name__ == "__main__":

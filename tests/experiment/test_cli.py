@@ -8,6 +8,7 @@ import pytest
 
 from sslpoison.cli import main
 from sslpoison.experiment.config import ConfigError, load_config
+from sslpoison.train.engine import TrainConfig
 
 
 @pytest.mark.slow
@@ -25,6 +26,8 @@ def test_run_writes_results_and_reuses_the_cached_encoder(
     assert m["synthetic/linear_acc"] >= 0.8
     assert m["synthetic/linear_acc"] >= m["synthetic/linear_acc_random_init"] + 0.1
     assert results["stages"]["pretrain"]["cached"] is False
+    used = TrainConfig().precision("cpu")  # amp_cpu: auto, the default
+    assert results["stages"]["pretrain"]["precision"] == used
     assert (tmp_path / "a" / "encoder.safetensors").exists()
     assert results["config"]["pretrain"]["train"]["epochs"] == 4
 
@@ -33,13 +36,11 @@ def test_run_writes_results_and_reuses_the_cached_encoder(
     assert again["stages"]["pretrain"]["cached"] is True
     assert again["timings"]["pretrain"] < results["timings"]["pretrain"]
     assert again["metrics"] == results["metrics"]  # same encoder, same seeds, same numbers
-    # Settings that cannot change the weights do not invalidate the cache ...
-    assert (
-        main(
-            ["run", cfg, "--out", str(tmp_path / "c"), "--set", "pretrain.train.checkpoint_every=2"]
-        )
-        == 0
-    )
+    # Settings that cannot change the weights do not invalidate the cache (forcing the
+    # precision that `auto` chose is the same run) ...
+    same = ["--set", "pretrain.train.checkpoint_every=2"]
+    same += ["--set", f"pretrain.train.amp_cpu={str(used == 'bf16').lower()}"]
+    assert main(["run", cfg, "--out", str(tmp_path / "c"), *same]) == 0
     assert (
         json.loads((tmp_path / "c" / "results.json").read_text())["stages"]["pretrain"]["cached"]
         is True

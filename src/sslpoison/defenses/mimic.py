@@ -164,6 +164,7 @@ def mi_lower_bound(
             name="adam", lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="constant"
         ),
         amp=False,
+        amp_cpu=False,
         checkpoint_every=0,
         progress=progress,
     )

@@ -161,6 +161,8 @@ def _mlp_probe(
         batch_size=batch,
         checkpoint_every=0,
         progress=False,
+        amp=False,  # a small head on fixed features: fp32 everywhere
+        amp_cpu=False,
         optimizer=OptimConfig(name="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay),
     )
     fit(

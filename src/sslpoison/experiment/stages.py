@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from sslpoison.attacks.badencoder import Target, run_badencoder
+from sslpoison.config import Config
 from sslpoison.data.captions import caption_imageset
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.pairs import UNLABELLED
@@ -35,13 +36,17 @@ from sslpoison.models.text import Tokenizer
 from sslpoison.ssl.clip import CLIP, load_clip, pretrain_clip, save_clip
 from sslpoison.ssl.pretrain import build_encoder, pretrain
 from sslpoison.train import dist
-from sslpoison.train.engine import FitResult
-from sslpoison.utils import module_hash, stable_hash, tensor_hash
+from sslpoison.train.engine import STAGE_KEY, FitResult
+from sslpoison.utils import module_device, module_hash, stable_hash, tensor_hash
 
 log = logging.getLogger(__name__)
 
-#: Settings that cannot change a stage's trained weights stay out of its cache key.
-SAME_RESULT = {"progress", "checkpoint_every"}
+
+def key_slice(cfg: Config, device: torch.device, exclude: Any = None) -> dict[str, Any]:
+    """``cfg`` as it enters a stage's cache key: every training section holds the precision
+    the stage runs at on ``device`` (results differ between bf16 and fp32) and none of the
+    settings that cannot change the trained weights (see ``TrainConfig``)."""
+    return cfg.model_dump(mode="json", exclude=exclude, context={STAGE_KEY: device})
 
 
 def pretraining_data(cfg: ExperimentConfig) -> ImageSet:
@@ -87,6 +92,7 @@ def cached_stage(
             "seconds": round(result.seconds, 3),
             "images_per_s": round(result.samples_per_s, 1),
             "resumed_from_epoch": result.resumed_from,
+            "precision": result.precision,
         }
     if dist.rank() == 0:
         save(out, folder)
@@ -114,18 +120,19 @@ def encoder_stage(
     )
 
 
-def pretrain_key(cfg: ExperimentConfig, data: ImageSet, cache: StageCache) -> str:
+def pretrain_key(
+    cfg: ExperimentConfig, data: ImageSet, cache: StageCache, device: torch.device
+) -> str:
     """The pre-training stage's key: its config (the text tower only for CLIP, so that adding
-    it left the view methods' keys alone), the images (and captions) and the seed."""
-    exclude: dict[str, Any] = {"train": SAME_RESULT}
+    it left the view methods' keys alone; the precision on ``device``), the images (and
+    captions) and the seed."""
+    exclude: dict[str, Any] = {}
     parts: dict[str, Any] = {"data": tensor_hash(data.images), "seed": cfg.seed}
     if cfg.pretrain.image_text:
         parts["captions"] = stable_hash(data.captions)
     else:
         exclude["text"] = True
-    return cache.key(
-        "pretrain", pretrain=cfg.pretrain.model_dump(mode="json", exclude=exclude), **parts
-    )
+    return cache.key("pretrain", pretrain=key_slice(cfg.pretrain, device, exclude), **parts)
 
 
 def pretrain_card(
@@ -153,7 +160,7 @@ def pretrain_stage(
 
     Returns (encoder, the stage's record, whether it came from the cache).
     """
-    key = pretrain_key(cfg, data, cache)
+    key = pretrain_key(cfg, data, cache, device)
     shape = {"size": data.image_size, "channels": data.channels}
 
     def train(checkpoints: Path) -> tuple[nn.Module, FitResult, dict[str, Any]]:
@@ -178,7 +185,7 @@ def clip_stage(
 
     Returns ((model, tokenizer), the stage's record, whether it came from the cache).
     """
-    key = pretrain_key(cfg, data, cache)
+    key = pretrain_key(cfg, data, cache, device)
     shape = {"size": data.image_size, "channels": data.channels}
     card = pretrain_card(cfg, data, about)
 
@@ -229,7 +236,7 @@ def attack_stage(
     shadow = data.take(attack.shadow, seed=cfg.seed, stratified=False)
     key = cache.key(
         "attack",
-        attack=attack.model_dump(mode="json", exclude={"train": SAME_RESULT}),
+        attack=key_slice(attack, device),
         clean=module_hash(clean),
         shadow=tensor_hash(shadow.images),
         seed=cfg.seed,
@@ -268,9 +275,7 @@ def defense_stage(
     subset = defense.clean_subset(clean_data, seed=seed)
     key = cache.key(
         "defense",
-        defense=defense.model_dump(
-            mode="json", exclude={"train": SAME_RESULT, "control": True, "seed": True}
-        ),
+        defense=key_slice(defense, device, exclude={"control": True, "seed": True}),
         suspect=module_hash(suspect),
         clean=tensor_hash(subset.images),
         seed=seed,
@@ -307,7 +312,7 @@ def detect_stage(
     subset = detector.clean_subset(clean_data, seed=cfg.seed)
     key = cache.key(
         "detect",
-        detector=detector.model_dump(mode="json", exclude={"train": SAME_RESULT}),
+        detector=key_slice(detector, module_device(encoder)),
         encoder=module_hash(encoder),
         clean=tensor_hash(subset.images),
         seed=cfg.seed,
@@ -322,6 +327,7 @@ def detect_stage(
         "key": key,
         "score": found.score,
         "flagged": found.flagged,
+        **({"precision": found.fit.precision} if found.fit is not None else {}),
         **found.record,
         "wall_s": round(time.perf_counter() - t0, 3),
     }

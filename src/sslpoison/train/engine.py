@@ -5,7 +5,8 @@ has ``momentum_pairs()`` and ``momentum = (base, final)``: after each optimizer 
 engine's EMA hook moves each target toward its online module (BYOL/MoCo-style), with the
 momentum following a cosine schedule from ``base`` to ``final``.
 
-The engine owns: the optimizer and warm-up + cosine schedule, AMP on CUDA (bf16), DDP under
+The engine owns: the optimizer and warm-up + cosine schedule, bf16 autocast where the device
+has it (:mod:`sslpoison.train.precision`), DDP under
 ``torchrun`` (each rank takes its share of every epoch's permutation), checkpoints every N
 epochs (safetensors + JSON, RNG states included), exact resume on CPU, and progress output.
 """
@@ -23,7 +24,15 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 from tqdm.auto import tqdm
 
 from sslpoison.config import Config
@@ -36,29 +45,53 @@ from sslpoison.train.checkpoint import (
     set_rng_state,
 )
 from sslpoison.train.optim import OptimConfig, build_optimizer, lr_factor
+from sslpoison.train.precision import AmpSetting, Precision, explain_precision, resolve_precision
 
 log = logging.getLogger(__name__)
+
+#: The serialization context key under which a :class:`TrainConfig` dumps itself for a stage
+#: cache key; its value is the device the stage runs on.
+STAGE_KEY = "stage_key_device"
 
 
 class TrainConfig(Config):
     """How to train (independent of what is trained).
 
     ``batch_size`` is the global batch (split across DDP ranks); ``checkpoint_every`` is in
-    epochs (0: only at the end). ``amp``: bf16 autocast on CUDA; ``amp_cpu``: also on CPU
-    (fast on CPUs with AVX512-BF16 or AMX). ``channels_last``: NHWC convolutions (faster on
-    CPU and tensor cores).
+    epochs (0: only at the end). ``amp``: bf16 autocast on CUDA. ``amp_cpu``: bf16 autocast
+    on CPU — ``auto`` only where the CPU has native bf16 (AVX512-BF16 or AMX; elsewhere it is
+    emulated and many times slower than fp32), ``true`` always, ``false`` never (see
+    :mod:`sslpoison.train.precision`). ``channels_last``: NHWC convolutions (faster with bf16,
+    on tensor cores, and in fp32 on AVX2 CPUs; neutral in fp32 on AVX-512).
     """
 
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 256
     optimizer: OptimConfig = Field(default_factory=OptimConfig)
     amp: bool = True
-    amp_cpu: bool = False
+    amp_cpu: AmpSetting = "auto"
     channels_last: bool = False
     grad_clip: PositiveFloat | None = None
     checkpoint_every: NonNegativeInt = 1
     drop_last: bool = True
     progress: bool = True
+
+    def precision(self, device: torch.device | str) -> Precision:
+        """The precision a run on ``device`` uses (``bf16`` or ``fp32``)."""
+        return resolve_precision(self.amp, self.amp_cpu, device)
+
+    @model_serializer(mode="wrap")
+    def _as_stage_key(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo):
+        """Dumped with ``context={STAGE_KEY: device}`` (for a stage cache key): the precision a
+        run on that device uses instead of ``amp``/``amp_cpu``, and no setting that cannot
+        change the trained weights (``progress``, ``checkpoint_every``)."""
+        data = handler(self)
+        device = (info.context or {}).get(STAGE_KEY)
+        if device is None:
+            return data
+        for name in ("amp", "amp_cpu", "progress", "checkpoint_every"):
+            data.pop(name, None)
+        return data | {"precision": self.precision(device)}
 
 
 class TensorBatches:
@@ -117,6 +150,7 @@ class FitResult:
     samples_per_s: float = 0.0
     steps: int = 0
     resumed_from: int | None = None
+    precision: Precision = "fp32"
 
 
 def ema_momentum(base: float, final: float, step: int, total: int) -> float:
@@ -178,8 +212,8 @@ def fit(
     warmup = round(cfg.optimizer.warmup_epochs * steps_per_epoch)
     pairs = task.momentum_pairs() if hasattr(task, "momentum_pairs") else []
     momentum = getattr(task, "momentum", None)
-    amp = (cfg.amp and device.type == "cuda") or (cfg.amp_cpu and device.type == "cpu")
-    result = FitResult()
+    amp = explain_precision(cfg.amp, cfg.amp_cpu, device) == "bf16"
+    result = FitResult(precision="bf16" if amp else "fp32")
     start_epoch = 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     loaded = load_checkpoint(ckpt) if ckpt is not None else None
