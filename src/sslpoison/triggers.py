@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from pydantic import Field, model_validator
 
-from sslpoison.config import Config, CountOrShare
+from sslpoison.configbase import Config, CountOrShare
 
 
 class TriggerConfig(Config):

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveInt
 
-from sslpoison.config import Config, CountOrShare
+from sslpoison.configbase import Config, CountOrShare
 from sslpoison.data.augment import ViewAugment, to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.registry import load_fitted

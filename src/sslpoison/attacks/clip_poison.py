@@ -31,7 +31,7 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 
 from sslpoison.attacks.ssl_backdoor import patch_subset
-from sslpoison.config import Config, CountOrShare
+from sslpoison.configbase import Config, CountOrShare
 from sslpoison.data.captions import TEMPLATES
 from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.metrics import poison_rates

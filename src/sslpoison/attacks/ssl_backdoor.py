@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from sslpoison.config import Config, CountOrShare
+from sslpoison.configbase import Config, CountOrShare
 from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.metrics import poison_rates
 from sslpoison.triggers import PatchTrigger, TriggerConfig

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from sslpoison.config import Config, CountOrShare
+from sslpoison.configbase import Config, CountOrShare
 from sslpoison.data.imageset import ImageSet
 from sslpoison.train.engine import FitResult, TrainConfig
 from sslpoison.train.optim import OptimConfig

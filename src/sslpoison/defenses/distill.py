@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
 
-from sslpoison.config import Config
+from sslpoison.configbase import Config
 from sslpoison.data.augment import ViewSpec, to_float, view_pipeline
 from sslpoison.data.imageset import ImageSet
 from sslpoison.defenses.base import Defended, DefenseConfig, check_batch, make_student

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field, model_validator
 
-from sslpoison.config import check_kwargs
+from sslpoison.configbase import check_kwargs
 from sslpoison.data.imageset import ImageSet
 from sslpoison.defenses.base import (
     Defended,

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
-from sslpoison.config import Config, CountOrShare
+from sslpoison.configbase import Config, CountOrShare
 from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.defenses.base import (

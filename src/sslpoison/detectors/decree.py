@@ -66,7 +66,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from sslpoison.config import CountOrShare
+from sslpoison.configbase import CountOrShare
 from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.detectors.base import Detection, DetectorConfig

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field, PositiveInt
 
-from sslpoison.config import Config, CountOrShare
+from sslpoison.configbase import Config, CountOrShare
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.registry import load_fitted
 from sslpoison.eval.features import FeatureCache

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
-from sslpoison.config import Config
+from sslpoison.configbase import Config
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
 

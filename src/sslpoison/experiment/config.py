@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, PositiveInt, ValidationError, model_validator
 
 from sslpoison.attacks import ATTACKS, IMAGE_TEXT_ATTACKS, AttackSpec
-from sslpoison.config import Config, CountOrShare, format_validation_error
+from sslpoison.configbase import Config, CountOrShare, format_validation_error
 from sslpoison.defenses import DEFENSES, DefenseSpec
 from sslpoison.detectors import DETECTORS, DetectorSpec
 from sslpoison.eval.downstream import EvalConfig

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from sslpoison.attacks.badencoder import Target, run_badencoder
-from sslpoison.config import Config
+from sslpoison.configbase import Config
 from sslpoison.data.captions import caption_imageset
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.pairs import UNLABELLED

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from sslpoison.config import Config, format_validation_error
+from sslpoison.configbase import Config, format_validation_error
 from sslpoison.experiment.config import ConfigError, ExperimentConfig, load_config
 from sslpoison.experiment.results import read_results
 from sslpoison.utils import atomic_write_json, atomic_write_text

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field, PositiveInt
 
-from sslpoison.config import Config
+from sslpoison.configbase import Config
 from sslpoison.utils import atomic_write_json
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"

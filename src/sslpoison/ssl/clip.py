@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, PositiveInt
 from safetensors.torch import load_file, save_file
 
-from sslpoison.config import Config
+from sslpoison.configbase import Config
 from sslpoison.data.augment import ViewSpec, to_float, view_pipeline
 from sslpoison.data.captions import class_prompts
 from sslpoison.data.imageset import ImageSet

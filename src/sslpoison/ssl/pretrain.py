@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field, PositiveFloat, field_validator
 
-from sslpoison.config import Config, check_kwargs
+from sslpoison.configbase import Config, check_kwargs
 from sslpoison.data.augment import RECIPES, ViewAugment
 from sslpoison.data.imageset import ImageSet
 from sslpoison.models import BACKBONES, build_backbone

@@ -35,7 +35,7 @@ from pydantic import (
 )
 from tqdm.auto import tqdm
 
-from sslpoison.config import Config
+from sslpoison.configbase import Config
 from sslpoison.train import dist
 from sslpoison.train.checkpoint import (
     load_checkpoint,

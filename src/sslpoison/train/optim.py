@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field, NonNegativeFloat, PositiveFloat
 
-from sslpoison.config import Config
+from sslpoison.configbase import Config
 
 
 class OptimConfig(Config):

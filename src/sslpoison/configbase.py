@@ -1,4 +1,9 @@
-"""Typed, frozen configuration base: unknown keys and bad values fail naming the key."""
+"""The base of every config class, library and YAML alike: typed and frozen; unknown keys
+and bad values fail naming the key (:func:`format_validation_error`).
+
+Not the experiment schema (what a YAML experiment holds): that is
+:mod:`sslpoison.experiment.config`.
+"""
 
 from __future__ import annotations
 
