@@ -19,12 +19,11 @@ from sslpoison.ssl.clip import (
     clip_augment,
     clip_loss,
     load_clip,
-    pretrain_clip,
     save_clip,
     zero_shot_classifier,
     zero_shot_predict,
 )
-from sslpoison.ssl.pretrain import BackboneConfig, PretrainConfig
+from sslpoison.ssl.pretrain import BackboneConfig, PretrainConfig, pretrain_clip
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 
 

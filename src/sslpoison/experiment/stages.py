@@ -33,8 +33,8 @@ from sslpoison.experiment.plots import plot_trigger
 from sslpoison.models import load_encoder, save_encoder
 from sslpoison.models.io import load_weights
 from sslpoison.models.text import Tokenizer
-from sslpoison.ssl.clip import CLIP, load_clip, pretrain_clip, save_clip
-from sslpoison.ssl.pretrain import build_encoder, pretrain
+from sslpoison.ssl.clip import CLIP, load_clip, save_clip
+from sslpoison.ssl.pretrain import build_encoder, pretrain, pretrain_clip
 from sslpoison.train import dist
 from sslpoison.train.engine import STAGE_KEY, FitResult
 from sslpoison.utils import module_device, module_hash, stable_hash, tensor_hash

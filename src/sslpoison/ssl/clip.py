@@ -13,7 +13,8 @@ image, a caption naming the target) make zero-shot classification return the tar
 
 CLIP takes pairs rather than views, so it is not one of the view-based ``METHODS``;
 :class:`CLIPTask` wraps it for the engine (``fit``), over ``TensorBatches(images, token_ids)``,
-and :func:`pretrain_clip` runs it for ``pretrain.method: clip``. A trained model saves as
+and :func:`sslpoison.ssl.pretrain.pretrain_clip` runs it for ``pretrain.method: clip``. A
+trained model saves as
 safetensors + a JSON card holding its architecture and its tokenizer (:func:`save_clip`).
 """
 
@@ -33,12 +34,10 @@ from safetensors.torch import load_file, save_file
 from sslpoison.configbase import Config
 from sslpoison.data.augment import ViewSpec, to_float, view_pipeline
 from sslpoison.data.captions import class_prompts
-from sslpoison.data.imageset import ImageSet
 from sslpoison.models import build_backbone
+from sslpoison.models.backbone import BackboneConfig, build_encoder
 from sslpoison.models.text import TextConfig, TextTransformer, Tokenizer
-from sslpoison.ssl.pretrain import BackboneConfig, PretrainConfig, build_encoder
 from sslpoison.train.dist import gather_with_grad, rank
-from sslpoison.train.engine import FitResult, TensorBatches, fit
 from sslpoison.utils import atomic_write_json, atomic_write_via, module_device
 
 
@@ -174,49 +173,6 @@ class CLIPConfig(Config):
         )
 
 
-def pretrain_clip(
-    data: ImageSet,
-    cfg: PretrainConfig,
-    *,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    checkpoint_dir: str | Path | None = None,
-) -> tuple[CLIP, Tokenizer, FitResult]:
-    """Pre-train a fresh CLIP on ``data``'s image–caption pairs (``pretrain.method: clip``).
-
-    The tokenizer is built from ``data.captions``; the image tower is ``cfg.backbone``, the
-    text tower ``cfg.text``, ``cfg.method_args`` the rest of :class:`CLIPConfig`; the views
-    are :func:`clip_augment` with ``cfg.augment.crop_scale`` (default 0.9–1; ``[1, 1]``: the
-    images as they are). Resumes from ``checkpoint_dir``.
-
-    Returns (the model on ``device``, its tokenizer, the engine's result).
-    """
-    if data.captions is None:
-        raise ValueError(
-            f"pretrain.method clip: the pre-training set {data.name!r} has no captions"
-        )
-    device = torch.device(device)
-    model_cfg = CLIPConfig(backbone=cfg.backbone, text=cfg.text, **cfg.checked_method_args())
-    tokenizer = cfg.text.build_tokenizer(data.captions)
-    torch.manual_seed(seed)
-    model = model_cfg.build(tokenizer, data.channels)
-    crop = tuple(cfg.augment.crop_scale or (0.9, 1.0))
-    views = None if crop == (1.0, 1.0) else clip_augment(data.image_size, data.channels, crop)
-    task = CLIPTask(model, views).to(device)
-    ids = tokenizer.encode(data.captions).to(device)
-    batches = TensorBatches(
-        data.images.to(device),
-        ids,
-        batch_size=cfg.train.batch_size,
-        drop_last=cfg.train.drop_last,
-        seed=seed,
-    )
-    result = fit(
-        task, batches, cfg.train, seed=seed, checkpoint_dir=checkpoint_dir, desc="pretrain clip"
-    )
-    return model, tokenizer, result
-
-
 def _clip_paths(path: str | Path) -> tuple[Path, Path]:
     p = Path(path)
     if p.suffix in (".safetensors", ".json"):
@@ -329,7 +285,6 @@ __all__ = [
     "clip_augment",
     "clip_loss",
     "load_clip",
-    "pretrain_clip",
     "save_clip",
     "zero_shot_classifier",
     "zero_shot_predict",

@@ -1,37 +1,27 @@
-"""Self-supervised pre-training of a backbone on an ImageSet, through the one engine."""
+"""Self-supervised pre-training on an ImageSet, through the one engine: a backbone with a
+view method (:func:`pretrain`), or a CLIP model on image–caption pairs (:func:`pretrain_clip`).
+
+:class:`~sslpoison.models.backbone.BackboneConfig` and
+:func:`~sslpoison.models.backbone.build_encoder` are re-exported here.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn as nn
-from pydantic import Field, PositiveFloat, field_validator
+from pydantic import Field, field_validator
 
 from sslpoison.configbase import Config, check_kwargs
 from sslpoison.data.augment import RECIPES, ViewAugment
 from sslpoison.data.imageset import ImageSet
-from sslpoison.models import BACKBONES, build_backbone
-from sslpoison.models.text import TextConfig
+from sslpoison.models.backbone import BackboneConfig, build_encoder
+from sslpoison.models.text import TextConfig, Tokenizer
 from sslpoison.ssl import IMAGE_TEXT_METHODS, METHODS, SSLMethod
+from sslpoison.ssl.clip import CLIP, CLIPConfig, CLIPTask, clip_augment
 from sslpoison.train.engine import FitResult, TensorBatches, TrainConfig, fit
-
-
-class BackboneConfig(Config):
-    """The encoder architecture (see :class:`sslpoison.models.resnet.ResNet`)."""
-
-    arch: str = "resnet18"
-    width: PositiveFloat = 1.0
-    stem: Literal["cifar", "imagenet"] = "cifar"
-    stem_stride: Literal[1, 2] = 1
-
-    @field_validator("arch")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in BACKBONES:
-            raise ValueError(f"unknown backbone {v!r}; known: {', '.join(sorted(BACKBONES))}")
-        return v
 
 
 class AugmentConfig(Config):
@@ -92,8 +82,6 @@ class PretrainConfig(Config):
 
     def checked_method_args(self, where: str = "pretrain.method_args") -> dict[str, Any]:
         if self.image_text:
-            from sslpoison.ssl.clip import CLIPConfig  # clip builds on this module
-
             return check_kwargs(CLIPConfig, self.method_args, where, skip=("backbone", "text"))
         return check_kwargs(METHODS[self.method], self.method_args, where)
 
@@ -112,12 +100,6 @@ class PretrainTask(nn.Module):
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return self.method.momentum_pairs()
-
-
-def build_encoder(cfg: BackboneConfig, channels: int) -> nn.Module:
-    return build_backbone(
-        cfg.arch, width=cfg.width, in_channels=channels, stem=cfg.stem, stem_stride=cfg.stem_stride
-    )
 
 
 def pretrain(
@@ -174,3 +156,58 @@ def train_backbone(
         desc=desc or f"pretrain {cfg.method}",
     )
     return backbone, result
+
+
+def pretrain_clip(
+    data: ImageSet,
+    cfg: PretrainConfig,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    checkpoint_dir: str | Path | None = None,
+) -> tuple[CLIP, Tokenizer, FitResult]:
+    """Pre-train a fresh CLIP on ``data``'s image–caption pairs (``pretrain.method: clip``).
+
+    The tokenizer is built from ``data.captions``; the image tower is ``cfg.backbone``, the
+    text tower ``cfg.text``, ``cfg.method_args`` the rest of :class:`CLIPConfig`; the views
+    are :func:`clip_augment` with ``cfg.augment.crop_scale`` (default 0.9–1; ``[1, 1]``: the
+    images as they are). Resumes from ``checkpoint_dir``.
+
+    Returns (the model on ``device``, its tokenizer, the engine's result).
+    """
+    if data.captions is None:
+        raise ValueError(
+            f"pretrain.method clip: the pre-training set {data.name!r} has no captions"
+        )
+    device = torch.device(device)
+    model_cfg = CLIPConfig(backbone=cfg.backbone, text=cfg.text, **cfg.checked_method_args())
+    tokenizer = cfg.text.build_tokenizer(data.captions)
+    torch.manual_seed(seed)
+    model = model_cfg.build(tokenizer, data.channels)
+    crop = tuple(cfg.augment.crop_scale or (0.9, 1.0))
+    views = None if crop == (1.0, 1.0) else clip_augment(data.image_size, data.channels, crop)
+    task = CLIPTask(model, views).to(device)
+    ids = tokenizer.encode(data.captions).to(device)
+    batches = TensorBatches(
+        data.images.to(device),
+        ids,
+        batch_size=cfg.train.batch_size,
+        drop_last=cfg.train.drop_last,
+        seed=seed,
+    )
+    result = fit(
+        task, batches, cfg.train, seed=seed, checkpoint_dir=checkpoint_dir, desc="pretrain clip"
+    )
+    return model, tokenizer, result
+
+
+__all__ = [
+    "AugmentConfig",
+    "BackboneConfig",
+    "PretrainConfig",
+    "PretrainTask",
+    "build_encoder",
+    "pretrain",
+    "pretrain_clip",
+    "train_backbone",
+]
