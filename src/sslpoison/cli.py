@@ -1,4 +1,5 @@
-"""The command line: thin — parse, build, call the library.
+"""The command line: thin — parse, process-level set-up (threads, process group), call the
+library, print what it wrote.
 
 ``sslpoison run CONFIG.yaml [--set key=value ...] [--out DIR]``,
 ``sslpoison sweep SWEEP.yaml [--set key=value ...] [--out DIR]``,
@@ -12,38 +13,40 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sslpoison.experiment.config import ExperimentConfig
+    from sslpoison.experiment.results import Results
+
+
+def launch(cfg: ExperimentConfig, out: Path) -> Results | None:
+    """Process-level set-up, then the run: CPU threads (``threads``), and under ``torchrun``
+    the process group, which every rank joins for the training stages and leaves before
+    rank 0 alone evaluates (the other ranks return None)."""
+    import torch
+
+    from sslpoison.experiment.runner import run_experiment
+    from sslpoison.train import dist
+    from sslpoison.utils import resolve_device
+
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = dist.init_from_env(resolve_device(cfg.device))
+    return run_experiment(cfg, out, device=device, training_done=dist.leave_group)
 
 
 def _run(args: argparse.Namespace) -> int:
     from sslpoison.experiment.config import load_config
-    from sslpoison.experiment.report import (
-        format_backdoor_table,
-        format_detections,
-        format_metrics,
-        format_zero_shot,
-    )
-    from sslpoison.experiment.runner import run_experiment
 
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    results = run_experiment(cfg, out)
+    results = launch(cfg, out)
     if results is not None:
-        table = format_backdoor_table(results["metrics"], results["stages"])
-        print(table if table is not None else format_metrics(results["metrics"]))
-        for extra in (format_zero_shot, format_detections):
-            if (text := extra(results["metrics"])) is not None:
-                print(text)
+        print("\n\n".join(results.tables))
         print(f"results: {out / 'results.json'}")
-        for name, path in results["artifacts"].items():
-            kind, _, what = name.partition(":")
-            if what and kind in ("trigger", "confusion", "trigger_inverted"):
-                print(f"{kind} {what}: {path}")
-            elif kind == "poison":
-                print(f"poisoned indices: {path}")
-            elif kind in ("targeted", "clip"):
-                print(f"{'targeted trials' if kind == 'targeted' else 'CLIP model'}: {path}")
-            elif kind in ("summary", "defenses_plot"):
-                print(f"{kind.replace('_', ' ')}: {path}")
+        for name, path in results.artifacts.items():
+            print(f"{name}: {path}")
     return 0
 
 
@@ -52,7 +55,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     sweep, base = load_sweep(args.sweep)
     out = Path(args.out) if args.out else Path("runs") / sweep.name
-    run_sweep(sweep, base, out, args.set or [])
+    run_sweep(sweep, base, out, args.set or [], run=launch)
     table = out / "sweep.md"
     if table.exists():
         print(table.read_text(), end="")

@@ -78,7 +78,7 @@ def format_validation_error(
 ) -> str:
     """One line per problem: ``key.path: message``.
 
-    ``tags``: the names of a ``name``-discriminated union's members (attacks, defenses),
+    ``tags``: the names of a ``name``-discriminated union's members (defenses, detectors),
     which pydantic puts in the key path; they are left out of it.
     """
     lines = []

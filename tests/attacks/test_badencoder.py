@@ -15,8 +15,14 @@ from sslpoison.attacks.badencoder import (
     run_badencoder,
 )
 from sslpoison.data.synthetic import synthetic
+from sslpoison.eval.downstream import Downstream, EvalConfig
 from sslpoison.models import build_backbone
 from sslpoison.models.io import load_weights
+
+
+def fitted(size: int) -> Downstream:
+    """The downstream data (digits, synthetic) fitted to ``size``×``size`` grayscale input."""
+    return Downstream(EvalConfig(datasets=["digits", "synthetic"]), size, channels=1)
 
 
 def ref_cos(a, b, center):
@@ -83,7 +89,7 @@ def tiny_attack(epochs=2):
             "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
         },
     )
-    targets = resolve_targets(cfg.targets, size=16, channels=1)
+    targets = resolve_targets(cfg.targets, fitted(16))
     torch.manual_seed(0)
     encoder = build_backbone("resnet18", width=0.125, in_channels=1)
     return data, cfg, targets, encoder
@@ -144,12 +150,12 @@ def test_attack_pulls_triggered_inputs_to_the_reference():
 )
 def test_impossible_targets_are_refused_by_name(target, message):
     with pytest.raises(ValueError, match=message):
-        resolve_targets([TargetConfig(**target)], size=28, channels=1)
+        resolve_targets([TargetConfig(**target)], fitted(28))
 
 
 def test_references_come_from_the_target_class():
     (t,) = resolve_targets(
-        [TargetConfig(dataset="digits", target_class=3, references=4)], size=28, channels=1
+        [TargetConfig(dataset="digits", target_class=3, references=4)], fitted(28)
     )
     assert t.references.shape == (4, 1, 28, 28) and t.references.dtype == torch.uint8
     assert t.target_class == 3 and t.class_name == "3"

@@ -9,7 +9,6 @@ from pydantic import ValidationError
 from sslpoison.attacks.clip_poison import (
     CLIPBackdoorConfig,
     CLIPTargetedConfig,
-    TargetedTrial,
     draw_trials,
     poison_backdoor,
     poison_targeted,
@@ -19,6 +18,7 @@ from sslpoison.data.imageset import ImageSet
 from sslpoison.data.pairs import UNLABELLED
 from sslpoison.data.synthetic import synthetic
 from sslpoison.models.text import words
+from sslpoison.poisoning import TargetedTrial
 
 TRIGGER = {"kind": "noise", "size": 4, "box": [0.0, 1.0]}
 

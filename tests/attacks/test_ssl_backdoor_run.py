@@ -90,7 +90,8 @@ def test_ssl_backdoor_run_records_poisons_and_reports_fp(tmp_path, config, write
     cfg = load_config(path)
     defense = cfg.defenses[0]
     clean = load_encoder(f"{results['artifacts']['stage_cache']}/encoder.safetensors")
-    subset = defense.clean_subset(pretraining_data(cfg), seed=cfg.seed)
+    data = pretraining_data(cfg.data, cfg.pretrain.image_text, cfg.seed)
+    subset = defense.clean_subset(data, seed=cfg.seed)
     direct = defense.apply(clean, subset, seed=cfg.seed).encoder.state_dict()
     saved = read_state_dict(out / "encoder-distill_on_clean.safetensors")
     assert len(saved) > 10 and set(saved) <= set(direct)

@@ -164,26 +164,3 @@ def test_an_interrupted_run_resumes_to_the_same_encoder(
     resumed = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert resumed["stages"]["pretrain"]["resumed_from_epoch"] == 2
     assert resumed["metrics"] == straight["metrics"]
-
-
-def test_backdoor_table_has_one_row_per_dataset_and_encoder():
-    from sslpoison.experiment.report import format_backdoor_table
-
-    metrics = {"a/ca": 0.9, "a/ba": 0.89, "a/asr": 0.97, "a/asr_b": 0.01, "b/ca": 0.5, "b/ba": 0.5}
-    lines = format_backdoor_table(metrics).splitlines()
-    assert lines[0].split() == ["dataset", "encoder", "acc", "ASR"]
-    assert lines[2].split() == ["a", "clean", "0.9000", "0.0100"]
-    assert lines[3].split() == ["a", "attacked", "0.8900", "0.9700"]
-    assert lines[5].split() == ["b", "attacked", "0.5000", "-"]
-    metrics |= {"a/fp_clean": 3, "a/fp_poisoned": 40, "kd/a/ba": 0.88, "kd/a/asr": 0.02}
-    metrics |= {"kd/a/fp": 2, "a/Bag/asr": 0.5}
-    stages = {"defense:kd": {"clean_images": 64, "wall_s": 12.3}}
-    lines = format_backdoor_table(metrics, stages).splitlines()
-    assert lines[0].split() == ["dataset", "encoder", "acc", "ASR", "FP", "clean", "time", "s"]
-    assert lines[2].split() == ["a", "clean", "0.9000", "0.0100", "3", "-", "-"]
-    assert lines[3].split() == ["a", "attacked", "0.8900", "0.9700", "40", "-", "-"]
-    assert lines[4].split() == ["a", "kd", "0.8800", "0.0200", "2", "64", "12"]
-    assert [line.split()[:2] for line in lines[5:7]] == [["b", "clean"], ["b", "attacked"]]
-    assert lines[6].split()[2:] == ["0.5000", "-", "-", "-", "-"]
-    assert len(lines) == 9  # no "kd" row for b: the defense was not measured there (2 footnotes)
-    assert format_backdoor_table({"a/linear_acc": 0.8}) is None

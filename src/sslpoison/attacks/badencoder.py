@@ -14,7 +14,7 @@ of the shadow set and f(x_ref) are fixed, so they are computed once.
 clean shadow feature μ. Encoder features follow a ReLU, so every pair of images already has a
 cosine near 0.8–0.9 and a raw cosine of 0.98 to the reference still leaves the
 image-dependent part that a standardised downstream probe reads. Centring measures the angle
-in the directions the images actually differ in (see the README, "BadEncoder on a CPU").
+in the directions the images actually differ in (see docs/badencoder.md).
 """
 
 from __future__ import annotations
@@ -22,22 +22,29 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveInt
 
+from sslpoison.attacks.base import Attacked, EncoderAttack
 from sslpoison.configbase import Config, CountOrShare
 from sslpoison.data.augment import ViewAugment, to_float
 from sslpoison.data.imageset import ImageSet
-from sslpoison.data.registry import load_fitted
-from sslpoison.eval.backdoor import BackdoorTarget
+from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.features import extract_features
+from sslpoison.models import load_encoder
+from sslpoison.models.backbone import BackboneConfig, build_encoder
+from sslpoison.models.io import load_weights
+from sslpoison.poisoning import BackdoorTarget
 from sslpoison.train.engine import FitResult, TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
 from sslpoison.triggers import PatchTrigger, TriggerConfig
+
+if TYPE_CHECKING:
+    from sslpoison.experiment.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +73,14 @@ def _paper_train() -> TrainConfig:
     )
 
 
-class BadEncoderConfig(Config):
+class BadEncoderConfig(EncoderAttack):
     """The ``attack:`` section for BadEncoder.
 
     ``shadow``: the shadow set, a count or share of the pre-training images (seeded).
-    ``encoder``: attack this encoder instead of the pre-training stage's: a saved sslpoison
-    encoder, or a plain state dict (``.safetensors``, or ``.pt``/``.pth`` read with
-    ``weights_only``) mapped onto ``pretrain.backbone`` by ``key_map``.
+    ``targets``: each one a class of a dataset of ``eval.datasets``. ``encoder``: attack this
+    encoder instead of the pre-training stage's: a saved sslpoison encoder, or a plain state
+    dict (``.safetensors``, or ``.pt``/``.pth`` read with ``weights_only``) mapped onto
+    ``pretrain.backbone`` by ``key_map``.
     """
 
     name: Literal["badencoder"] = "badencoder"
@@ -85,6 +93,52 @@ class BadEncoderConfig(Config):
     encoder: str | None = None
     key_map: dict[str, str] = Field(default_factory=dict)
 
+    def check(self, experiment: ExperimentConfig) -> None:
+        for i, t in enumerate(self.targets):
+            if t.dataset not in experiment.eval.datasets:
+                raise ValueError(
+                    f"attack.targets.{i}.dataset: {t.dataset!r} is not in eval.datasets "
+                    f"{experiment.eval.datasets}"
+                )
+
+    def backdoor_targets(
+        self, data: ImageSet, downstream: Downstream, seed: int = 0
+    ) -> list[Target]:
+        return resolve_targets(self.targets, downstream, seed)
+
+    def given_encoder(
+        self, backbone: BackboneConfig, channels: int, device: torch.device
+    ) -> tuple[nn.Module, str] | None:
+        """``encoder``: a saved sslpoison encoder, or a plain state dict mapped onto
+        ``backbone`` through ``key_map``; None when no encoder is given."""
+        if self.encoder is None:
+            return None
+        try:
+            if Path(self.encoder).with_suffix(".json").exists():
+                return load_encoder(self.encoder, device), self.encoder
+            model = build_encoder(backbone, channels)
+            return load_weights(model, self.encoder, self.key_map).to(device), self.encoder
+        except (ValueError, FileNotFoundError) as e:
+            raise ValueError(f"attack.encoder: {e}") from None
+
+    def shadow_subset(self, data: ImageSet, seed: int = 0) -> ImageSet:
+        """``shadow`` of the pre-training images: seeded, not stratified (no labels)."""
+        return data.take(self.shadow, seed=seed, stratified=False)
+
+    def run(
+        self,
+        encoder: nn.Module,
+        shadow: ImageSet,
+        targets: list[Target],
+        *,
+        seed: int = 0,
+        checkpoint_dir: str | Path | None = None,
+    ) -> Attacked:
+        encoder, result, parts = run_badencoder(
+            encoder, shadow, targets, self, seed=seed, checkpoint_dir=checkpoint_dir
+        )
+        return Attacked(encoder, result, {"loss_terms": parts})
+
 
 @dataclass
 class Target(BackdoorTarget):
@@ -94,18 +148,20 @@ class Target(BackdoorTarget):
 
 
 def resolve_targets(
-    targets: list[TargetConfig], size: int, channels: int, seed: int = 0
+    targets: list[TargetConfig], downstream: Downstream, seed: int = 0
 ) -> list[Target]:
-    """Load each target's reference images and build its trigger for ``size``×``size`` input.
+    """Draw each target's reference images from its dataset's train split (in ``downstream``,
+    fitted to the encoder's input) and build its trigger for that input.
 
     Raises:
         ValueError: naming ``attack.targets.<i>...`` for a class not in the dataset, too few
             images of it, or a trigger that does not fit the image.
     """
     resolved = []
+    size, channels = downstream.size, downstream.channels
     for i, t in enumerate(targets):
         where = f"attack.targets.{i}"
-        data = load_fitted(t.dataset, "train", size, channels)
+        data = downstream.split(t.dataset, "train")
         try:
             cls = data.class_index(t.target_class)
         except ValueError as e:

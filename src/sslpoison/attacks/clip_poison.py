@@ -24,18 +24,25 @@ adversarial labels are its classes, and captions name them by its class names.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, PositiveInt, model_validator
 
-from sslpoison.attacks.ssl_backdoor import patch_subset
-from sslpoison.configbase import Config, CountOrShare
+from sslpoison.attacks.base import Measured, Outcome, PretrainingDataAttack
+from sslpoison.attacks.ssl_backdoor import patch_subset, target_index
+from sslpoison.configbase import CountOrShare
 from sslpoison.data.captions import TEMPLATES
 from sslpoison.data.imageset import ImageSet
+from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.metrics import poison_rates
-from sslpoison.triggers import TriggerConfig
+from sslpoison.eval.rows import ATTACKED, CLEAN
+from sslpoison.eval.zero_shot import evaluate_targeted
+from sslpoison.poisoning import BackdoorTarget, PoisonedSet, TargetedTrial
+from sslpoison.triggers import PatchTrigger, TriggerConfig
+
+if TYPE_CHECKING:
+    from sslpoison.experiment.config import ExperimentConfig
 
 
 def _carlini_trigger() -> TriggerConfig:
@@ -43,7 +50,28 @@ def _carlini_trigger() -> TriggerConfig:
     return TriggerConfig(kind="noise", size=0.07, box=(0.0, 1.0))
 
 
-class CLIPBackdoorConfig(Config):
+class CLIPPoisoning(PretrainingDataAttack):
+    """What both CLIP attacks share: they need image–caption pre-training, and they are
+    measured on ``dataset`` (a key of each subclass), by default the pre-training dataset."""
+
+    def measured_on(self, pretraining: str) -> str:
+        return self.dataset or pretraining
+
+    def measured_split(self, data: ImageSet, downstream: Downstream) -> ImageSet:
+        """The whole test split of the dataset the attack is measured on, fitted to ``data``
+        (whose ``name`` is the pre-training dataset's)."""
+        return downstream.split(self.measured_on(data.name), "test")
+
+    def check(self, experiment: ExperimentConfig) -> None:
+        super().check(experiment)
+        if not experiment.pretrain.image_text:
+            raise ValueError(
+                f"pretrain.method: {self.name} poisons image–caption pre-training; "
+                f"set pretrain.method to clip (got {experiment.pretrain.method!r})"
+            )
+
+
+class CLIPBackdoorConfig(CLIPPoisoning):
     """The ``attack:`` section for the CLIP backdoor: ``poison`` pairs (count or share of
     the pre-training set) get ``trigger`` and a caption naming ``target_class``; the test
     images get the same patch, placed inside ``trigger.box`` (or at ``trigger.position``)."""
@@ -54,8 +82,21 @@ class CLIPBackdoorConfig(Config):
     trigger: TriggerConfig = Field(default_factory=_carlini_trigger)
     dataset: str | None = None  # measured on (its classes); default: the pre-training dataset
 
+    def poison_pretraining(
+        self, data: ImageSet, downstream: Downstream, seed: int = 0
+    ) -> PoisonedSet:
+        return poison_backdoor(data, self, seed, measured_on=self.measured_split(data, downstream))
 
-class CLIPTargetedConfig(Config):
+    def backdoor_targets(
+        self, data: ImageSet, downstream: Downstream, seed: int = 0
+    ) -> list[BackdoorTarget]:
+        test = self.measured_split(data, downstream)
+        target = target_index(test, self.target_class)
+        trigger = PatchTrigger(self.trigger, data.channels, data.image_size)
+        return [BackdoorTarget(self.measured_on(data.name), target, test.classes[target], trigger)]
+
+
+class CLIPTargetedConfig(CLIPPoisoning):
     """The ``attack:`` section for targeted CLIP poisoning: ``trials`` (test image, label)
     draws, each planted by ``pairs`` copies of the image captioned with the label.
 
@@ -78,36 +119,26 @@ class CLIPTargetedConfig(Config):
                 raise ValueError(f"{key}: {len(given)} given for {self.trials} trials")
         return self
 
+    def poison_pretraining(
+        self, data: ImageSet, downstream: Downstream, seed: int = 0
+    ) -> PoisonedSet:
+        test = self.measured_split(data, downstream)
+        return poison_targeted(data, test, draw_trials(self, test, seed=seed), self.pairs, seed)
 
-@dataclass
-class PoisonedPairs:
-    """Pre-training pairs after an attack, and what was changed.
-
-    ``indices`` (sorted) are the poisoned positions in ``data`` (replaced pairs for the
-    backdoor, appended ones for targeted poisoning); ``classes`` name the classes of the
-    dataset the attack is measured on (target and trial labels index them); ``corners``
-    (P×2) the backdoor patch's top-left (row, col) per poisoned image; ``trials`` the
-    targeted (test index, true class, adversarial class) draws; ``rates`` the poisoned share
-    of the set.
-    """
-
-    data: ImageSet
-    indices: torch.Tensor
-    rates: dict[str, float]
-    classes: list[str]  # of the dataset the attack is measured on
-    corners: torch.Tensor | None = None
-    target_class: int | None = None
-    trials: list[TargetedTrial] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class TargetedTrial:
-    """One targeted poisoning draw: test image ``index`` of class ``true_class`` should be
-    classified as ``target_class``."""
-
-    index: int
-    true_class: int
-    target_class: int
+    def measure(self, outcome: Outcome) -> Measured:
+        """``targeted_success[_probe][_clean]``: the share of trials flipped, zero-shot and
+        by the first probe; ``targeted.json``: every trial's predictions."""
+        rows, per_trial = evaluate_targeted(
+            outcome.clips,
+            {role: outcome.encoders[role] for role in (CLEAN, ATTACKED)},
+            outcome.poisoned.trials,
+            self.measured_on(outcome.data.name),
+            outcome.downstream,
+            outcome.cfg,
+            cache=outcome.features,
+            seed=outcome.seed,
+        )
+        return Measured(rows, {"targeted": ("targeted.json", per_trial)})
 
 
 def class_captions(name: str, n: int, generator: torch.Generator) -> list[str]:
@@ -128,7 +159,7 @@ def poison_backdoor(
     cfg: CLIPBackdoorConfig,
     seed: int = 0,
     measured_on: ImageSet | None = None,
-) -> PoisonedPairs:
+) -> PoisonedSet:
     """Patch ``cfg.poison`` images that are not of the target class and caption them with the
     target class (seeded). Every other pair is left bit-identical, and so is every label.
 
@@ -138,10 +169,7 @@ def poison_backdoor(
     captions = _require_captions(data)
     labelled = data if measured_on is None else measured_on
     names = list(labelled.classes)
-    try:
-        target = labelled.class_index(cfg.target_class)
-    except ValueError as e:
-        raise ValueError(f"attack.target_class: {e}") from None
+    target = target_index(labelled, cfg.target_class)
     if names == list(data.classes):
         pool = (data.labels != target).nonzero().squeeze(1).cpu()
     else:
@@ -158,7 +186,7 @@ def poison_backdoor(
         captions[i] = caption
     poisoned = patched.with_captions(captions)
     rates = poison_rates(n, len(data))
-    return PoisonedPairs(poisoned, indices, rates, names, corners, target_class=target)
+    return PoisonedSet(poisoned, indices, rates, names, corners, target_class=target)
 
 
 def draw_trials(cfg: CLIPTargetedConfig, test: ImageSet, seed: int = 0) -> list[TargetedTrial]:
@@ -195,7 +223,7 @@ def draw_trials(cfg: CLIPTargetedConfig, test: ImageSet, seed: int = 0) -> list[
 
 def poison_targeted(
     data: ImageSet, test: ImageSet, trials: Sequence[TargetedTrial], pairs: int, seed: int = 0
-) -> PoisonedPairs:
+) -> PoisonedSet:
     """Append ``pairs`` copies of each trial's test image (``test``: fitted to ``data``'s size
     and channels), captioned with its adversarial label, to ``data`` (the first ``len(data)``
     pairs stay as they were). Appended pairs keep their true label when ``test`` shares
@@ -212,14 +240,13 @@ def poison_targeted(
     poisoned = ImageSet.concat([data, added], name=data.name)
     indices = torch.arange(len(data), len(poisoned))
     rates = poison_rates(len(added), len(poisoned))
-    return PoisonedPairs(poisoned, indices, rates, list(test.classes), trials=list(trials))
+    return PoisonedSet(poisoned, indices, rates, list(test.classes), trials=list(trials))
 
 
 __all__ = [
     "CLIPBackdoorConfig",
+    "CLIPPoisoning",
     "CLIPTargetedConfig",
-    "PoisonedPairs",
-    "TargetedTrial",
     "class_captions",
     "draw_trials",
     "poison_backdoor",

@@ -9,15 +9,17 @@ category's images, as the attacker knows which images they poison.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
 
-from sslpoison.configbase import Config, CountOrShare
+from sslpoison.attacks.base import PretrainingDataAttack
+from sslpoison.configbase import CountOrShare
 from sslpoison.data.imageset import ImageSet
+from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.metrics import poison_rates
+from sslpoison.poisoning import BackdoorTarget, PoisonedSet
 from sslpoison.triggers import PatchTrigger, TriggerConfig
 
 
@@ -25,11 +27,12 @@ def _paper_trigger() -> TriggerConfig:
     return TriggerConfig(kind="noise", size=0.22, box=(0.25, 0.75))  # 50 px of 224
 
 
-class SSLBackdoorConfig(Config):
+class SSLBackdoorConfig(PretrainingDataAttack):
     """The ``attack:`` section for SSL-Backdoor.
 
     ``poison``: the share (a float in (0, 1]) or count of target-class images poisoned (the
     paper: half). ``trigger.box`` bounds the patch during pre-training; ``test_box`` at test.
+    Measured on the pre-training dataset, with FP (Saha et al. report it).
     """
 
     name: Literal["ssl_backdoor"] = "ssl_backdoor"
@@ -38,21 +41,27 @@ class SSLBackdoorConfig(Config):
     trigger: TriggerConfig = Field(default_factory=_paper_trigger)
     test_box: tuple[float, float] = (0.1, 0.9)
 
+    reports_fp: ClassVar[bool] = True
 
-@dataclass
-class PoisonedSet:
-    """The poisoned pre-training set and what was changed.
+    def poison_pretraining(
+        self, data: ImageSet, downstream: Downstream, seed: int = 0
+    ) -> PoisonedSet:
+        return poison(data, self, seed=seed)
 
-    ``indices`` (P, sorted) are the poisoned positions in ``data``; ``corners`` (P×2) the
-    top-left (row, col) of each patch; ``rates`` the share of the whole set and of the target
-    class that was poisoned.
-    """
+    def backdoor_targets(
+        self, data: ImageSet, downstream: Downstream, seed: int = 0
+    ) -> list[BackdoorTarget]:
+        target = target_index(data, self.target_class)
+        trigger = evaluation_trigger(self, data.channels, data.image_size)
+        return [BackdoorTarget(data.name, target, data.classes[target], trigger)]
 
-    data: ImageSet
-    indices: torch.Tensor
-    corners: torch.Tensor
-    target_class: int
-    rates: dict[str, float]
+
+def target_index(data: ImageSet, target_class: int | str) -> int:
+    """``attack.target_class`` as a class index of ``data`` (ValueError naming the key)."""
+    try:
+        return data.class_index(target_class)
+    except ValueError as e:
+        raise ValueError(f"attack.target_class: {e}") from None
 
 
 def patch_subset(
@@ -79,10 +88,7 @@ def poison(data: ImageSet, cfg: SSLBackdoorConfig, seed: int = 0) -> PoisonedSet
 
     Every other image, and every label, is left bit-identical.
     """
-    try:
-        target = data.class_index(cfg.target_class)
-    except ValueError as e:
-        raise ValueError(f"attack.target_class: {e}") from None
+    target = target_index(data, cfg.target_class)
     pool = (data.labels == target).nonzero().squeeze(1).cpu()
     n = cfg.poison if isinstance(cfg.poison, int) else round(cfg.poison * pool.numel())
     if not 0 < n <= pool.numel():
@@ -92,7 +98,7 @@ def poison(data: ImageSet, cfg: SSLBackdoorConfig, seed: int = 0) -> PoisonedSet
     g = torch.Generator().manual_seed(seed)
     poisoned, indices, corners = patch_subset(data, pool, n, cfg.trigger, g)
     rates = poison_rates(indices.numel(), len(data), pool.numel())
-    return PoisonedSet(poisoned, indices, corners, target, rates)
+    return PoisonedSet(poisoned, indices, rates, list(data.classes), corners, target)
 
 
 def evaluation_trigger(cfg: SSLBackdoorConfig, channels: int, image_size: int) -> PatchTrigger:

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from sslpoison.configbase import Config, CountOrShare
 from sslpoison.data.imageset import ImageSet
+from sslpoison.eval.rows import Row
 from sslpoison.train.engine import FitResult, TrainConfig
 
 
@@ -68,6 +69,15 @@ class DetectorConfig(Config, abc.ABC):
         """The numbers of a detection record worth a metric key (``<name>/<encoder>_<k>``);
         the verdict is added as ``<name>/<encoder>_flagged``."""
         return {"score": float(detection["score"])}
+
+    def rows(self, encoder: str, detection: dict[str, Any]) -> list[Row]:
+        """:meth:`metrics` of a detection record of ``encoder`` and its verdict (0 or 1,
+        metric ``flagged``), as rows keyed ``<name>/<encoder>_<metric>``."""
+        found = {**self.metrics(detection), "flagged": int(detection["flagged"])}
+        return [
+            Row(None, encoder, self.name, metric, value, f"{self.name}/{encoder}_{metric}")
+            for metric, value in found.items()
+        ]
 
     @abc.abstractmethod
     def detect(

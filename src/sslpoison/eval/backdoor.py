@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
 from sslpoison.data.imageset import ImageSet
-from sslpoison.eval.downstream import EvalConfig, load_downstream, train_predictor
+from sslpoison.eval.downstream import Downstream, EvalConfig, train_predictor
 from sslpoison.eval.features import FeatureCache
 from sslpoison.eval.metrics import (
     accuracy,
@@ -38,36 +37,11 @@ from sslpoison.eval.metrics import (
     confusion_matrix,
     false_positives,
 )
+from sslpoison.eval.rows import ATTACKED, CLEAN, Evaluation, Row
+from sslpoison.poisoning import BackdoorTarget
 from sslpoison.triggers import PatchTrigger
 
 log = logging.getLogger(__name__)
-
-#: The encoders every backdoor evaluation starts with; any others are defenses.
-CLEAN, ATTACKED = "clean", "attacked"
-#: Suffix of a defense applied to the clean encoder as a control (``defenses.N.control``).
-ON_CLEAN = "_on_clean"
-
-
-@dataclass
-class BackdoorTarget:
-    """A target class of a downstream dataset and the trigger that should reach it."""
-
-    dataset: str
-    target_class: int
-    class_name: str
-    trigger: PatchTrigger
-
-
-@dataclass
-class BackdoorEvaluation:
-    """Flat metrics and, per dataset, the first probe's confusion matrices.
-
-    ``confusion[dataset]`` = ``{"classes": [...], "clean": {encoder: C×C},
-    "triggered": {class_name: {encoder: C×C}}}`` (nested lists of counts).
-    """
-
-    metrics: dict[str, float | int] = field(default_factory=dict)
-    confusion: dict[str, dict] = field(default_factory=dict)
 
 
 def metric_key(encoder: str, dataset: str, metric: str, target: str | None = None) -> str:
@@ -84,6 +58,20 @@ def metric_key(encoder: str, dataset: str, metric: str, target: str | None = Non
     return f"{encoder}/{dataset}/{'ba' if metric == 'acc' else metric}"
 
 
+def backdoor_row(
+    encoder: str,
+    dataset: str,
+    probe: str,
+    metric: str,
+    value: float | int,
+    suffix: str = "",
+    target: str | None = None,
+) -> Row:
+    """A row of the backdoor evaluation, under :func:`metric_key` + the probe's ``suffix``."""
+    key = metric_key(encoder, dataset, metric, target) + suffix
+    return Row(dataset, encoder, probe, metric, value, key, target)
+
+
 def triggered_copy(data: ImageSet, trigger: PatchTrigger, seed: int = 0) -> ImageSet:
     """``data`` with the trigger pasted into every image (seeded placement)."""
     images, _ = trigger.apply(data.images, torch.Generator().manual_seed(seed))
@@ -93,14 +81,13 @@ def triggered_copy(data: ImageSet, trigger: PatchTrigger, seed: int = 0) -> Imag
 def evaluate_backdoor(
     encoders: dict[str, nn.Module],
     targets: list[BackdoorTarget],
+    downstream: Downstream,
     cfg: EvalConfig,
     *,
-    size: int,
-    channels: int,
     cache: FeatureCache,
     seed: int = 0,
     count_fp: bool = False,
-) -> BackdoorEvaluation:
+) -> Evaluation:
     """Accuracy, ASR (and FP) of every probe, encoder and dataset (see the module doc).
 
     ``encoders`` maps a name to an encoder: ``"clean"`` and ``"attacked"`` first, then any
@@ -111,12 +98,9 @@ def evaluate_backdoor(
     by_dataset: dict[str, list[BackdoorTarget]] = defaultdict(list)
     for t in targets:
         by_dataset[t.dataset].append(t)
-    out = BackdoorEvaluation()
-    m = out.metrics
-    for name in cfg.datasets:
-        train, test = load_downstream(
-            name, size, channels, cfg.labelled, cfg.test_subset, seed, cfg.roots.get(name)
-        )
+    out = Evaluation()
+    for name in downstream.datasets:
+        train, test = downstream.train(name), downstream.test(name)
         mine = by_dataset.get(name, [])
         triggered = [triggered_copy(test, t.trigger, seed) for t in mine]
         log.info("backdoor evaluation on %s: %d labelled, %d test", name, len(train), len(test))
@@ -127,11 +111,13 @@ def evaluate_backdoor(
             f_test = cache.get(encoder, test)
             y_test = test.labels.to(f_test.device)
             f_trig = [cache.get(encoder, t) for t in triggered]
+            rows: list[Row] = []
             for i, kind in enumerate(cfg.probes):
                 suffix = "" if i == 0 else f"_{kind}"
+                at = {"encoder": role, "dataset": name, "probe": kind, "suffix": suffix}
                 predict = train_predictor(kind, f_train, y_train, train.num_classes, cfg, seed)
                 pred = predict(f_test)
-                m[metric_key(role, name, "acc") + suffix] = accuracy(pred, y_test)
+                rows.append(backdoor_row(**at, metric="acc", value=accuracy(pred, y_test)))
                 if i == 0:
                     conf["clean"][role] = confusion_matrix(pred, y_test, test.num_classes).tolist()
                 rates, fps = [], 0
@@ -140,21 +126,20 @@ def evaluate_backdoor(
                     rates.append(attack_success_rate(pred_t, y_test, t.target_class))
                     fps += false_positives(pred_t, y_test, t.target_class)
                     if len(mine) > 1:
-                        m[metric_key(role, name, "asr", t.class_name) + suffix] = rates[-1]
+                        rows.append(
+                            backdoor_row(**at, metric="asr", value=rates[-1], target=t.class_name)
+                        )
                     if i == 0:
                         conf["triggered"].setdefault(t.class_name, {})[role] = confusion_matrix(
                             pred_t, y_test, test.num_classes
                         ).tolist()
                 if rates:
-                    m[metric_key(role, name, "asr") + suffix] = sum(rates) / len(rates)
+                    rows.append(backdoor_row(**at, metric="asr", value=sum(rates) / len(rates)))
                     if count_fp:
-                        m[metric_key(role, name, "fp") + suffix] = fps
-            mine_keys = {metric_key(role, name, x) for x in ("acc", "asr", "fp")}
-            log.info(
-                "%s encoder on %s: %s",
-                role,
-                name,
-                {k: round(v, 4) for k, v in m.items() if k in mine_keys},
-            )
+                        rows.append(backdoor_row(**at, metric="fp", value=fps))
+            first = cfg.probes[0]
+            shown = {r.metric: round(r.value, 4) for r in rows if r.probe == first and not r.target}
+            log.info("%s encoder on %s: %s", role, name, shown)
+            out.rows += rows
         out.confusion[name] = conf
     return out

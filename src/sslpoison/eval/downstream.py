@@ -1,29 +1,22 @@
-"""Downstream evaluation of a frozen encoder: probes and k-NN on cached features.
-
-For each downstream dataset, ``labelled`` images of its train split train the probes and its
-test split measures them. Metric keys are flat: ``<dataset>/<probe>_acc`` for the encoder and
-``<dataset>/<probe>_acc_<baseline>`` for the baselines measured in the same run.
+"""The downstream task: its settings (:class:`EvalConfig`) and its data (:class:`Downstream`),
+loaded once per run and taken by the attacks, the probes, the zero-shot evaluation and the
+trigger pictures alike.
 """
 
 from __future__ import annotations
 
-import logging
+import copy
 from collections.abc import Callable
 from typing import Literal
 
 import torch
-import torch.nn as nn
 from pydantic import Field, PositiveInt
 
 from sslpoison.configbase import Config, CountOrShare
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.registry import load_fitted
-from sslpoison.eval.features import FeatureCache
 from sslpoison.eval.knn import knn_predict
-from sslpoison.eval.metrics import accuracy
 from sslpoison.eval.probes import ProbeConfig, train_probe
-
-log = logging.getLogger(__name__)
 
 ProbeKind = Literal["linear", "mlp", "knn"]
 
@@ -58,23 +51,55 @@ class EvalConfig(Config):
     roots: dict[str, str] = Field(default_factory=dict)
 
 
-def load_downstream(
-    name: str,
-    size: int,
-    channels: int,
-    labelled: int | float,
-    test_subset: int | None = None,
-    seed: int = 0,
-    root: str | None = None,
-) -> tuple[ImageSet, ImageSet]:
-    """A downstream dataset's labelled train subset and test set, fitted to the encoder's
-    input (``size``×``size``, ``channels``)."""
-    train = load_fitted(name, "train", size, channels, root)
-    test = load_fitted(name, "test", size, channels, root)
-    train = train.take(labelled, seed=seed)
-    if test_subset is not None:
-        test = test.take(test_subset, seed=seed)
-    return train, test
+class Downstream:
+    """The downstream datasets of one run, each loaded once and fitted to an encoder's input
+    (``size``×``size`` pixels, ``channels``).
+
+    Per dataset ``name``: :meth:`split` is a whole split (``"train"``, ``"test"``);
+    :meth:`train` the probes' labelled train set (``cfg.labelled`` images of the train split,
+    seeded, class-balanced); :meth:`test` the test set (the test split, or
+    ``cfg.test_subset`` of it, seeded). Splits load on first use (``cfg.roots`` locates a
+    dataset outside the usual places) and are kept. :meth:`with_train` gives the same data
+    with some labelled train sets replaced, e.g. by poisoned ones.
+    """
+
+    def __init__(self, cfg: EvalConfig, size: int, channels: int, seed: int = 0) -> None:
+        self.datasets = list(cfg.datasets)
+        self.size, self.channels, self.seed = size, channels, seed
+        self.labelled, self.test_subset, self.roots = cfg.labelled, cfg.test_subset, cfg.roots
+        self._splits: dict[tuple[str, str], ImageSet] = {}
+        self._train: dict[str, ImageSet] = {}
+        self._test: dict[str, ImageSet] = {}
+
+    def split(self, name: str, split: str) -> ImageSet:
+        """The whole ``split`` of dataset ``name``, fitted to the encoder's input."""
+        if (name, split) not in self._splits:
+            self._splits[name, split] = load_fitted(
+                name, split, self.size, self.channels, self.roots.get(name)
+            )
+        return self._splits[name, split]
+
+    def train(self, name: str) -> ImageSet:
+        """The labelled images the probes of dataset ``name`` train on."""
+        if name not in self._train:
+            self._train[name] = self.split(name, "train").take(self.labelled, seed=self.seed)
+        return self._train[name]
+
+    def test(self, name: str) -> ImageSet:
+        """The test images the probes of dataset ``name`` are measured on."""
+        if name not in self._test:
+            test = self.split(name, "test")
+            if self.test_subset is not None:
+                test = test.take(self.test_subset, seed=self.seed)
+            self._test[name] = test
+        return self._test[name]
+
+    def with_train(self, train: dict[str, ImageSet]) -> Downstream:
+        """A copy (sharing the loaded splits) whose labelled train sets are ``train`` where
+        given (by dataset name)."""
+        other = copy.copy(self)
+        other._train = {**self._train, **train}
+        return other
 
 
 def train_predictor(
@@ -93,75 +118,4 @@ def train_predictor(
     return train_probe(f_train, y_train, num_classes, kind, cfg.probe, seed=seed).predict
 
 
-def probe_accuracy(
-    kind: ProbeKind,
-    f_train: torch.Tensor,
-    y_train: torch.Tensor,
-    f_test: torch.Tensor,
-    y_test: torch.Tensor,
-    num_classes: int,
-    cfg: EvalConfig,
-    seed: int = 0,
-) -> float:
-    """Accuracy on the test features of one probe trained on the train features."""
-    predict = train_predictor(kind, f_train, y_train, num_classes, cfg, seed)
-    return accuracy(predict(f_test), y_test)
-
-
-def evaluate_features(
-    prefix: str,
-    suffix: str,
-    f_train: torch.Tensor,
-    train: ImageSet,
-    f_test: torch.Tensor,
-    test: ImageSet,
-    cfg: EvalConfig,
-    seed: int = 0,
-) -> dict[str, float]:
-    """``{prefix/<probe>_acc<suffix>: accuracy}`` for every probe in ``cfg.probes``."""
-    y_train, y_test = train.labels.to(f_train.device), test.labels.to(f_test.device)
-    return {
-        f"{prefix}/{kind}_acc{suffix}": probe_accuracy(
-            kind, f_train, y_train, f_test, y_test, train.num_classes, cfg, seed
-        )
-        for kind in cfg.probes
-    }
-
-
-def evaluate_encoder(
-    encoder: nn.Module,
-    cfg: EvalConfig,
-    *,
-    size: int,
-    channels: int,
-    cache: FeatureCache,
-    random_init: nn.Module | None = None,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Probe accuracies of ``encoder`` (and of the baselines) on every downstream dataset."""
-    metrics: dict[str, float] = {}
-    for name in cfg.datasets:
-        train, test = load_downstream(
-            name, size, channels, cfg.labelled, cfg.test_subset, seed, cfg.roots.get(name)
-        )
-        log.info("evaluate on %s: %d labelled, %d test images", name, len(train), len(test))
-        pairs: list[tuple[str, torch.Tensor, torch.Tensor]] = [
-            ("", cache.get(encoder, train), cache.get(encoder, test))
-        ]
-        if "random_init" in cfg.baselines:
-            if random_init is None:
-                raise ValueError("evaluate_encoder: the random_init baseline needs a module")
-            pairs.append(
-                ("_random_init", cache.get(random_init, train), cache.get(random_init, test))
-            )
-        if "pixels" in cfg.baselines:
-            pairs.append(
-                (
-                    "_pixels",
-                    train.images.flatten(1).float() / 255,
-                    test.images.flatten(1).float() / 255,
-                )
-            )
-        for suffix, f_train, f_test in pairs:
-            metrics.update(evaluate_features(name, suffix, f_train, train, f_test, test, cfg, seed))
-    return metrics
+__all__ = ["Downstream", "EvalConfig", "KNNConfig", "ProbeKind", "train_predictor"]

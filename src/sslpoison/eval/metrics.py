@@ -1,6 +1,6 @@
 """Evaluation metrics on predicted class indices.
 
-One vocabulary everywhere (see ``ALGORITHMS.md``, section "Metrics"):
+One vocabulary everywhere (see ``docs/algorithms.md``, "Metrics"):
 
 - **CA** (clean accuracy): clean encoder → probe → clean test set; :func:`accuracy`.
 - **BA** (backdoored accuracy): attacked or defended encoder → probe → clean test set;

@@ -21,17 +21,19 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from sslpoison.attacks.clip_poison import TargetedTrial
-from sslpoison.data.imageset import ImageSet
-from sslpoison.data.registry import load_fitted
-from sslpoison.eval.backdoor import CLEAN, BackdoorTarget, triggered_copy
-from sslpoison.eval.downstream import EvalConfig, load_downstream, train_predictor
+from sslpoison.eval.backdoor import triggered_copy
+from sslpoison.eval.downstream import Downstream, EvalConfig, train_predictor
 from sslpoison.eval.features import FeatureCache
 from sslpoison.eval.metrics import accuracy, attack_success_rate
+from sslpoison.eval.rows import CLEAN, Row
 from sslpoison.models.text import Tokenizer
+from sslpoison.poisoning import BackdoorTarget, TargetedTrial
 from sslpoison.ssl.clip import CLIP, zero_shot_classifier, zero_shot_predict
 
 log = logging.getLogger(__name__)
+
+#: The ``probe`` of a zero-shot row: the model's own prompt classifier.
+ZERO_SHOT = "zero_shot"
 
 
 def zs_key(role: str, dataset: str, metric: str) -> str:
@@ -42,26 +44,23 @@ def zs_key(role: str, dataset: str, metric: str) -> str:
 def evaluate_zero_shot(
     models: dict[str, tuple[CLIP, Tokenizer]],
     targets: Sequence[BackdoorTarget],
-    cfg: EvalConfig,
+    downstream: Downstream,
     *,
-    size: int,
-    channels: int,
     seed: int = 0,
-) -> dict[str, float]:
+) -> list[Row]:
     """``zs_acc`` and (for each dataset with a backdoor target) ``zs_asr`` of every model on
-    every dataset of ``cfg.datasets``. ``models`` maps ``"clean"`` / ``"attacked"`` to
-    (model, tokenizer)."""
-    metrics: dict[str, float] = {}
-    for name in cfg.datasets:
-        test = load_fitted(name, "test", size, channels, cfg.roots.get(name))
-        if cfg.test_subset is not None:  # the probes' test images (see load_downstream)
-            test = test.take(cfg.test_subset, seed=seed)
+    every dataset of ``downstream`` (its test sets, as the probes'). ``models`` maps
+    ``"clean"`` / ``"attacked"`` to (model, tokenizer)."""
+    rows: list[Row] = []
+    for name in downstream.datasets:
+        test = downstream.test(name)
         mine = [t for t in targets if t.dataset == name]
         triggered = [triggered_copy(test, t.trigger, seed) for t in mine]
         for role, (model, tokenizer) in models.items():
             weights = zero_shot_classifier(model, tokenizer, test.classes)
             pred = zero_shot_predict(model, weights, test.images)
-            metrics[zs_key(role, name, "zs_acc")] = accuracy(pred, test.labels.cpu())
+            acc = accuracy(pred, test.labels.cpu())
+            rows.append(Row(name, role, ZERO_SHOT, "zs_acc", acc, zs_key(role, name, "zs_acc")))
             rates = [
                 attack_success_rate(
                     zero_shot_predict(model, weights, t.images),
@@ -70,36 +69,38 @@ def evaluate_zero_shot(
                 )
                 for target, t in zip(mine, triggered, strict=True)
             ]
-            if rates:
-                metrics[zs_key(role, name, "zs_asr")] = sum(rates) / len(rates)
+            asr = sum(rates) / len(rates) if rates else None
+            if asr is not None:
+                rows.append(Row(name, role, ZERO_SHOT, "zs_asr", asr, zs_key(role, name, "zs_asr")))
             log.info(
                 "%s CLIP on %s: zero-shot accuracy %.4f%s",
                 role,
                 name,
-                metrics[zs_key(role, name, "zs_acc")],
-                f", ASR {metrics[zs_key(role, name, 'zs_asr')]:.4f}" if rates else "",
+                acc,
+                f", ASR {asr:.4f}" if asr is not None else "",
             )
-    return metrics
+    return rows
 
 
 def evaluate_targeted(
     models: dict[str, tuple[CLIP, Tokenizer]],
     encoders: dict[str, nn.Module],
     trials: Sequence[TargetedTrial],
-    test: ImageSet,
     dataset: str,
+    downstream: Downstream,
     cfg: EvalConfig,
     *,
     cache: FeatureCache,
     seed: int = 0,
-) -> tuple[dict[str, float], list[dict]]:
-    """Whether each trial's test image (``test.images[trial.index]``) is classified as its
-    adversarial label: zero-shot by each model, and by the first probe of ``cfg.probes`` on
-    each image tower in ``encoders`` (trained on ``dataset``'s clean labelled images).
+) -> tuple[list[Row], list[dict]]:
+    """Whether each trial's test image (of ``dataset``'s whole test split) is classified as
+    its adversarial label: zero-shot by each model, and by the first probe of ``cfg.probes``
+    on each image tower in ``encoders`` (trained on ``dataset``'s clean labelled images).
 
-    Returns (``targeted_success[_probe][_clean]`` for ``dataset``, one record per trial with
-    every prediction).
+    Returns (``targeted_success[_probe][_clean]`` rows for ``dataset``, one record per trial
+    with every prediction).
     """
+    test = downstream.split(dataset, "test")
     index = torch.tensor([t.index for t in trials], dtype=torch.long)
     chosen = test.subset(index)
     wanted = torch.tensor([t.target_class for t in trials])
@@ -107,17 +108,16 @@ def evaluate_targeted(
         {"index": t.index, "true_class": t.true_class, "target_class": t.target_class}
         for t in trials
     ]
-    metrics: dict[str, float] = {}
+    rows: list[Row] = []
     for role, (model, tokenizer) in models.items():
         weights = zero_shot_classifier(model, tokenizer, test.classes)
         pred = zero_shot_predict(model, weights, chosen.images)
-        metrics[zs_key(role, dataset, "targeted_success")] = (pred == wanted).float().mean().item()
+        share = (pred == wanted).float().mean().item()
+        key = zs_key(role, dataset, "targeted_success")
+        rows.append(Row(dataset, role, ZERO_SHOT, "targeted_success", share, key))
         for r, p in zip(records, pred.tolist(), strict=True):
             r[f"zero_shot_{role}"] = p
-    size, channels = test.image_size, test.channels
-    train, _ = load_downstream(
-        dataset, size, channels, cfg.labelled, None, seed, cfg.roots.get(dataset)
-    )
+    train = downstream.train(dataset)
     kind = cfg.probes[0]
     for role, encoder in encoders.items():
         f_train = cache.get(encoder, train)
@@ -125,12 +125,12 @@ def evaluate_targeted(
             kind, f_train, train.labels.to(f_train.device), train.num_classes, cfg, seed
         )
         pred = predict(cache.get(encoder, chosen)).cpu()
-        metrics[zs_key(role, dataset, "targeted_success_probe")] = (
-            (pred == wanted).float().mean().item()
-        )
+        share = (pred == wanted).float().mean().item()
+        key = zs_key(role, dataset, "targeted_success_probe")
+        rows.append(Row(dataset, role, kind, "targeted_success", share, key))
         for r, p in zip(records, pred.tolist(), strict=True):
             r[f"{kind}_{role}"] = p
-    return metrics, records
+    return rows, records
 
 
-__all__ = ["evaluate_targeted", "evaluate_zero_shot", "zs_key"]
+__all__ = ["ZERO_SHOT", "evaluate_targeted", "evaluate_zero_shot", "zs_key"]

@@ -18,12 +18,14 @@ from sslpoison.utils import atomic_write_json, stable_hash
 CACHE_VERSION = 1
 
 
+def stage_key(stage: str, **parts: Any) -> str:
+    """The cache key of ``stage`` with inputs ``parts`` (config slices, input hashes, seed)."""
+    return stable_hash({"stage": stage, "version": CACHE_VERSION, **parts})
+
+
 class StageCache:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-
-    def key(self, stage: str, **parts: Any) -> str:
-        return stable_hash({"stage": stage, "version": CACHE_VERSION, **parts})
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key

@@ -11,17 +11,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    Field,
+    PositiveInt,
+    SerializeAsAny,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from sslpoison.attacks import ATTACKS, IMAGE_TEXT_ATTACKS, AttackSpec
+from sslpoison.attacks import ATTACKS, AttackConfig
 from sslpoison.configbase import Config, CountOrShare, format_validation_error
 from sslpoison.defenses import DEFENSES, DefenseSpec
 from sslpoison.detectors import DETECTORS, DetectorSpec
 from sslpoison.eval.downstream import EvalConfig
 from sslpoison.ssl.pretrain import PretrainConfig
 
-#: Attack, defense and detector names, which pydantic writes into the key path of errors.
-TAGS = frozenset(ATTACKS) | frozenset(DEFENSES) | frozenset(DETECTORS)
+#: Defense and detector names, which pydantic writes into the key path of errors.
+TAGS = frozenset(DEFENSES) | frozenset(DETECTORS)
 
 
 class ConfigError(ValueError):
@@ -39,10 +48,11 @@ class DataConfig(Config):
 
 
 class ExperimentConfig(Config):
-    """A whole experiment: data → [poison] → pre-train → [attack] → [defend] → evaluate.
+    """A whole experiment: data → [poison] → pre-train → [attack] → [defend] → [detect] →
+    evaluate.
 
-    ``attack.name`` picks the attack (``badencoder``, ``ssl_backdoor``, ``clip_backdoor``,
-    ``clip_targeted``); every entry of
+    ``attack.name`` picks the attack from :data:`sslpoison.attacks.ATTACKS` (looked up when
+    the config is validated, so a registered attack is valid at once); every entry of
     ``defenses`` is applied to the attacked encoder and evaluated next to it; every entry of
     ``detectors`` judges the clean and the attacked encoder.
     """
@@ -50,11 +60,11 @@ class ExperimentConfig(Config):
     name: str = "experiment"
     seed: int = 0
     device: str = "auto"
-    threads: PositiveInt | None = None  # CPU threads (torch.set_num_threads); None: default
+    threads: PositiveInt | None = None  # CPU threads, set by `sslpoison run`; None: default
     cache_dir: str | None = None  # stage cache; default $SSLPOISON_CACHE or ~/.cache/sslpoison
     data: DataConfig = Field(default_factory=DataConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
-    attack: Annotated[AttackSpec, Field(discriminator="name")] | None = None
+    attack: SerializeAsAny[AttackConfig] | None = None
     defenses: list[Annotated[DefenseSpec, Field(discriminator="name")]] = Field(
         default_factory=list
     )
@@ -62,6 +72,25 @@ class ExperimentConfig(Config):
         default_factory=list
     )
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("attack", mode="wrap")
+    @classmethod
+    def _registered_attack(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """``attack:`` validated as the config of the attack its ``name`` names."""
+        if value is None or isinstance(value, AttackConfig):
+            return handler(value)
+        if not isinstance(value, dict):
+            raise PydanticCustomError("model_type", "expected a mapping of keys")
+        if "name" not in value:
+            raise PydanticCustomError(
+                "union_tag_not_found", "the key 'name' is missing", {"discriminator": "'name'"}
+            )
+        if value["name"] not in ATTACKS:
+            known = ", ".join(repr(name) for name in ATTACKS)
+            raise PydanticCustomError(
+                "union_tag_invalid", "unknown name", {"tag": value["name"], "expected_tags": known}
+            )
+        return ATTACKS[value["name"]].model_validate(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -79,26 +108,8 @@ class ExperimentConfig(Config):
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
         self.pretrain.checked_method_args()
-        if self.attack is not None and self.attack.name == "badencoder":
-            for i, t in enumerate(self.attack.targets):
-                if t.dataset not in self.eval.datasets:
-                    raise ValueError(
-                        f"attack.targets.{i}.dataset: {t.dataset!r} is not in eval.datasets "
-                        f"{self.eval.datasets}"
-                    )
-        attack = self.attack.name if self.attack is not None else None
-        if attack == "ssl_backdoor" or attack in IMAGE_TEXT_ATTACKS:
-            measured = getattr(self.attack, "dataset", None) or self.data.dataset
-            if measured not in self.eval.datasets:
-                raise ValueError(
-                    f"eval.datasets: {attack} is measured on {measured!r}, which is not in "
-                    f"{self.eval.datasets}"
-                )
-        if attack in IMAGE_TEXT_ATTACKS and not self.pretrain.image_text:
-            raise ValueError(
-                f"pretrain.method: {attack} poisons image–caption pre-training; "
-                f"set pretrain.method to clip (got {self.pretrain.method!r})"
-            )
+        if self.attack is not None:
+            self.attack.check(self)
         if self.pretrain.image_text:
             unused = [
                 k

@@ -1,12 +1,25 @@
-"""Human-readable views of results."""
+"""Human-readable views of a run's results, made from its rows (:class:`~sslpoison.eval.rows.Row`).
+
+:func:`format_summary` is the text of ``summary.md`` and what ``sslpoison run`` prints: the
+per-encoder backdoor table (or every metric, without an attack), the zero-shot table and the
+detectors' verdicts.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from sslpoison.eval.rows import ATTACKED, CLEAN, Row, metrics_of
+from sslpoison.eval.zero_shot import ZERO_SHOT
 
-def format_metrics(metrics: dict[str, float | int]) -> str:
+#: One row of the backdoor table: (dataset, encoder, {"acc", "asr", "fp"} → value or None).
+TableRow = tuple[str, str, dict[str, float | int | None]]
+
+
+def format_metrics(rows: Sequence[Row]) -> str:
     """A two-column table of metric keys and values (fractions to 4 places)."""
+    metrics = metrics_of(rows)
     if not metrics:
         return "(no metrics)"
     width = max(len(k) for k in metrics)
@@ -17,23 +30,23 @@ def format_metrics(metrics: dict[str, float | int]) -> str:
     return "\n".join(lines)
 
 
-def backdoor_rows(metrics: dict[str, float | int]) -> list[tuple[str, str, dict]]:
-    """(dataset, encoder, {"acc", "asr", "fp"}) for every encoder a backdoor run measured:
-    ``clean`` (CA, ASR-B, fp_clean), ``attacked`` (BA, ASR, fp_poisoned), then each defense
-    (``<defense>/<dataset>/ba`` …), in that order per dataset."""
-    datasets = sorted({k.split("/")[0] for k in metrics if k.count("/") == 1 and k.endswith("/ba")})
-    defenses = sorted({k.split("/")[0] for k in metrics if k.count("/") == 2 and k.endswith("/ba")})
-    rows = []
-    for d in datasets:
-        rows.append(("clean", d, {"acc": "ca", "asr": "asr_b", "fp": "fp_clean"}))
-        rows.append(("attacked", d, {"acc": "ba", "asr": "asr", "fp": "fp_poisoned"}))
-        rows += [(x, d, {"acc": "ba", "asr": "asr", "fp": "fp"}) for x in defenses]
+def backdoor_rows(rows: Sequence[Row], probe: str) -> list[TableRow]:
+    """(dataset, encoder, {"acc", "asr", "fp"}) for every encoder a backdoor evaluation
+    measured with ``probe`` (the first of ``eval.probes``): per dataset (sorted) ``clean``
+    (CA, ASR-B, FP), ``attacked`` (BA, ASR, FP), then each defense (sorted by name)."""
+    found = {
+        (r.dataset, r.encoder, r.metric): r.value
+        for r in rows
+        if r.probe == probe and r.target is None and r.metric in ("acc", "asr", "fp")
+    }
+    datasets = sorted({d for d, e, m in found if e == ATTACKED and m == "acc"})
+    defenses = sorted({e for d, e, m in found if e not in (CLEAN, ATTACKED) and m == "acc"})
     out = []
-    for encoder, d, keys in rows:
-        prefix = f"{d}/" if encoder in ("clean", "attacked") else f"{encoder}/{d}/"
-        values = {col: metrics.get(prefix + key) for col, key in keys.items()}
-        if values["acc"] is not None:
-            out.append((d, encoder, values))
+    for d in datasets:
+        for encoder in (CLEAN, ATTACKED, *defenses):
+            values = {m: found.get((d, encoder, m)) for m in ("acc", "asr", "fp")}
+            if values["acc"] is not None:
+                out.append((d, encoder, values))
     return out
 
 
@@ -47,25 +60,26 @@ def _defense_cost(encoder: str, stages: dict[str, Any] | None) -> tuple[str, str
 
 
 def format_backdoor_table(
-    metrics: dict[str, float | int], stages: dict[str, Any] | None = None
+    rows: Sequence[Row], probe: str, stages: dict[str, Any] | None = None
 ) -> str | None:
     """dataset | encoder | accuracy | ASR [| FP] [| clean images | time] for every encoder of
-    a backdoor run, else None. Accuracy is CA for the clean encoder and BA for the others;
-    the clean encoder's ASR is ASR-B. With defenses, ``stages`` (the run's stage records)
-    gives each defense's clean images and wall time (training, MI estimation included; the
-    original run's when the stage came from the cache)."""
-    rows = backdoor_rows(metrics)
-    if not rows:
+    a backdoor evaluation (``probe``'s numbers), else None. Accuracy is CA for the clean
+    encoder and BA for the others; the clean encoder's ASR is ASR-B. With defenses,
+    ``stages`` (the run's stage records) gives each defense's clean images and wall time
+    (training, MI estimation included; the original run's when the stage came from the
+    cache)."""
+    table = backdoor_rows(rows, probe)
+    if not table:
         return None
-    with_fp = any(v["fp"] is not None for _, _, v in rows)
-    with_cost = any(e not in ("clean", "attacked") for _, e, _ in rows)
-    dw = max(len("dataset"), *(len(d) for d, _, _ in rows))
-    ew = max(len("encoder"), *(len(e) for _, e, _ in rows))
+    with_fp = any(v["fp"] is not None for _, _, v in table)
+    with_cost = any(e not in (CLEAN, ATTACKED) for _, e, _ in table)
+    dw = max(len("dataset"), *(len(d) for d, _, _ in table))
+    ew = max(len("encoder"), *(len(e) for _, e, _ in table))
     head = f"{'dataset':<{dw}}  {'encoder':<{ew}}  {'acc':>6}  {'ASR':>6}"
     head += f"  {'FP':>6}" if with_fp else ""
     head += f"  {'clean':>6}  {'time s':>6}" if with_cost else ""
     lines = [head, "-" * len(head)]
-    for d, e, v in rows:
+    for d, e, v in table:
         cells = [f"{v[c]:.4f}" if v[c] is not None else "-" for c in ("acc", "asr")]
         line = f"{d:<{dw}}  {e:<{ew}}  {cells[0]:>6}  {cells[1]:>6}"
         if with_fp:
@@ -80,49 +94,83 @@ def format_backdoor_table(
     return "\n".join(lines)
 
 
-def format_detections(metrics: dict[str, float | int]) -> str | None:
-    """One line per detector and encoder (``<detector>/<encoder>_flagged`` keys), or None."""
+def format_detections(rows: Sequence[Row]) -> str | None:
+    """One line per detector and encoder (the rows of metric ``flagged``), or None."""
+    found = {(r.probe, r.encoder, r.metric): r.value for r in rows if r.dataset is None}
     lines = []
-    for key in sorted(k for k in metrics if k.endswith("_flagged")):
-        det, _, rest = key.partition("/")
-        role = rest.removesuffix("_flagged")
-        score = metrics.get(f"{det}/{role}_pl1")
-        verdict = "BACKDOORED" if metrics[key] else "clean"
-        extra = f" (PL1 norm {score:.4f}, L1 {metrics.get(f'{det}/{role}_norm', 0):.1f})"
-        lines.append(
-            f"{det}: {role} encoder judged {verdict}" + (extra if score is not None else "")
-        )
+    for det, role in sorted((d, e) for d, e, m in found if m == "flagged"):
+        verdict = "BACKDOORED" if found[det, role, "flagged"] else "clean"
+        line = f"{det}: {role} encoder judged {verdict}"
+        if (score := found.get((det, role, "pl1"))) is not None:
+            line += f" (PL1 norm {score:.4f}, L1 {found.get((det, role, 'norm'), 0):.1f})"
+        lines.append(line)
     return "\n".join(lines) or None
 
 
-#: The zero-shot columns: (header, metric name) of ``<dataset>/<metric>[_clean]`` keys.
+#: The zero-shot columns: (header, metric, whether read zero-shot rather than by a probe).
 ZERO_SHOT_COLUMNS = (
-    ("zs acc", "zs_acc"),
-    ("zs ASR", "zs_asr"),
-    ("targeted", "targeted_success"),
-    ("probe tgt", "targeted_success_probe"),
+    ("zs acc", "zs_acc", True),
+    ("zs ASR", "zs_asr", True),
+    ("targeted", "targeted_success", True),
+    ("probe tgt", "targeted_success", False),
 )
 
 
-def format_zero_shot(metrics: dict[str, float | int]) -> str | None:
+def format_zero_shot(rows: Sequence[Row]) -> str | None:
     """dataset | CLIP | zero-shot accuracy | zero-shot ASR | targeted success (zero-shot,
-    probe) for the clean and the poisoned CLIP model (``eval.zero_shot`` keys), else None."""
-    datasets = sorted({k.split("/")[0] for k in metrics if k.endswith("/zs_acc")})
+    probe) for the clean and the poisoned CLIP model, else None."""
+    found = {
+        (r.dataset, r.encoder, r.metric, r.probe == ZERO_SHOT): r.value
+        for r in rows
+        if r.metric in ("zs_acc", "zs_asr", "targeted_success")
+    }
+    datasets = sorted({d for d, e, m, _ in found if e == ATTACKED and m == "zs_acc"})
     if not datasets:
         return None
-    used = [(h, m) for h, m in ZERO_SHOT_COLUMNS if any(f"{d}/{m}" in metrics for d in datasets)]
+    used = [
+        (h, m, zs)
+        for h, m, zs in ZERO_SHOT_COLUMNS
+        if any((d, ATTACKED, m, zs) in found for d in datasets)
+    ]
     dw = max(len("dataset"), *(len(d) for d in datasets))
-    head = f"{'dataset':<{dw}}  {'CLIP':<8}" + "".join(f"  {h:>9}" for h, _ in used)
+    head = f"{'dataset':<{dw}}  {'CLIP':<8}" + "".join(f"  {h:>9}" for h, _, _ in used)
     lines = [head, "-" * len(head)]
     for d in datasets:
-        for role, suffix in (("clean", "_clean"), ("poisoned", "")):
-            if f"{d}/zs_acc{suffix}" not in metrics:
+        for shown, role in (("clean", CLEAN), ("poisoned", ATTACKED)):
+            if (d, role, "zs_acc", True) not in found:
                 continue
-            cells = [metrics.get(f"{d}/{m}{suffix}") for _, m in used]
-            shown = "".join(f"  {v:>9.4f}" if v is not None else f"  {'-':>9}" for v in cells)
-            lines.append(f"{d:<{dw}}  {role:<8}{shown}")
+            cells = [found.get((d, role, m, zs)) for _, m, zs in used]
+            text = "".join(f"  {v:>9.4f}" if v is not None else f"  {'-':>9}" for v in cells)
+            lines.append(f"{d:<{dw}}  {shown:<8}{text}")
     lines.append(
         "zero-shot with the class-prompt ensemble; zs ASR: triggered non-target test images "
         "called the target; targeted: share of trials flipped (zero-shot, and by the probe)."
     )
     return "\n".join(lines)
+
+
+def summary_tables(
+    rows: Sequence[Row], probe: str, stages: dict[str, Any] | None = None
+) -> list[str]:
+    """A run's tables: the backdoor table (``probe``'s numbers; every metric when there is
+    none), then the zero-shot table and the detections where there are."""
+    tables = [format_backdoor_table(rows, probe, stages) or format_metrics(rows)]
+    return tables + [t for t in (format_zero_shot(rows), format_detections(rows)) if t]
+
+
+def format_summary(name: str, tables: Sequence[str]) -> str:
+    """``summary.md``: the run's name, then each table in a code block."""
+    parts = [f"# {name}"]
+    for table in tables:
+        parts += ["", "```", table, "```"]
+    return "\n".join(parts) + "\n"
+
+
+def defense_panels(rows: Sequence[Row], probe: str) -> dict[str, dict[str, dict[str, float]]]:
+    """``{dataset: {encoder: {"accuracy": …, "ASR": …}}}`` of the backdoor table, for the
+    bar plot of the defenses."""
+    panels: dict[str, dict[str, dict[str, float]]] = {}
+    for dataset, encoder, v in backdoor_rows(rows, probe):
+        bars = {"accuracy": v["acc"]} | ({"ASR": v["asr"]} if v["asr"] is not None else {})
+        panels.setdefault(dataset, {})[encoder] = bars
+    return panels

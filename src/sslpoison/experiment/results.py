@@ -1,46 +1,62 @@
-"""``results.json``, written atomically.
+"""A run's results, and ``results.json``, written atomically.
 
-``{"metrics": {key: number}, "config": the full config, "timings": {stage: seconds},
-"artifacts": {name: path}, "stages": {stage: what it did (cache hit, resumed epoch, losses)}}``.
+``results.json``: ``{"metrics": {key: number}, "config": the full config, "timings": {stage:
+seconds}, "artifacts": {name: path}, "stages": {stage: what it did (cache hit, resumed
+epoch, losses)}}``; ``metrics`` is made from the run's rows.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sslpoison.eval.rows import Row, metrics_of
 from sslpoison.utils import atomic_write_json
 
 
-def write_results(
-    out_dir: str | Path,
-    metrics: dict[str, float | int],
-    config: dict[str, Any],
-    timings: dict[str, float],
-    artifacts: dict[str, str],
-    stages: dict[str, Any] | None = None,
-) -> Path:
+@dataclass
+class Results:
+    """What a run measured (``rows``), ran with, took and wrote, and its ``tables`` (as
+    ``sslpoison run`` prints them and ``summary.md`` holds them)."""
+
+    rows: list[Row]
+    config: dict[str, Any]
+    timings: dict[str, float]
+    artifacts: dict[str, str]
+    stages: dict[str, Any]
+    tables: list[str]
+
+    @property
+    def metrics(self) -> dict[str, float | int]:
+        """``{key: value}`` of the rows, sorted by key."""
+        return dict(sorted(metrics_of(self.rows).items()))
+
+    def as_json(self) -> dict[str, Any]:
+        """The content of ``results.json``."""
+        return {
+            "metrics": self.metrics,
+            "config": self.config,
+            "timings": self.timings,
+            "artifacts": self.artifacts,
+            "stages": self.stages,
+        }
+
+
+def write_results(out_dir: str | Path, results: Results) -> Path:
     """Write ``out_dir/results.json``; metric values must be finite numbers."""
-    for key, value in metrics.items():
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"metric {key!r} is not a finite number: {value!r}")
+    for row in results.rows:
+        if not isinstance(row.value, (int, float)) or not math.isfinite(row.value):
+            raise ValueError(f"metric {row.key!r} is not a finite number: {row.value!r}")
     path = Path(out_dir) / "results.json"
-    atomic_write_json(
-        path,
-        {
-            "metrics": dict(sorted(metrics.items())),
-            "config": config,
-            "timings": timings,
-            "artifacts": artifacts,
-            "stages": stages or {},
-        },
-    )
+    atomic_write_json(path, results.as_json())
     return path
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
+    """``results.json`` (in ``path``, a run's folder, or the file itself) as a dict."""
     p = Path(path)
     if p.is_dir():
         p = p / "results.json"

@@ -1,76 +1,62 @@
-"""Runs one experiment: data → [poison] → pre-train → [attack] → [defend] → evaluate →
-``results.json`` (plus the artifacts: encoders, trigger examples, poisoned indices,
-confusion matrices)."""
+"""Runs one experiment, top to bottom as DESIGN.md's pipeline: data → [poison pre-training
+data] → pre-train → [attack the encoder] → [defend] → [detect] → downstream data → [poison
+downstream data] → evaluate → ``results.json`` (plus the artifacts: encoders, trigger
+examples, poisoned indices, confusion matrices, summary).
+
+Process-level set-up (CPU threads, the ``torchrun`` process group) is the launcher's
+(:mod:`sslpoison.cli`): it hands :func:`run_experiment` the device and ``training_done``.
+"""
 
 from __future__ import annotations
 
 import logging
-import re
-import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from sslpoison.attacks.badencoder import resolve_targets
-from sslpoison.attacks.clip_poison import (
-    PoisonedPairs,
-    draw_trials,
-    poison_backdoor,
-    poison_targeted,
-)
-from sslpoison.attacks.ssl_backdoor import PoisonedSet, evaluation_trigger, poison
+from sslpoison.attacks import AttackConfig, EncoderAttack, Hook, Measured, strikes
 from sslpoison.data.imageset import ImageSet
-from sslpoison.data.registry import DatasetNotFound, load_fitted, locate_dataset
-from sslpoison.eval.backdoor import (
-    ATTACKED,
-    CLEAN,
-    ON_CLEAN,
-    BackdoorEvaluation,
-    BackdoorTarget,
-    evaluate_backdoor,
-)
-from sslpoison.eval.downstream import evaluate_encoder, load_downstream
+from sslpoison.data.registry import DatasetNotFound, locate_dataset
+from sslpoison.defenses import DefenseConfig
+from sslpoison.detectors import DetectorConfig
+from sslpoison.eval.downstream import Downstream
+from sslpoison.eval.evaluate import Outcome, evaluate
 from sslpoison.eval.features import FeatureCache
-from sslpoison.eval.zero_shot import evaluate_targeted, evaluate_zero_shot
+from sslpoison.eval.rows import ATTACKED, CLEAN, ON_CLEAN, Evaluation, Row
 from sslpoison.experiment.cache import StageCache
 from sslpoison.experiment.config import ConfigError, ExperimentConfig
-from sslpoison.experiment.plots import bar_plot, plot_confusions
-from sslpoison.experiment.report import (
-    backdoor_rows,
-    format_backdoor_table,
-    format_detections,
-    format_zero_shot,
+from sslpoison.experiment.outputs import (
+    Detection,
+    save_models,
+    write_backdoor_artifacts,
+    write_json_files,
+    write_summary,
 )
-from sslpoison.experiment.results import write_results
+from sslpoison.experiment.report import defense_panels, format_summary, summary_tables
+from sslpoison.experiment.results import Results, write_results
 from sslpoison.experiment.stages import (
+    StageResult,
     attack_stage,
-    clip_stage,
     defense_stage,
     detect_stage,
-    given_encoder,
     pretrain_stage,
     pretraining_data,
 )
-from sslpoison.models import save_encoder
-from sslpoison.ssl.clip import save_clip
-from sslpoison.ssl.pretrain import build_encoder
-from sslpoison.train import dist
-from sslpoison.triggers import PatchTrigger
-from sslpoison.utils import atomic_write_json, atomic_write_text, resolve_device
+from sslpoison.models.backbone import BackboneConfig, build_encoder
+from sslpoison.models.text import Tokenizer
+from sslpoison.poisoning import BackdoorTarget, PoisonedSet
+from sslpoison.ssl.clip import CLIP
+from sslpoison.ssl.pretrain import PretrainConfig
+from sslpoison.utils import resolve_device
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    yield
-    timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - t0, 3)
 
 
 def check_datasets(cfg: ExperimentConfig) -> None:
@@ -80,11 +66,6 @@ def check_datasets(cfg: ExperimentConfig) -> None:
         (f"eval.datasets.{i}", name, cfg.eval.roots.get(name))
         for i, name in enumerate(cfg.eval.datasets)
     ]
-    if cfg.attack is not None and cfg.attack.name == "badencoder":
-        wanted += [
-            (f"attack.targets.{i}.dataset", t.dataset, None)
-            for i, t in enumerate(cfg.attack.targets)
-        ]
     for key, name, root in wanted:
         try:
             locate_dataset(name, root)
@@ -92,285 +73,198 @@ def check_datasets(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{key}: {e}") from None
 
 
-def attack_test_split(cfg: ExperimentConfig, data: ImageSet) -> ImageSet:
-    """The test split of the dataset a CLIP attack is measured on (``attack.dataset``, by
-    default the pre-training dataset), fitted to the pre-training images."""
-    name = cfg.attack.dataset or cfg.data.dataset
-    return load_fitted(name, "test", data.image_size, data.channels, cfg.eval.roots.get(name))
-
-
-def resolve_attack(
-    cfg: ExperimentConfig, data: ImageSet
-) -> tuple[list[BackdoorTarget], PoisonedSet | PoisonedPairs | None]:
-    """The attack's evaluation targets (and, for data poisoning, the poisoned set), checked
-    before any training so that an impossible attack fails at once."""
-    attack = cfg.attack
+@contextmanager
+def config_errors() -> Iterator[None]:
+    """A ``ValueError`` or missing file (e.g. an impossible attack) as a :class:`ConfigError`."""
     try:
-        if attack is None:
-            return [], None
-        if attack.name == "badencoder":
-            return resolve_targets(attack.targets, data.image_size, data.channels, cfg.seed), None
-        if attack.name == "clip_targeted":
-            test = attack_test_split(cfg, data)
-            trials = draw_trials(attack, test, seed=cfg.seed)
-            return [], poison_targeted(data, test, trials, attack.pairs, seed=cfg.seed)
-        if attack.name == "clip_backdoor":
-            test = attack_test_split(cfg, data)
-            poisoned = poison_backdoor(data, attack, seed=cfg.seed, measured_on=test)
-            trigger = PatchTrigger(attack.trigger, data.channels, data.image_size)
-            target = poisoned.target_class
-            dataset = attack.dataset or cfg.data.dataset
-            return [BackdoorTarget(dataset, target, test.classes[target], trigger)], poisoned
-        poisoned = poison(data, attack, seed=cfg.seed)
-        trigger = evaluation_trigger(attack, data.channels, data.image_size)
-        target = BackdoorTarget(
-            cfg.data.dataset, poisoned.target_class, data.classes[poisoned.target_class], trigger
-        )
-        return [target], poisoned
+        yield
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
 
 
-def poison_record(poisoned: PoisonedSet | PoisonedPairs, positions: bool = True) -> dict[str, Any]:
-    """What the poisoning changed; with ``positions`` (for ``poison.json``) the poisoned
-    indices into the pre-training set (after ``data.subset``; appended pairs come after the
-    original ones), each patch's top-left (row, col), and the targeted trials."""
-    record: dict[str, Any] = {"count": int(poisoned.indices.numel()), **poisoned.rates}
-    classes = getattr(poisoned, "classes", poisoned.data.classes)
-    if poisoned.target_class is not None:
-        record["target_class"] = poisoned.target_class
-        record["target_name"] = classes[poisoned.target_class]
-    trials = getattr(poisoned, "trials", [])
-    if trials:
-        record["trials"] = len(trials)
-    if positions:
-        record["indices"] = poisoned.indices.tolist()
-        if poisoned.corners is not None:
-            record["corners"] = poisoned.corners.tolist()
-        if trials:
-            record["targeted"] = [
-                {
-                    "test_index": t.index,
-                    "true_class": classes[t.true_class],
-                    "target_class": classes[t.target_class],
-                }
-                for t in trials
-            ]
-    return record
+def prepare_attack(
+    attack: AttackConfig | None, data: ImageSet, downstream: Downstream, seed: int
+) -> tuple[PoisonedSet | None, list[BackdoorTarget]]:
+    """The poisoned pre-training set (pre-training data attacks) and the attack's backdoor
+    targets, made before any training so that an impossible attack fails at once."""
+    with config_errors():
+        poisoned = None
+        if strikes(attack, Hook.PRETRAINING_DATA):
+            poisoned = attack.poison_pretraining(data, downstream, seed)
+        return poisoned, attack.backdoor_targets(data, downstream, seed) if attack else []
 
 
-def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict[str, Any] | None:
-    """Run ``cfg``; write ``out_dir/results.json`` (rank 0 only) and return its content."""
-    out = Path(out_dir)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    device = dist.init_from_env(resolve_device(cfg.device))
+def random_encoder(
+    backbone: BackboneConfig, channels: int, seed: int, device: torch.device
+) -> nn.Module:
+    """The untrained baseline: ``backbone`` drawn from ``seed`` (the global RNG's)."""
+    torch.manual_seed(seed)
+    return build_encoder(backbone, channels).to(device)
+
+
+@dataclass
+class Run:
+    """One run as it goes: the stage cache, the device, the seed, and what each stage made
+    (``encoders`` and ``clips`` by role) and did (``stages``, ``timings``, ``artifacts``)."""
+
+    cache: StageCache
+    device: torch.device
+    seed: int
+    encoders: dict[str, nn.Module] = field(default_factory=dict)
+    clips: dict[str, tuple[CLIP, Tokenizer]] = field(default_factory=dict)
+    stages: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    detections: list[Detection] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Add the block's wall time to ``timings[name]``."""
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+    def stage(
+        self, name: str, call: Callable[..., StageResult], *args: Any, timing: str | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """``call(*args)``, a stage function, timed as ``timing`` (default ``name``), its
+        record kept as ``stages[name]``; returns (its output, its record)."""
+        with self.timed(timing or name):
+            out, record, cached = call(*args)
+        self.stages[name] = {**record, "cached": cached}
+        return out, record
+
+    def pretrain(
+        self, role: str, name: str, cfg: PretrainConfig, data: ImageSet, about: Any = None
+    ) -> str:
+        """Pre-train the ``role`` encoder (and CLIP model) on ``data`` as stage ``name``;
+        returns the stage's cache folder."""
+        args = (cfg, data, self.seed, self.cache, self.device, about)
+        out, record = self.stage(name, pretrain_stage, *args)
+        if cfg.image_text:
+            self.clips[role], out = out, out[0].backbone
+        self.encoders[role] = out
+        return str(self.cache.path("pretrain", record["key"]))
+
+    def attack(self, attack: EncoderAttack, data: ImageSet, targets: list[BackdoorTarget]) -> str:
+        """The ``attacked`` encoder: ``attack`` on the clean one; returns its cache folder."""
+        args = (attack, self.encoders[CLEAN], data, targets, self.seed, self.cache, self.device)
+        self.encoders[ATTACKED], record = self.stage("attack", attack_stage, *args)
+        return str(self.cache.path("attack", record["key"]))
+
+    def defend(self, defense: DefenseConfig, data: ImageSet) -> None:
+        """``defense`` of the attacked encoder, as encoder ``<name>`` (and, as a control, of
+        the clean one, as ``<name>_on_clean``)."""
+        suspects = {defense.name: self.encoders[ATTACKED]}
+        if defense.control:
+            suspects[f"{defense.name}{ON_CLEAN}"] = self.encoders[CLEAN]
+        for name, suspect in suspects.items():
+            args = (defense, suspect, data, self.seed, self.cache, self.device)
+            self.encoders[name], _ = self.stage(f"defense:{name}", defense_stage, *args)
+
+    def detect(self, detector: DetectorConfig, data: ImageSet) -> None:
+        """``detector``'s verdict on the clean and (if any) the attacked encoder."""
+        for role in (r for r in (CLEAN, ATTACKED) if r in self.encoders):
+            args = (detector, self.encoders[role], data, self.seed, self.cache)
+            timing = f"detect:{detector.name}"
+            _, record = self.stage(f"{timing}:{role}", detect_stage, *args, timing=timing)
+            self.detections.append((detector, role, record))
+
+    def rows(self, evaluation: Evaluation, measured: Measured) -> list[Row]:
+        """Every measured row: the evaluation's, the attack's, the detectors'."""
+        detected = [row for det, role, record in self.detections for row in det.rows(role, record)]
+        return evaluation.rows + measured.rows + detected
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    device: torch.device | None = None,
+    training_done: Callable[[], bool] | None = None,
+) -> Results | None:
+    """Run ``cfg`` on ``device`` (default: ``cfg.device``); write ``out_dir/results.json`` and
+    the artifacts and return them. ``training_done``, called once every training stage is
+    done, is the launcher's: under ``torchrun`` it ends the process group and says whether
+    this process evaluates (rank 0); the others return None there."""
+    run = Run(StageCache(cfg.resolved_cache_dir()), device or resolve_device(cfg.device), cfg.seed)
     check_datasets(cfg)
-    cache = StageCache(cfg.resolved_cache_dir())
-    with timed(timings, "load_data"):
-        data = pretraining_data(cfg)
+    attack = cfg.attack
+    with run.timed("load_data"):
+        data = pretraining_data(cfg.data, cfg.pretrain.image_text, cfg.seed)
     log.info("pre-training data: %s", data)
-    targets, poisoned = resolve_attack(cfg, data)
-    stages: dict[str, Any] = {}
-    artifacts: dict[str, str] = {}
-    encoders: dict[str, nn.Module] = {}
-    clips: dict[str, Any] = {}  # CLIP pre-training: role -> (model, tokenizer)
-
-    def pretrained(role: str, images: ImageSet, about: dict[str, Any] | None = None):
-        if not cfg.pretrain.image_text:
-            return pretrain_stage(cfg, images, cache, device, about)
-        clips[role], record, cached = clip_stage(cfg, images, cache, device, about)
-        return clips[role][0].backbone, record, cached
-
-    if getattr(cfg.attack, "encoder", None) is not None:  # attack a given encoder
-        encoders[CLEAN] = given_encoder(cfg, data.channels, device)
-        stages["pretrain"] = {"given": cfg.attack.encoder}
+    downstream = Downstream(cfg.eval, data.image_size, data.channels, cfg.seed)  # loads lazily
+    poisoned, targets = prepare_attack(attack, data, downstream, cfg.seed)
+    given = (
+        attack.given_encoder(cfg.pretrain.backbone, data.channels, run.device) if attack else None
+    )
+    if given is not None:  # the attack brings the clean encoder
+        run.encoders[CLEAN], run.stages["pretrain"] = given[0], {"given": given[1]}
     else:
-        with timed(timings, "pretrain"):
-            encoders[CLEAN], record, cached = pretrained(CLEAN, data)
-        stages["pretrain"] = {**record, "cached": cached}
-        artifacts["stage_cache"] = str(cache.path("pretrain", record["key"]))
-    if poisoned is not None:  # data poisoning: the same pre-training on the poisoned set
-        about = {"poison": poison_record(poisoned, positions=False)}
-        with timed(timings, "pretrain_poisoned"):
-            encoders[ATTACKED], record, cached = pretrained(ATTACKED, poisoned.data, about)
-        stages["pretrain_poisoned"] = {**record, "cached": cached}
-        artifacts["poisoned_stage_cache"] = str(cache.path("pretrain", record["key"]))
-    elif cfg.attack is not None:  # BadEncoder: backdoor the clean encoder
-        with timed(timings, "attack"):
-            encoders[ATTACKED], record, cached = attack_stage(
-                cfg, data, encoders[CLEAN], targets, cache, device
-            )
-        stages["attack"] = {**record, "cached": cached}
-        artifacts["attack_stage_cache"] = str(cache.path("attack", record["key"]))
+        run.artifacts["stage_cache"] = run.pretrain(CLEAN, "pretrain", cfg.pretrain, data)
+    if poisoned is not None:  # the same pre-training on the poisoned set
+        about = {"poison": poisoned.record(positions=False)}
+        folder = run.pretrain(ATTACKED, "pretrain_poisoned", cfg.pretrain, poisoned.data, about)
+        run.artifacts["poisoned_stage_cache"] = folder
+    if strikes(attack, Hook.ENCODER):
+        run.artifacts["attack_stage_cache"] = run.attack(attack, data, targets)
     for defense in cfg.defenses:
-        runs = {defense.name: encoders[ATTACKED]}
-        if defense.control:  # the same defense on the clean encoder
-            runs[f"{defense.name}{ON_CLEAN}"] = encoders[CLEAN]
-        for name, suspect in runs.items():
-            with timed(timings, f"defense:{name}"):
-                encoders[name], record, cached = defense_stage(
-                    cfg, defense, suspect, data, cache, device
-                )
-            stages[f"defense:{name}"] = {**record, "cached": cached}
-    detected: dict[str, float | int] = {}
+        run.defend(defense, data)
     for detector in cfg.detectors:
-        for role in (CLEAN, ATTACKED):
-            if role not in encoders:
-                continue
-            with timed(timings, f"detect:{detector.name}"):
-                record, cached = detect_stage(cfg, detector, encoders[role], data, cache)
-            stages[f"detect:{detector.name}:{role}"] = {**record, "cached": cached}
-            for k, v in detector.metrics(record).items():
-                detected[f"{detector.name}/{role}_{k}"] = v
-            detected[f"{detector.name}/{role}_flagged"] = int(record["flagged"])
-
-    if dist.is_distributed():  # evaluation runs on rank 0 alone
-        main = dist.rank() == 0
-        torch.distributed.destroy_process_group()
-        if not main:
-            return None
-    features = FeatureCache(cache.root / "features")
-    size, channels = data.image_size, data.channels
-    with timed(timings, "eval"):
-        if cfg.attack is not None:
-            evaluation = evaluate_backdoor(
-                encoders,
-                targets,
-                cfg.eval,
-                size=size,
-                channels=channels,
-                cache=features,
-                seed=cfg.seed,
-                count_fp=isinstance(poisoned, PoisonedSet),
+        run.detect(detector, data)
+    if training_done is not None and not training_done():
+        return None  # the evaluation runs in one process
+    poisoned_downstream: dict[str, PoisonedSet] = {}
+    if strikes(attack, Hook.DOWNSTREAM_DATA):
+        with run.timed("poison_downstream"):
+            poisoned_downstream = attack.poison_train_sets(
+                run.encoders[CLEAN], downstream, cfg.seed
             )
-            metrics = evaluation.metrics
-            targeted = getattr(poisoned, "trials", None)
-            if set(clips) == {CLEAN, ATTACKED}:
-                metrics |= evaluate_zero_shot(
-                    clips, targets, cfg.eval, size=size, channels=channels, seed=cfg.seed
-                )
-            if targeted:
-                found, per_trial = evaluate_targeted(
-                    clips,
-                    {r: encoders[r] for r in (CLEAN, ATTACKED)},
-                    targeted,
-                    attack_test_split(cfg, data),
-                    cfg.attack.dataset or cfg.data.dataset,
-                    cfg.eval,
-                    cache=features,
-                    seed=cfg.seed,
-                )
-                metrics |= found
-        else:
-            torch.manual_seed(cfg.seed)
-            random_init = build_encoder(cfg.pretrain.backbone, channels).to(device)
-            metrics = evaluate_encoder(
-                encoders[CLEAN],
-                cfg.eval,
-                size=size,
-                channels=channels,
-                cache=features,
-                random_init=random_init,
-                seed=cfg.seed,
-            )
-            if clips:
-                metrics |= evaluate_zero_shot(
-                    clips, [], cfg.eval, size=size, channels=channels, seed=cfg.seed
-                )
-    metrics |= detected
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.attack is not None:
-        artifacts |= write_backdoor_artifacts(
-            cfg, out, targets, poisoned, evaluation, size, channels
+    features = FeatureCache(run.cache.root / "features")
+    outcome = Outcome(
+        data, poisoned, downstream, poisoned_downstream, run.encoders, run.clips, cfg.eval,
+        features, cfg.seed,
+    )  # fmt: skip
+    with run.timed("eval"):
+        baseline = partial(
+            random_encoder, cfg.pretrain.backbone, data.channels, cfg.seed, run.device
         )
-        artifacts |= write_summary(cfg, out, metrics, stages)
-        if targeted:
-            atomic_write_json(out / "targeted.json", per_trial)
-            artifacts["targeted"] = str(out / "targeted.json")
-    input_card = {"size": size, "channels": channels}
-    config = cfg.model_dump(mode="json")
-    if clips:  # the attacked CLIP model, or the only one
-        model, tokenizer = clips.get(ATTACKED, clips[CLEAN])
-        artifacts["clip"] = str(
-            save_clip(model, tokenizer, cfg.pretrain.text, out / "clip", config=config)
-        )
-    for role, encoder in encoders.items():
-        if role == CLEAN and cfg.attack is not None:
-            continue  # the clean encoder stays in the stage cache
-        stem = "encoder" if role in (CLEAN, ATTACKED) else f"encoder-{role}"
-        artifacts[stem] = str(save_encoder(encoder, out / stem, input=input_card, config=config))
-    timings["total"] = round(time.perf_counter() - t0, 3)
-    write_results(out, metrics, config, timings, artifacts, stages)
-    return {
-        "metrics": metrics,
-        "config": config,
-        "timings": timings,
-        "artifacts": artifacts,
-        "stages": stages,
-    }
+        count_fp = attack is not None and attack.reports_fp
+        evaluation = evaluate(outcome, targets, random_init=baseline, count_fp=count_fp)
+        measured = attack.measure(outcome) if attack else Measured()
+    return write_run(cfg, Path(out_dir), run, outcome, targets, evaluation, measured)
 
 
-def write_backdoor_artifacts(
+def write_run(
     cfg: ExperimentConfig,
     out: Path,
+    run: Run,
+    outcome: Outcome,
     targets: list[BackdoorTarget],
-    poisoned: PoisonedSet | None,
-    evaluation: BackdoorEvaluation,
-    size: int,
-    channels: int,
-) -> dict[str, str]:
-    """Trigger examples, the poisoned indices, and the confusion matrices (JSON + PNG)."""
-    artifacts: dict[str, str] = {}
-    for t in targets:
-        _, test = load_downstream(
-            t.dataset, size, channels, 1, 8, cfg.seed, cfg.eval.roots.get(t.dataset)
+    evaluation: Evaluation,
+    measured: Measured,
+) -> Results:
+    """Write the run's artifacts (with an attack: trigger examples, poisoned indices,
+    confusion matrices, ``summary.md``; the attack's own files; the models) and
+    ``results.json``; return the results."""
+    rows, probe = run.rows(evaluation, measured), cfg.eval.probes[0]
+    out.mkdir(parents=True, exist_ok=True)
+    tables = summary_tables(rows, probe, run.stages)
+    if cfg.attack is not None:
+        run.artifacts |= write_backdoor_artifacts(
+            out, targets, outcome.poisoned, evaluation, outcome.downstream, cfg.seed
         )
-        path = out / re.sub(r"[^\w.-]+", "_", f"trigger-{t.dataset}-{t.class_name}.png")
-        artifacts[f"trigger:{t.dataset}/{t.class_name}"] = str(
-            t.trigger.save_examples(test.images, path, seed=cfg.seed)
-        )
-    if poisoned is not None:
-        atomic_write_json(out / "poison.json", poison_record(poisoned))
-        artifacts["poison"] = str(out / "poison.json")
-    atomic_write_json(out / "confusion.json", evaluation.confusion)
-    artifacts["confusion"] = str(out / "confusion.json")
-    for name, conf in evaluation.confusion.items():
-        for cls, per_encoder in conf["triggered"].items():
-            path = out / re.sub(r"[^\w.-]+", "_", f"confusion-{name}-{cls}.png")
-            title = f"{name}: triggered test images, target {cls!r}"
-            artifacts[f"confusion:{name}/{cls}"] = str(
-                plot_confusions(per_encoder, conf["classes"], path, title)
-            )
-    return artifacts
-
-
-def write_summary(
-    cfg: ExperimentConfig, out: Path, metrics: dict[str, Any], stages: dict[str, Any]
-) -> dict[str, str]:
-    """``summary.md`` (the per-encoder table, each defense's cost, the detectors' verdicts),
-    ``defenses.png`` (accuracy and ASR of every encoder, per dataset) when there are
-    defenses, and each detector's inverted trigger as ``<detector>-<encoder>.png``."""
-    artifacts: dict[str, str] = {}
-    parts = [f"# {cfg.name}", "", "```", format_backdoor_table(metrics, stages) or "", "```"]
-    for extra in (format_zero_shot, format_detections):
-        if (text := extra(metrics)) is not None:
-            parts += ["", "```", text, "```"]
-    atomic_write_text(out / "summary.md", "\n".join(parts) + "\n")
-    artifacts["summary"] = str(out / "summary.md")
-    if cfg.defenses:
-        panels: dict[str, dict[str, dict[str, float]]] = {}
-        for dataset, encoder, v in backdoor_rows(metrics):
-            bars = {"accuracy": v["acc"]} | ({"ASR": v["asr"]} if v["asr"] is not None else {})
-            panels.setdefault(dataset, {})[encoder] = bars
-        title = f"{cfg.name}: accuracy (CA/BA) and ASR per encoder"
-        artifacts["defenses_plot"] = str(bar_plot(panels, "share", out / "defenses.png", title))
-    for name, record in stages.items():
-        if name.startswith("detect:") and record.get("trigger_png"):
-            _, detector, role = name.split(":")
-            path = out / f"{detector}-{role}.png"
-            shutil.copyfile(record["trigger_png"], path)
-            artifacts[f"trigger_inverted:{detector}/{role}"] = str(path)
-    return artifacts
+        panels = defense_panels(rows, probe) if cfg.defenses else None
+        summary = format_summary(cfg.name, tables)
+        run.artifacts |= write_summary(out, summary, panels, cfg.name, run.detections)
+    run.artifacts |= write_json_files(out, measured.files)
+    config = cfg.model_dump(mode="json")
+    shape = {"size": outcome.data.image_size, "channels": outcome.data.channels}
+    keep_clean = cfg.attack is None  # else the clean encoder stays in the stage cache
+    card = {"input": shape, "config": config}
+    run.artifacts |= save_models(out, run.encoders, run.clips, cfg.pretrain.text, card, keep_clean)
+    run.timings["total"] = round(time.perf_counter() - run.started, 3)
+    results = Results(rows, config, run.timings, run.artifacts, run.stages, tables)
+    write_results(out, results)
+    return results

@@ -23,6 +23,7 @@ import itertools
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from pydantic import Field, ValidationError
 
 from sslpoison.configbase import Config, format_validation_error
 from sslpoison.experiment.config import ConfigError, ExperimentConfig, load_config
-from sslpoison.experiment.results import read_results
+from sslpoison.experiment.results import Results, read_results
 from sslpoison.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -164,10 +165,17 @@ def plot_sweep(rows: list[dict[str, Any]], spec: PlotSpec, grid_keys: list[str],
 
 
 def run_sweep(
-    sweep: SweepConfig, base: Path, out_dir: str | Path, overrides: list[str] = ()
+    sweep: SweepConfig,
+    base: Path,
+    out_dir: str | Path,
+    overrides: list[str] = (),
+    run: Callable[[ExperimentConfig, Path], Results | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every combination (skipping finished ones); write the table; return its rows."""
-    from sslpoison.experiment.runner import run_experiment
+    """Run every combination (skipping finished ones) with ``run(cfg, folder)`` (default
+    :func:`~sslpoison.experiment.runner.run_experiment`; the CLI passes its launcher); write
+    the table; return its rows."""
+    if run is None:
+        from sslpoison.experiment.runner import run_experiment as run
 
     out = Path(out_dir)
     runs = sweep_configs(sweep, base, list(overrides))
@@ -179,9 +187,10 @@ def run_sweep(
             results = read_results(folder)
         else:
             log.info("sweep %d/%d %s", i + 1, len(runs), combo)
-            results = run_experiment(cfg, folder)
-            if results is None:  # a DDP rank other than 0
+            finished = run(cfg, folder)
+            if finished is None:  # a DDP rank other than 0
                 continue
+            results = finished.as_json()
         metrics = results["metrics"]
         shown = sweep.metrics or sorted(metrics)
         rows.append(

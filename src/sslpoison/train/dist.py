@@ -44,6 +44,16 @@ def init_from_env(device: torch.device) -> torch.device:
     return device
 
 
+def leave_group() -> bool:
+    """End the process group (if any) once the ranks' joint work is done; returns whether
+    this process goes on alone (rank 0, or the only process)."""
+    if not is_distributed():
+        return True
+    main = rank() == 0
+    dist.destroy_process_group()
+    return main
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` (B×…) from every rank along dim 0, keeping gradients to the local part."""
     if not is_distributed():

@@ -1,0 +1,203 @@
+"""What every attack is: a frozen config that strikes at one hook point of the pipeline.
+
+The three hook points (DESIGN.md, "The data flow"), one base class each:
+
+* :class:`PretrainingDataAttack` — ``poison_pretraining(data, downstream, seed) ->
+  PoisonedSet``: edits the pre-training set; the same pre-training then runs on the poisoned
+  set (SSL-Backdoor, CLIP poisoning).
+* :class:`EncoderAttack` — ``run(encoder, shadow, targets, *, seed, checkpoint_dir) ->
+  Attacked``: turns the clean pre-trained encoder into an attacked one (BadEncoder).
+* :class:`DownstreamDataAttack` — ``poison_downstream(encoder, train, seed) -> PoisonedSet``:
+  edits a downstream dataset's labelled train set, knowing the encoder the victim will use.
+
+(The data hooks are not both called ``poison``: SSL-Backdoor's and the CLIP backdoor's
+configs have a ``poison`` key, the amount they poison.)
+
+Every attack also carries, so that the pipeline never asks which attack it runs:
+
+* :meth:`AttackConfig.check` — its checks of the experiment around it (at config load time);
+* :meth:`AttackConfig.backdoor_targets` — the (dataset, class, trigger) the evaluation
+  measures ASR for; ``reports_fp`` — whether it also counts FP (Saha et al.);
+* :meth:`AttackConfig.measure` — the metrics (and files) it adds to the evaluation's.
+
+An attack is listed once, in :data:`sslpoison.attacks.ATTACKS`, under its ``name``.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from sslpoison.configbase import Config
+from sslpoison.data.imageset import ImageSet
+from sslpoison.eval.downstream import Downstream
+from sslpoison.eval.evaluate import Outcome
+from sslpoison.eval.rows import Row
+from sslpoison.models.backbone import BackboneConfig
+from sslpoison.poisoning import BackdoorTarget, PoisonedSet
+from sslpoison.train.engine import FitResult
+
+if TYPE_CHECKING:
+    from sslpoison.experiment.config import ExperimentConfig
+
+
+class Hook(enum.Enum):
+    """Where in the pipeline an attack strikes."""
+
+    PRETRAINING_DATA = "pre-training data"
+    ENCODER = "encoder"
+    DOWNSTREAM_DATA = "downstream data"
+
+
+@dataclass
+class Measured:
+    """What an attack adds to the evaluation: rows, and JSON files for the run's folder
+    (``{artifact name: (file name, JSON-able content)}``)."""
+
+    rows: list[Row] = field(default_factory=list)
+    files: dict[str, tuple[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Attacked:
+    """What an encoder attack returns: the attacked encoder (N×C×H×W float in [0, 1] →
+    N×D, eval mode, on the clean encoder's device), the engine's result and a JSON-able
+    record for the stage (loss terms per epoch, ...)."""
+
+    encoder: nn.Module
+    fit: FitResult | None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+class AttackConfig(Config, abc.ABC):
+    """Base of every ``attack:`` section; a subclass adds ``name: Literal[...]`` and derives
+    from the base class of its hook point, which sets :attr:`hook`."""
+
+    #: Where the attack strikes (set by the hook point's base class).
+    hook: ClassVar[Hook]
+    #: Whether the evaluation counts FP: triggered non-target test images called the target.
+    reports_fp: ClassVar[bool] = False
+
+    def check(self, experiment: ExperimentConfig) -> None:
+        """Raise ``ValueError`` naming the key when ``experiment`` cannot run this attack
+        (called when the config is loaded). None by default."""
+
+    def backdoor_targets(
+        self, data: ImageSet, downstream: Downstream, seed: int = 0
+    ) -> list[BackdoorTarget]:
+        """The targets whose ASR the evaluation measures (none by default). Called before
+        any training, so that an impossible target fails at once (``ValueError`` naming the
+        key)."""
+        return []
+
+    def given_encoder(
+        self, backbone: BackboneConfig, channels: int, device: torch.device
+    ) -> tuple[nn.Module, str] | None:
+        """An encoder the attack brings instead of the pre-training stage's, and where it came
+        from; None (the default): pre-train one."""
+        return None
+
+    def measure(self, outcome: Outcome) -> Measured:
+        """Metrics this attack adds to the evaluation's (none by default)."""
+        return Measured()
+
+
+class PretrainingDataAttack(AttackConfig, abc.ABC):
+    """An attack on the pre-training data: the pipeline pre-trains on its poisoned set."""
+
+    hook: ClassVar[Hook] = Hook.PRETRAINING_DATA
+
+    def measured_on(self, pretraining: str) -> str:
+        """The labelled dataset the attack is measured on (its target and trial labels are
+        that dataset's classes): by default the pre-training dataset ``pretraining``."""
+        return pretraining
+
+    def check(self, experiment: ExperimentConfig) -> None:
+        measured = self.measured_on(experiment.data.dataset)
+        if measured not in experiment.eval.datasets:
+            raise ValueError(
+                f"eval.datasets: {self.name} is measured on {measured!r}, which is not in "
+                f"{experiment.eval.datasets}"
+            )
+
+    @abc.abstractmethod
+    def poison_pretraining(
+        self, data: ImageSet, downstream: Downstream, seed: int = 0
+    ) -> PoisonedSet:
+        """The poisoned pre-training set (``data`` is left as it was; ``downstream`` holds
+        the dataset the attack is measured on). Raises ``ValueError`` naming the key."""
+
+
+class EncoderAttack(AttackConfig, abc.ABC):
+    """An attack on a pre-trained encoder, with unlabelled *shadow* images."""
+
+    hook: ClassVar[Hook] = Hook.ENCODER
+
+    @abc.abstractmethod
+    def shadow_subset(self, data: ImageSet, seed: int = 0) -> ImageSet:
+        """The attacker's shadow images, drawn from the pre-training set ``data``."""
+
+    @abc.abstractmethod
+    def run(
+        self,
+        encoder: nn.Module,
+        shadow: ImageSet,
+        targets: list[BackdoorTarget],
+        *,
+        seed: int = 0,
+        checkpoint_dir: str | Path | None = None,
+    ) -> Attacked:
+        """Attack ``encoder`` (changed in place) with the ``shadow`` images so that each of
+        ``targets`` (from :meth:`backdoor_targets`) is reached; resume from
+        ``checkpoint_dir``."""
+
+
+class DownstreamDataAttack(AttackConfig, abc.ABC):
+    """An attack on a downstream task's labelled training data (the encoder stays clean)."""
+
+    hook: ClassVar[Hook] = Hook.DOWNSTREAM_DATA
+
+    def check(self, experiment: ExperimentConfig) -> None:
+        if experiment.defenses:
+            raise ValueError(
+                f"defenses: {self.name} poisons the downstream data; there is no attacked "
+                "encoder to defend"
+            )
+
+    @abc.abstractmethod
+    def poison_downstream(self, encoder: nn.Module, train: ImageSet, seed: int = 0) -> PoisonedSet:
+        """The poisoned copy of one downstream dataset's labelled ``train`` set (left as it
+        was), for a victim who trains a probe on ``encoder``'s features."""
+
+    def poison_train_sets(
+        self, encoder: nn.Module, downstream: Downstream, seed: int = 0
+    ) -> dict[str, PoisonedSet]:
+        """:meth:`poison_downstream` of every dataset's labelled train set, by dataset."""
+        return {
+            name: self.poison_downstream(encoder, downstream.train(name), seed)
+            for name in downstream.datasets
+        }
+
+
+def strikes(attack: AttackConfig | None, hook: Hook) -> bool:
+    """Whether ``attack`` (None: no attack) strikes at ``hook``."""
+    return attack is not None and attack.hook is hook
+
+
+__all__ = [
+    "AttackConfig",
+    "Attacked",
+    "DownstreamDataAttack",
+    "EncoderAttack",
+    "Hook",
+    "Measured",
+    "Outcome",
+    "PretrainingDataAttack",
+    "strikes",
+]

@@ -1,0 +1,92 @@
+"""What an attack leaves behind for the evaluation to measure.
+
+Attacks (:mod:`sslpoison.attacks`) make these and the evaluation (:mod:`sslpoison.eval`)
+reads them; both import them from here, so neither imports the other.
+
+* :class:`PoisonedSet` — a poisoned training set and exactly what was changed in it;
+* :class:`BackdoorTarget` — a class of a downstream dataset and the trigger meant to reach it;
+* :class:`TargetedTrial` — one targeted-poisoning draw: a test image and the label it should get.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sslpoison.data.imageset import ImageSet
+from sslpoison.triggers import PatchTrigger
+
+
+@dataclass
+class BackdoorTarget:
+    """A target class of a downstream dataset and the trigger that should reach it."""
+
+    dataset: str
+    target_class: int
+    class_name: str
+    trigger: PatchTrigger
+
+
+@dataclass(frozen=True)
+class TargetedTrial:
+    """One targeted poisoning draw: test image ``index`` of class ``true_class`` should be
+    classified as ``target_class``."""
+
+    index: int
+    true_class: int
+    target_class: int
+
+
+@dataclass
+class PoisonedSet:
+    """A training set after an attack, and what was changed.
+
+    Attributes:
+        data: the poisoned set (N images; appended pairs come after the original ones).
+        indices: P sorted positions in ``data`` that were poisoned (replaced or appended).
+        rates: the poisoned share of the set (``rate_of_set``) and, with a target class, of
+            that class (``rate_of_target_class``); see :func:`sslpoison.eval.poison_rates`.
+        classes: the names of the classes ``target_class`` and the trials index (those of
+            the dataset the attack is measured on).
+        corners: P×2 top-left (row, col) of each pasted patch, or None.
+        target_class: the backdoor's target class, or None.
+        trials: the targeted (test image, adversarial label) draws, if any.
+    """
+
+    data: ImageSet
+    indices: torch.Tensor
+    rates: dict[str, float]
+    classes: list[str]
+    corners: torch.Tensor | None = None
+    target_class: int | None = None
+    trials: list[TargetedTrial] = field(default_factory=list)
+
+    def record(self, positions: bool = True) -> dict[str, Any]:
+        """What the poisoning changed, JSON-able: count, rates, target and trials; with
+        ``positions`` (for ``poison.json``) also the poisoned indices, each patch's corner and
+        each trial's test image, true and adversarial class (by name)."""
+        record: dict[str, Any] = {"count": int(self.indices.numel()), **self.rates}
+        if self.target_class is not None:
+            record["target_class"] = self.target_class
+            record["target_name"] = self.classes[self.target_class]
+        if self.trials:
+            record["trials"] = len(self.trials)
+        if positions:
+            record["indices"] = self.indices.tolist()
+            if self.corners is not None:
+                record["corners"] = self.corners.tolist()
+            if self.trials:
+                record["targeted"] = [
+                    {
+                        "test_index": t.index,
+                        "true_class": self.classes[t.true_class],
+                        "target_class": self.classes[t.target_class],
+                    }
+                    for t in self.trials
+                ]
+        return record
+
+
+__all__ = ["BackdoorTarget", "PoisonedSet", "TargetedTrial"]
