@@ -79,6 +79,7 @@ def test_a_registered_downstream_attack_runs_end_to_end(tmp_path, registered, co
     assert "poison_downstream" in results["timings"]
     assert "attack" not in results["stages"] and "pretrain_poisoned" not in results["stages"]
     assert "synthetic/acc_flipped" in (tmp_path / "a" / "summary.md").read_text()
+    assert (tmp_path / "a" / "encoder.safetensors").exists()  # the clean one: no other
 
 
 def test_a_registered_attack_is_checked_like_the_others(registered, config, write_config):

@@ -261,7 +261,7 @@ def write_run(
     run.artifacts |= write_json_files(out, measured.files)
     config = cfg.model_dump(mode="json")
     shape = {"size": outcome.data.image_size, "channels": outcome.data.channels}
-    keep_clean = cfg.attack is None  # else the clean encoder stays in the stage cache
+    keep_clean = ATTACKED not in run.encoders  # else it stays in the stage cache
     card = {"input": shape, "config": config}
     run.artifacts |= save_models(out, run.encoders, run.clips, cfg.pretrain.text, card, keep_clean)
     run.timings["total"] = round(time.perf_counter() - run.started, 3)
