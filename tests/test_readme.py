@@ -1,0 +1,104 @@
+"""The README's Python is true to the code: its example runs (on the synthetic dataset), and
+its "Adding an attack" snippets define attacks that do what they say."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def python_blocks(section: str) -> list[str]:
+    """The ```python blocks of the README section whose heading is ``## {section}``."""
+    text = README.read_text()
+    start = text.index(f"\n## {section}\n")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"```python\n(.*?)```", text[start : end if end > 0 else None], re.S)
+
+
+def run(code: str, namespace: dict) -> None:
+    """Execute README code as a user would (without this module's ``__future__`` imports)."""
+    exec(compile(code, str(README), "exec", dont_inherit=True), namespace)
+
+
+@pytest.mark.slow
+def test_the_python_example_attacks_defends_and_evaluates(capsys):
+    (code,) = python_blocks("From Python: attack, defend, evaluate")
+    line = 'DATASET, TARGET = "fashion-mnist", "Ankle boot"'
+    assert line in code
+    namespace: dict = {}
+    run(code.replace(line, 'DATASET, TARGET = "synthetic", "vertical"'), namespace)
+    rows = {row.key: row.value for row in namespace["result"].rows}
+    assert set(rows) == {
+        "synthetic/ca",
+        "synthetic/asr_b",
+        "synthetic/ba",
+        "synthetic/asr",
+        "distill/synthetic/ba",
+        "distill/synthetic/asr",
+    }
+    assert rows["synthetic/asr"] > rows["synthetic/asr_b"]
+    assert "distill" in capsys.readouterr().out
+
+
+class MyTask(nn.Module):
+    """A stand-in task for the encoder-attack snippet: keep the features where they were."""
+
+    def __init__(self, encoder: nn.Module, targets) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(images.float() / 255).pow(2).mean()
+
+
+def test_the_attack_snippets_strike_where_they_say(monkeypatch):
+    from sslpoison.attacks import ATTACKS, Hook
+    from sslpoison.data.synthetic import synthetic
+    from sslpoison.eval.downstream import Downstream, EvalConfig
+    from sslpoison.models import build_backbone
+
+    namespace: dict = {"MyTask": MyTask}
+    monkeypatch.setattr("sslpoison.attacks.ATTACKS", dict(ATTACKS))  # the snippet registers
+    for code in python_blocks("Adding an attack"):
+        run(code, namespace)
+    data = synthetic(n=64, num_classes=4, size=16, channels=1, seed=0, split="train")
+    data.name = "synthetic"
+    downstream = Downstream(EvalConfig(datasets=["synthetic"]), 16, 1)
+
+    corner = namespace["CornerPatch"](count=10)
+    assert corner.hook is Hook.PRETRAINING_DATA
+    poisoned = corner.poison_pretraining(data, downstream, seed=0)
+    assert poisoned.indices.numel() == 10 and poisoned.corners.tolist() == [[0, 0]] * 10
+    changed = (poisoned.data.images != data.images).flatten(1).any(1).nonzero().squeeze(1)
+    assert set(changed.tolist()) <= set(poisoned.indices.tolist())
+    (target,) = corner.backdoor_targets(data, downstream)
+    assert (target.dataset, target.class_name) == ("synthetic", data.classes[0])
+
+    attack = namespace["MyEncoderAttack"](
+        shadow=32,
+        targets=[{"dataset": "synthetic", "target_class": "vertical"}],
+        train={"epochs": 1, "batch_size": 16, "progress": False},
+    )
+    assert attack.hook is Hook.ENCODER
+    targets = attack.backdoor_targets(data, downstream)
+    assert targets[0].references.shape == (1, 1, 16, 16)
+    torch.manual_seed(0)
+    encoder = build_backbone("resnet18", width=0.125, in_channels=1)
+    done = attack.run(encoder, attack.shadow_subset(data), targets)
+    assert len(done.fit.losses) == 1 and done.record == {"shadow": 32}
+    assert namespace["LabelFlip"]().hook is Hook.DOWNSTREAM_DATA
+
+
+def test_the_docs_link_only_files_of_the_repository():
+    root = README.parent
+    for page in [README, *sorted(root.joinpath("docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)]+)\)", page.read_text()):
+            assert "://" not in target, f"{page.name}: {target}"
+            path = (page.parent / target.split("#")[0]).resolve()
+            assert path.is_relative_to(root) and path.exists(), f"{page.name}: {target}"
