@@ -26,8 +26,8 @@ def test_run_writes_results_and_reuses_the_cached_encoder(
     assert m["synthetic/linear_acc"] >= 0.8
     assert m["synthetic/linear_acc"] >= m["synthetic/linear_acc_random_init"] + 0.1
     assert results["stages"]["pretrain"]["cached"] is False
-    used = TrainConfig().precision("cpu")  # amp_cpu: auto, the default
-    assert results["stages"]["pretrain"]["precision"] == used
+    used = TrainConfig().precision("cpu")  # amp_cpu: auto, the default (fp32 in tests)
+    assert results["stages"]["pretrain"]["precision"] == used == "fp32"
     assert (tmp_path / "a" / "encoder.safetensors").exists()
     assert results["config"]["pretrain"]["train"]["epochs"] == 4
 

@@ -14,6 +14,7 @@ from sslpoison.models.resnet import ResNet
 @pytest.mark.parametrize(
     ("depth", "stem", "size", "dim"),
     [
+        (10, "cifar", 16, 64),
         (18, "cifar", 16, 64),
         (34, "cifar", 16, 64),
         (50, "cifar", 16, 256),
@@ -27,6 +28,12 @@ def test_resnet_shapes(depth, stem, size, dim):
     assert out.shape == (2, dim)
     stages = net.stages(torch.rand(2, 3, size, size))
     assert [s.shape[1] for s in stages][-1] == dim and len(stages) == 4
+
+
+def test_resnet10_has_one_block_per_stage():
+    net = ResNet(depth=10, width=0.125)
+    blocks = [len(layer) for layer in (net.layer1, net.layer2, net.layer3, net.layer4)]
+    assert blocks == [1, 1, 1, 1]
 
 
 def test_stem_stride_halves_the_feature_maps_and_grayscale_works():

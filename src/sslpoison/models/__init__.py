@@ -20,6 +20,7 @@ def _resnet(depth: int) -> Callable[..., ResNet]:
 
 #: Every backbone by name; a saved encoder's card names one of these and its arguments.
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "resnet10": _resnet(10),
     "resnet18": _resnet(18),
     "resnet34": _resnet(34),
     "resnet50": _resnet(50),

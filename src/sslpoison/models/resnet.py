@@ -1,4 +1,4 @@
-"""ResNet-18/34/50 backbones (He et al., CVPR 2016) for small and large images.
+"""ResNet-10/18/34/50 backbones (He et al., CVPR 2016) for small and large images.
 
 Stems: ``"cifar"`` (3×3 conv, no max-pool, as in SimCLR/BadEncoder CIFAR code) and
 ``"imagenet"`` (7×7/2 conv + 3×3/2 max-pool). ``stem_stride=2`` on the CIFAR stem halves the
@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 DEPTHS = {
+    10: ("basic", (1, 1, 1, 1)),
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
@@ -67,7 +68,8 @@ class ResNet(nn.Module):
     (probe, trigger, attack) feeds plain [0, 1] pixels.
 
     Args:
-        depth: 18, 34 or 50.
+        depth: 10, 18, 34 or 50 (10: one basic block per stage, half ResNet-18's FLOPs; the
+            CPU presets' backbone).
         width: channel multiplier (1.0 = 64-128-256-512 base planes).
         in_channels: 1 for grayscale, 3 for RGB.
         stem: ``"cifar"`` or ``"imagenet"``.
