@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from pydantic import Field, model_validator
 
+from sslpoison.data.pictures import save_rows
 from sslpoison.configbase import Config, CountOrShare
 
 
@@ -149,10 +150,4 @@ class PatchTrigger:
         """A PNG grid: clean images on the top row, triggered below (uint8 B×C×H×W input)."""
         clean = images[:n].cpu()
         triggered, _ = self.apply(clean, torch.Generator().manual_seed(seed))
-        grid = torch.cat([torch.cat(list(clean), dim=2), torch.cat(list(triggered), dim=2)], dim=1)
-        arr = grid.permute(1, 2, 0).numpy()
-        img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path)
-        return path
+        return save_rows([clean, triggered], path)

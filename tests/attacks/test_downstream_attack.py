@@ -20,10 +20,10 @@ from sslpoison.experiment.config import ConfigError, load_config
 from sslpoison.poisoning import PoisonedSet
 
 
-class LabelFlip(DownstreamDataAttack):
+class ShareFlip(DownstreamDataAttack):
     """Gives ``share`` of each downstream training set (seeded) the next class's label."""
 
-    name: Literal["label_flip"] = "label_flip"
+    name: Literal["share_flip"] = "share_flip"
     share: float = Field(0.8, gt=0, le=1)
 
     def poison_downstream(self, encoder, train: ImageSet, seed: int = 0) -> PoisonedSet:
@@ -53,13 +53,13 @@ class LabelFlip(DownstreamDataAttack):
 
 @pytest.fixture
 def registered(monkeypatch):
-    monkeypatch.setitem(ATTACKS, "label_flip", LabelFlip)
+    monkeypatch.setitem(ATTACKS, "share_flip", ShareFlip)
 
 
 @pytest.fixture
 def config(tiny_experiment) -> dict:
     cfg = tiny_experiment
-    cfg["attack"] = {"name": "label_flip", "share": 0.8}
+    cfg["attack"] = {"name": "share_flip", "share": 0.8}
     cfg["eval"]["probes"] = ["linear"]
     cfg["eval"]["baselines"] = []
     return cfg
@@ -75,7 +75,7 @@ def test_a_registered_downstream_attack_runs_end_to_end(tmp_path, registered, co
     # of each class mostly names the next class.
     assert m["synthetic/linear_acc"] >= 0.8
     assert m["synthetic/acc_flipped"] <= m["synthetic/linear_acc"] - 0.5
-    assert results["config"]["attack"] == {"name": "label_flip", "share": 0.8}
+    assert results["config"]["attack"] == {"name": "share_flip", "share": 0.8}
     assert "poison_downstream" in results["timings"]
     assert "attack" not in results["stages"] and "pretrain_poisoned" not in results["stages"]
     assert "synthetic/acc_flipped" in (tmp_path / "a" / "summary.md").read_text()
@@ -88,16 +88,16 @@ def test_a_registered_attack_is_checked_like_the_others(registered, config, writ
         load_config(write_config(config))
     config["attack"]["share"] = 0.5
     config["defenses"] = [{"name": "distill"}]
-    with pytest.raises(ConfigError, match="defenses: label_flip poisons the downstream data"):
+    with pytest.raises(ConfigError, match="defenses: share_flip poisons the downstream data"):
         load_config(write_config(config))
-    config["attack"]["name"] = "label_flop"
+    config["attack"]["name"] = "share_flop"
     with pytest.raises(
-        ConfigError, match=r"attack: unknown name 'label_flop' \(known: .*label_flip"
+        ConfigError, match=r"attack: unknown name 'share_flop' \(known: .*share_flip"
     ):
         load_config(write_config(config))
 
 
 def test_an_unregistered_attack_is_unknown(config, write_config):
-    assert "label_flip" not in ATTACKS
-    with pytest.raises(ConfigError, match="attack: unknown name 'label_flip'"):
+    assert "share_flip" not in ATTACKS
+    with pytest.raises(ConfigError, match="attack: unknown name 'share_flip'"):
         load_config(write_config(config))

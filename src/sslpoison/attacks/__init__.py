@@ -5,7 +5,10 @@
   image–caption pairs (:mod:`.clip_poison`).
 * encoder — ``run(encoder, shadow, targets, ...) -> Attacked``: ``badencoder``
   (:mod:`.badencoder`).
-* downstream data — ``poison_downstream(encoder, train, seed) -> PoisonedSet``: none yet.
+* downstream data — ``poison_downstream(encoder, train, seed) -> PoisonedSet``: the
+  indiscriminate attacks of Lu, Yang, Kamath, Yu (SaTML 2024) (:mod:`.indiscriminate`):
+  ``label_flip`` (:mod:`.label_flip`), ``gc`` (:mod:`.gradient_canceling`), ``tgda``
+  (:mod:`.tgda`), ``feature_targeted`` (:mod:`.feature_targeted`).
 
 An experiment's ``attack:`` section is one of :data:`ATTACKS`, picked by its ``name``; an
 attack registered here (``ATTACKS["mine"] = MyAttackConfig``) is a valid ``attack:`` at once.
@@ -29,7 +32,11 @@ from sslpoison.attacks.clip_poison import (
     poison_backdoor,
     poison_targeted,
 )
+from sslpoison.attacks.feature_targeted import FeatureTargetedConfig
+from sslpoison.attacks.gradient_canceling import GCConfig
+from sslpoison.attacks.label_flip import LabelFlipConfig
 from sslpoison.attacks.ssl_backdoor import SSLBackdoorConfig, poison
+from sslpoison.attacks.tgda import TGDAConfig
 
 #: Every attack by its ``attack.name`` in an experiment config: the only list of them.
 ATTACKS: dict[str, type[AttackConfig]] = {
@@ -37,6 +44,10 @@ ATTACKS: dict[str, type[AttackConfig]] = {
     "ssl_backdoor": SSLBackdoorConfig,
     "clip_backdoor": CLIPBackdoorConfig,
     "clip_targeted": CLIPTargetedConfig,
+    "label_flip": LabelFlipConfig,
+    "gc": GCConfig,
+    "tgda": TGDAConfig,
+    "feature_targeted": FeatureTargetedConfig,
 }
 
 __all__ = [
@@ -48,11 +59,15 @@ __all__ = [
     "CLIPTargetedConfig",
     "DownstreamDataAttack",
     "EncoderAttack",
+    "FeatureTargetedConfig",
+    "GCConfig",
     "Hook",
+    "LabelFlipConfig",
     "Measured",
     "Outcome",
     "PretrainingDataAttack",
     "SSLBackdoorConfig",
+    "TGDAConfig",
     "poison",
     "poison_backdoor",
     "poison_targeted",

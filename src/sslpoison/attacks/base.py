@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -57,11 +58,13 @@ class Hook(enum.Enum):
 
 @dataclass
 class Measured:
-    """What an attack adds to the evaluation: rows, and JSON files for the run's folder
-    (``{artifact name: (file name, JSON-able content)}``)."""
+    """What an attack adds to the evaluation: rows, JSON files for the run's folder
+    (``{artifact name: (file name, JSON-able content)}``) and other files, as writers
+    (``{artifact name: write(folder) -> path}``)."""
 
     rows: list[Row] = field(default_factory=list)
     files: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    writers: dict[str, Callable[[Path], Path]] = field(default_factory=dict)
 
 
 @dataclass

@@ -109,26 +109,33 @@ def fit_logistic(
     return head
 
 
+def select_l2(
+    x: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeConfig, seed: int
+) -> float:
+    """The L2 strength of ``cfg.l2_grid`` the linear probe uses for standardised N×D ``x``:
+    the best on a held-out ``cfg.val_share`` of the set (seeded), each λ fitted on the rest."""
+    if len(cfg.l2_grid) == 1:
+        return cfg.l2_grid[0]
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(x.shape[0], generator=g).to(x.device)
+    n_val = max(1, int(cfg.val_share * x.shape[0]))
+    val, fit_idx = perm[:n_val], perm[n_val:]
+    best, head, l2 = -1.0, None, cfg.l2_grid[0]
+    for lam in cfg.l2_grid:  # strong → weak penalty, each warm-started from the last
+        head = fit_logistic(x[fit_idx], labels[fit_idx], num_classes, lam, cfg.max_iter, init=head)
+        with torch.no_grad():
+            acc = (head(x[val]).argmax(1) == labels[val]).float().mean().item()
+        if acc > best:
+            best, l2 = acc, lam
+    return l2
+
+
 def _linear_probe(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeConfig, seed: int
 ) -> Probe:
     mean, std = standardiser(features)
     x = (features - mean) / std
-    l2 = cfg.l2_grid[0]
-    if len(cfg.l2_grid) > 1:
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(x.shape[0], generator=g).to(x.device)
-        n_val = max(1, int(cfg.val_share * x.shape[0]))
-        val, fit_idx = perm[:n_val], perm[n_val:]
-        best, head = -1.0, None
-        for lam in cfg.l2_grid:  # strong → weak penalty, each warm-started from the last
-            head = fit_logistic(
-                x[fit_idx], labels[fit_idx], num_classes, lam, cfg.max_iter, init=head
-            )
-            with torch.no_grad():
-                acc = (head(x[val]).argmax(1) == labels[val]).float().mean().item()
-            if acc > best:
-                best, l2 = acc, lam
+    l2 = select_l2(x, labels, num_classes, cfg, seed)
     return Probe(mean, std, fit_logistic(x, labels, num_classes, l2, cfg.max_iter)).eval()
 
 

@@ -31,6 +31,8 @@ class Row:
         key: its flat ``results.json`` key, made from the fields above by the function that
             made the row (e.g. :func:`sslpoison.eval.backdoor.metric_key`).
         target: the backdoor target's class name when the number is one target's of several.
+        setting: what else the number was measured under, e.g. the countermeasure a victim
+            ran on its training set (``sphere``, ``slab``, ``knn``), or None.
     """
 
     dataset: str | None
@@ -40,6 +42,7 @@ class Row:
     value: float | int
     key: str
     target: str | None = None
+    setting: str | None = None
 
 
 @dataclass

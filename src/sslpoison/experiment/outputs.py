@@ -6,7 +6,7 @@ artifacts it wrote (``{name: path}``).
   ``confusion-<dataset>-<class>.png``);
 * :func:`write_summary` — ``summary.md``, ``defenses.png``, each detector's inverted
   trigger (``<detector>-<encoder>.png``);
-* :func:`write_json_files` — an attack's own files (e.g. ``targeted.json``);
+* :func:`write_attack_files` — an attack's own files (e.g. ``targeted.json``, poisons);
 * :func:`save_models` — the encoders (``encoder``, ``encoder-<defense>``) and the CLIP model
   (``clip``), safetensors + JSON card each.
 """
@@ -20,6 +20,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from sslpoison.attacks import Measured
 from sslpoison.detectors import DetectorConfig
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.rows import ATTACKED, CLEAN, Evaluation
@@ -95,12 +96,15 @@ def write_summary(
     return artifacts
 
 
-def write_json_files(out: Path, files: dict[str, tuple[str, Any]]) -> dict[str, str]:
-    """``{artifact name: (file name, content)}`` written as JSON files."""
+def write_attack_files(out: Path, measured: Measured) -> dict[str, str]:
+    """An attack's own files: its JSON ``files`` (``{artifact: (file name, content)}``) and
+    whatever its ``writers`` write into ``out``."""
     artifacts = {}
-    for name, (file, content) in files.items():
+    for name, (file, content) in measured.files.items():
         atomic_write_json(out / file, content)
         artifacts[name] = str(out / file)
+    for name, write in measured.writers.items():
+        artifacts[name] = str(write(out))
     return artifacts
 
 

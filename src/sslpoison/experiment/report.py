@@ -149,12 +149,68 @@ def format_zero_shot(rows: Sequence[Row]) -> str | None:
     return "\n".join(lines)
 
 
+#: The poisoning table's columns: (header, metric).
+POISONING_COLUMNS = (
+    ("clean acc", "acc_clean"),
+    ("poisoned", "acc_poisoned"),
+    ("drop", "acc_drop"),
+    ("poisons out", "removed_poisons"),
+    ("clean out", "removed_clean"),
+)
+
+
+def format_poisoning_table(rows: Sequence[Row]) -> str | None:
+    """dataset | victim | countermeasure | accuracy trained clean | trained poisoned | drop |
+    poisons and clean points the countermeasure removed — for an indiscriminate
+    downstream-data attack, else None."""
+    found = {
+        (r.dataset, r.probe, r.setting, r.metric): r.value
+        for r in rows
+        if r.metric in {m for _, m in POISONING_COLUMNS}
+    }
+    lines_of = sorted(
+        {(d, p, s) for d, p, s, m in found if m == "acc_drop"},
+        key=lambda t: (t[0], t[1] != "linear", t[1], t[2] or ""),
+    )
+    if not lines_of:
+        return None
+    head = f"{'dataset':<14}  {'victim':<8}  {'sanitized':<9}" + "".join(
+        f"  {h:>11}" for h, _ in POISONING_COLUMNS
+    )
+    lines = [head, "-" * len(head)]
+    for d, p, s in lines_of:
+        cells = ""
+        for _, m in POISONING_COLUMNS:
+            v = found.get((d, p, s, m))
+            cells += (
+                f"  {'-':>11}"
+                if v is None
+                else (f"  {v:>11.4f}" if isinstance(v, float) else f"  {v:>11}")
+            )
+        lines.append(f"{d:<14}  {p:<8}  {s or '-':<9}{cells}")
+    counts = {(r.dataset, r.metric): r.value for r in rows if r.metric.startswith("poison")}
+    for d in sorted({d for d, _, _ in lines_of}):
+        if (d, "poisons") in counts:
+            lines.append(
+                f"{d}: {counts[d, 'poisons']} poisons ({100 * counts[d, 'poison_rate']:.1f} % "
+                f"of the clean set), mean distance to their base image L∞ "
+                f"{counts[d, 'poison_linf']:.3f}, L2 {counts[d, 'poison_l2']:.3f}"
+            )
+    lines.append(
+        "victim features: the linear head on the poisoned features before inversion; drop: "
+        "accuracy trained clean minus trained poisoned (both sanitized, with a countermeasure)."
+    )
+    return "\n".join(lines)
+
+
 def summary_tables(
     rows: Sequence[Row], probe: str, stages: dict[str, Any] | None = None
 ) -> list[str]:
-    """A run's tables: the backdoor table (``probe``'s numbers; every metric when there is
-    none), then the zero-shot table and the detections where there are."""
-    tables = [format_backdoor_table(rows, probe, stages) or format_metrics(rows)]
+    """A run's tables: the backdoor table (``probe``'s numbers), or the poisoning table, or
+    every metric when there is neither; then the zero-shot table and the detections where
+    there are."""
+    main = format_backdoor_table(rows, probe, stages) or format_poisoning_table(rows)
+    tables = [main or format_metrics(rows)]
     return tables + [t for t in (format_zero_shot(rows), format_detections(rows)) if t]
 
 

@@ -36,7 +36,7 @@ from sslpoison.experiment.outputs import (
     Detection,
     save_models,
     write_backdoor_artifacts,
-    write_json_files,
+    write_attack_files,
     write_summary,
 )
 from sslpoison.experiment.report import defense_panels, format_summary, summary_tables
@@ -258,7 +258,7 @@ def write_run(
         panels = defense_panels(rows, probe) if cfg.defenses else None
         summary = format_summary(cfg.name, tables)
         run.artifacts |= write_summary(out, summary, panels, cfg.name, run.detections)
-    run.artifacts |= write_json_files(out, measured.files)
+    run.artifacts |= write_attack_files(out, measured)
     config = cfg.model_dump(mode="json")
     shape = {"size": outcome.data.image_size, "channels": outcome.data.channels}
     keep_clean = ATTACKED not in run.encoders  # else it stays in the stage cache
