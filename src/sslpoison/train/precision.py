@@ -28,9 +28,12 @@ def cpu_capability() -> str:
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX, as torch reports it)."""
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX, as torch reports it) and
+    torch's kernels use it (``ATEN_CPU_CAPABILITY=avx2`` limits them to AVX2, where bf16 is
+    emulated)."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    has = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return has and cpu_capability().startswith("AVX512")
 
 
 def resolve_precision(amp: bool, amp_cpu: AmpSetting, device: torch.device | str) -> Precision:
