@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 from pydantic import Field, model_validator
 
-from sslpoison.data.pictures import save_rows
 from sslpoison.configbase import Config, CountOrShare
+from sslpoison.data.pictures import save_rows
 
 
 class TriggerConfig(Config):

@@ -31,7 +31,7 @@ FAST = {
         "follower_iterations": 5,
         "cg_iterations": 3,
         "inversion": {"steps": 2},
-    },  # fmt: skip
+    },
 }
 
 

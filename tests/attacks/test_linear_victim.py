@@ -158,7 +158,7 @@ def test_implicit_surrogate_gives_the_derivative_of_the_retrained_heads_loss():
     step = 1e-4
     numeric = (
         retrained_loss(poisons + step * direction) - retrained_loss(poisons - step * direction)
-    ) / (2 * step)  # noqa: E501
+    ) / (2 * step)
     # the retrained heads are L-BFGS solutions (gradient tolerance 1e-6): agreement to 2 %
     assert abs((grad * direction).sum().item() - numeric) < 0.02 * abs(numeric)
 

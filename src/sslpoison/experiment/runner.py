@@ -35,8 +35,8 @@ from sslpoison.experiment.config import ConfigError, ExperimentConfig
 from sslpoison.experiment.outputs import (
     Detection,
     save_models,
-    write_backdoor_artifacts,
     write_attack_files,
+    write_backdoor_artifacts,
     write_summary,
 )
 from sslpoison.experiment.report import defense_panels, format_summary, summary_tables
