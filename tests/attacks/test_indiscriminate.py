@@ -23,7 +23,7 @@ FAST = {
     "label_flip": {},
     "gc": {"steps": 3, "target": {"radius": 0.1}},
     "tgda": {"steps": 2, "follower_iterations": 5, "cg_iterations": 3},
-    "feature_targeted": {"steps": 3, "inversion": {"steps": 2}},
+    "feature_targeted": {"solver": "gc", "steps": 3, "inversion": {"steps": 2}},
     "feature_targeted_match": {
         "name": "feature_targeted",
         "solver": "match",
