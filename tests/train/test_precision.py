@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from sslpoison.train import precision
 from sslpoison.train.engine import STAGE_KEY, TensorBatches, TrainConfig, fit
+from sslpoison.train.precision import cpu_has_native_bf16 as real_cpu_has_native_bf16
 
 
 @pytest.fixture
@@ -33,6 +34,22 @@ def test_auto_follows_the_cpu(cpu_bf16, native, expected):
     # CUDA follows `amp` alone
     assert TrainConfig(amp=True, amp_cpu=False).precision("cuda") == "bf16"
     assert TrainConfig(amp=False, amp_cpu=True).precision("cuda") == "fp32"
+
+
+@pytest.mark.parametrize(
+    ("bf16_units", "capability", "native"),
+    [(True, "AVX512", True), (True, "AVX2", False), (False, "AVX512", False)],
+)
+def test_native_bf16_needs_the_units_and_kernels_that_use_them(
+    monkeypatch, bf16_units, capability, native
+):
+    """AVX512-BF16 / AMX units count only when torch's kernels run at AVX-512: with
+    ``ATEN_CPU_CAPABILITY=avx2`` (capability ``AVX2``) bf16 is emulated."""
+    check = real_cpu_has_native_bf16.__wrapped__  # the uncached function
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16_units)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(precision, "cpu_capability", lambda: capability)
+    assert check() is native
 
 
 def test_yaml_values_parse():
