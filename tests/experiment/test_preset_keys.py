@@ -73,93 +73,114 @@ def all_preset_keys(configs: Path = CONFIGS) -> dict[str, dict[str, str]]:
         precision.cpu_has_native_bf16 = native
 
 
-#: Computed with the code before the attacks were organised by hook point (issue 17).
+#: Computed with the code before the attacks were organised by hook point (issue 17), for
+#: the presets as they are now (the indiscriminate ones came after it and have no "before").
 PINNED = {
-    "cpu-badencoder-fmnist": {"pretrain": "063a726926787f63", "attack": "baad42844b859655"},
-    "cpu-byol-fmnist": {"pretrain": "ae186c2ee994c30a"},
+    "cpu-badencoder-fmnist": {"pretrain": "7b1af3e0c00a31a4", "attack": "456777ea3c2d7a28"},
+    "cpu-byol-fmnist": {"pretrain": "c462b82605497fd1"},
     "cpu-clip-backdoor-fmnist": {
-        "pretrain": "6c2fd12bbb1a1483",
-        "pretrain_poisoned": "ca2f160c8906aed2",
+        "pretrain": "20cffac84e8e11f2",
+        "pretrain_poisoned": "ea13f105b79a7f62",
     },
     "cpu-clip-sweep/00-poison=5": {
-        "pretrain": "6c2fd12bbb1a1483",
-        "pretrain_poisoned": "bdad052f6c016212",
+        "pretrain": "20cffac84e8e11f2",
+        "pretrain_poisoned": "ccaeab7f7678db73",
     },
     "cpu-clip-sweep/01-poison=10": {
-        "pretrain": "6c2fd12bbb1a1483",
-        "pretrain_poisoned": "b087f5056d9be10a",
+        "pretrain": "20cffac84e8e11f2",
+        "pretrain_poisoned": "2eb9d97f7cf41cbf",
     },
     "cpu-clip-sweep/02-poison=25": {
-        "pretrain": "6c2fd12bbb1a1483",
-        "pretrain_poisoned": "a81f31cbd7c7a16f",
+        "pretrain": "20cffac84e8e11f2",
+        "pretrain_poisoned": "5d1bcb4fa672c651",
     },
     "cpu-clip-sweep/03-poison=50": {
-        "pretrain": "6c2fd12bbb1a1483",
-        "pretrain_poisoned": "b101bb06df72befd",
+        "pretrain": "20cffac84e8e11f2",
+        "pretrain_poisoned": "8505650844870f01",
     },
     "cpu-clip-sweep/04-poison=100": {
-        "pretrain": "6c2fd12bbb1a1483",
-        "pretrain_poisoned": "c97eab2da576c2d4",
+        "pretrain": "20cffac84e8e11f2",
+        "pretrain_poisoned": "7f429281a3cfc513",
     },
     "cpu-clip-sweep/05-poison=600": {
-        "pretrain": "6c2fd12bbb1a1483",
-        "pretrain_poisoned": "ca2f160c8906aed2",
+        "pretrain": "20cffac84e8e11f2",
+        "pretrain_poisoned": "ea13f105b79a7f62",
     },
     "cpu-clip-targeted-fmnist": {
-        "pretrain": "84cac1fca7dc8d80",
-        "pretrain_poisoned": "a6eb03192d2101e3",
+        "pretrain": "bfabf86ff6df7eb9",
+        "pretrain_poisoned": "f01095d5b25364f2",
     },
-    "cpu-defenses-fmnist": {"pretrain": "063a726926787f63", "attack": "baad42844b859655"},
-    "cpu-mocov2-fmnist": {"pretrain": "fbf8f59d04b4e3c6"},
-    "cpu-msf-fmnist": {"pretrain": "0d5029556c99cc21"},
-    "cpu-simclr-fmnist": {"pretrain": "38b00861b95cbe67"},
+    "cpu-defenses-fmnist": {"pretrain": "7b1af3e0c00a31a4", "attack": "456777ea3c2d7a28"},
+    "cpu-indiscriminate-fmnist": {"pretrain": "7b1af3e0c00a31a4"},
+    "cpu-indiscriminate-sweep/00-name=label_flip,epsilon=0.01": {"pretrain": "7b1af3e0c00a31a4"},
+    "cpu-indiscriminate-sweep/01-name=label_flip,epsilon=0.03": {"pretrain": "7b1af3e0c00a31a4"},
+    "cpu-indiscriminate-sweep/02-name=label_flip,epsilon=0.1": {"pretrain": "7b1af3e0c00a31a4"},
+    "cpu-indiscriminate-sweep/03-name=gc,epsilon=0.01": {"pretrain": "7b1af3e0c00a31a4"},
+    "cpu-indiscriminate-sweep/04-name=gc,epsilon=0.03": {"pretrain": "7b1af3e0c00a31a4"},
+    "cpu-indiscriminate-sweep/05-name=gc,epsilon=0.1": {"pretrain": "7b1af3e0c00a31a4"},
+    "cpu-indiscriminate-sweep/06-name=tgda,epsilon=0.01": {"pretrain": "7b1af3e0c00a31a4"},
+    "cpu-indiscriminate-sweep/07-name=tgda,epsilon=0.03": {"pretrain": "7b1af3e0c00a31a4"},
+    "cpu-indiscriminate-sweep/08-name=tgda,epsilon=0.1": {"pretrain": "7b1af3e0c00a31a4"},
+    "cpu-indiscriminate-sweep/09-name=feature_targeted,epsilon=0.01": {
+        "pretrain": "7b1af3e0c00a31a4"
+    },
+    "cpu-indiscriminate-sweep/10-name=feature_targeted,epsilon=0.03": {
+        "pretrain": "7b1af3e0c00a31a4"
+    },
+    "cpu-indiscriminate-sweep/11-name=feature_targeted,epsilon=0.1": {
+        "pretrain": "7b1af3e0c00a31a4"
+    },
+    "cpu-indiscriminate-transfer": {"pretrain": "7b1af3e0c00a31a4"},
+    "cpu-mocov2-fmnist": {"pretrain": "d4cad0cd5e70e655"},
+    "cpu-msf-fmnist": {"pretrain": "e41004b7b65fbe7a"},
+    "cpu-simclr-fmnist": {"pretrain": "6df1d03ac0a865a3"},
     "cpu-sslbackdoor-distill-sweep/00-seed=0": {
-        "pretrain": "3acc69bb20c2f176",
-        "pretrain_poisoned": "cc8fabeb7fbb7b1e",
+        "pretrain": "70e480839f1e01be",
+        "pretrain_poisoned": "34d07148fe7158dc",
     },
     "cpu-sslbackdoor-distill-sweep/01-seed=1": {
-        "pretrain": "3acc69bb20c2f176",
-        "pretrain_poisoned": "cc8fabeb7fbb7b1e",
+        "pretrain": "70e480839f1e01be",
+        "pretrain_poisoned": "34d07148fe7158dc",
     },
     "cpu-sslbackdoor-distill-sweep/02-seed=2": {
-        "pretrain": "3acc69bb20c2f176",
-        "pretrain_poisoned": "cc8fabeb7fbb7b1e",
+        "pretrain": "70e480839f1e01be",
+        "pretrain_poisoned": "34d07148fe7158dc",
     },
     "cpu-sslbackdoor-fmnist": {
-        "pretrain": "3acc69bb20c2f176",
-        "pretrain_poisoned": "cc8fabeb7fbb7b1e",
+        "pretrain": "70e480839f1e01be",
+        "pretrain_poisoned": "34d07148fe7158dc",
     },
     "cpu-sslbackdoor-mimic-sweep/00-seed=0": {
-        "pretrain": "3acc69bb20c2f176",
-        "pretrain_poisoned": "cc8fabeb7fbb7b1e",
+        "pretrain": "70e480839f1e01be",
+        "pretrain_poisoned": "34d07148fe7158dc",
     },
     "cpu-sslbackdoor-mimic-sweep/01-seed=1": {
-        "pretrain": "3acc69bb20c2f176",
-        "pretrain_poisoned": "cc8fabeb7fbb7b1e",
+        "pretrain": "70e480839f1e01be",
+        "pretrain_poisoned": "34d07148fe7158dc",
     },
     "cpu-sslbackdoor-sweep/00-size=6,poison=0.25": {
-        "pretrain": "3acc69bb20c2f176",
-        "pretrain_poisoned": "011170e1a1a96246",
+        "pretrain": "70e480839f1e01be",
+        "pretrain_poisoned": "803f75ab977d6f6c",
     },
     "cpu-sslbackdoor-sweep/01-size=6,poison=0.5": {
-        "pretrain": "3acc69bb20c2f176",
-        "pretrain_poisoned": "a603ec467af820c9",
+        "pretrain": "70e480839f1e01be",
+        "pretrain_poisoned": "89070c0fc158a4ce",
     },
     "cpu-sslbackdoor-sweep/02-size=6,poison=1.0": {
-        "pretrain": "3acc69bb20c2f176",
-        "pretrain_poisoned": "eef3eb18514da2e6",
+        "pretrain": "70e480839f1e01be",
+        "pretrain_poisoned": "ede93425eed2a0f8",
     },
     "cpu-sslbackdoor-sweep/03-size=8,poison=0.25": {
-        "pretrain": "3acc69bb20c2f176",
-        "pretrain_poisoned": "a62e4d6003f5ff32",
+        "pretrain": "70e480839f1e01be",
+        "pretrain_poisoned": "d7a76c4c7be85946",
     },
     "cpu-sslbackdoor-sweep/04-size=8,poison=0.5": {
-        "pretrain": "3acc69bb20c2f176",
-        "pretrain_poisoned": "cc8fabeb7fbb7b1e",
+        "pretrain": "70e480839f1e01be",
+        "pretrain_poisoned": "34d07148fe7158dc",
     },
     "cpu-sslbackdoor-sweep/05-size=8,poison=1.0": {
-        "pretrain": "3acc69bb20c2f176",
-        "pretrain_poisoned": "6d44f2194d1d4e68",
+        "pretrain": "70e480839f1e01be",
+        "pretrain_poisoned": "aac1d48486a4b9eb",
     },
 }
 
