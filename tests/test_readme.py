@@ -86,11 +86,12 @@ def test_the_attack_snippets_strike_where_they_say(monkeypatch):
         train={"epochs": 1, "batch_size": 16, "progress": False},
     )
     assert attack.hook is Hook.ENCODER
-    targets = attack.backdoor_targets(data, downstream)
-    assert targets[0].references.shape == (1, 1, 16, 16)
     torch.manual_seed(0)
     encoder = build_backbone("resnet18", width=0.125, in_channels=1)
-    done = attack.run(encoder, attack.shadow_subset(data), targets)
+    shadow = attack.shadow_subset(data)
+    targets = attack.prepare_targets(encoder, shadow, attack.backdoor_targets(data, downstream))
+    assert targets[0].references.shape == (1, 1, 16, 16)
+    done = attack.run(encoder, shadow, targets)
     assert len(done.fit.losses) == 1 and done.record == {"shadow": 32}
     assert namespace["LabelFlip"]().hook is Hook.DOWNSTREAM_DATA
 

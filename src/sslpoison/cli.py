@@ -60,8 +60,9 @@ def _sweep(args: argparse.Namespace) -> int:
     if table.exists():
         print(table.read_text(), end="")
         print(f"sweep: {out / 'sweep.json'}")
-    if (out / "sweep.png").exists():
-        print(f"plot: {out / 'sweep.png'}")
+    for name, picture in (("plot", "sweep.png"), ("heatmap", "sweep-heatmap.png")):
+        if (out / picture).exists():
+            print(f"{name}: {out / picture}")
     return 0
 
 

@@ -21,12 +21,37 @@ from sslpoison.triggers import PatchTrigger
 
 @dataclass
 class BackdoorTarget:
-    """A target class of a downstream dataset and the trigger that should reach it."""
+    """A target class of a downstream dataset and the trigger that should reach it.
+
+    ``references`` (R×C×H×W uint8): the images an encoder attack maps triggered inputs onto
+    (BadEncoder's x_ref), once chosen; ``reference_indices`` their positions in the dataset's
+    train split. The evaluation reports how the downstream probe classifies them.
+    """
 
     dataset: str
     target_class: int
     class_name: str
     trigger: PatchTrigger
+    references: torch.Tensor | None = None
+    reference_indices: list[int] | None = None
+
+    @property
+    def name(self) -> str:
+        """``<dataset>/<class name>``: how results and artifacts name the target."""
+        return f"{self.dataset}/{self.class_name}"
+
+    def record(self) -> dict[str, Any]:
+        """JSON-able: dataset, class (index and name), the trigger's config and the
+        reference images' train-split indices where there are references."""
+        record: dict[str, Any] = {
+            "dataset": self.dataset,
+            "target_class": self.target_class,
+            "class_name": self.class_name,
+            "trigger": self.trigger.cfg.model_dump(mode="json"),
+        }
+        if self.reference_indices is not None:
+            record["reference_indices"] = list(self.reference_indices)
+        return record
 
 
 @dataclass(frozen=True)

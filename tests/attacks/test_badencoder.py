@@ -9,12 +9,17 @@ import torch
 
 from sslpoison.attacks.badencoder import (
     BadEncoderConfig,
+    BadEncoderTask,
     TargetConfig,
     badencoder_loss,
+    choose_references,
+    core_order,
     resolve_targets,
     run_badencoder,
+    typical_order,
 )
 from sslpoison.data.synthetic import synthetic
+from sslpoison.eval.backdoor import triggered_copy
 from sslpoison.eval.downstream import Downstream, EvalConfig
 from sslpoison.models import build_backbone
 from sslpoison.models.io import load_weights
@@ -71,7 +76,7 @@ def test_loss_matches_a_loop_reference(centered):
     assert set(parts) == {"l0", "l1", "l2"}
 
 
-def tiny_attack(epochs=2):
+def tiny_attack(epochs=2, trigger=None):
     data = synthetic(n=128, size=16, num_classes=4, seed=0)
     cfg = BadEncoderConfig(
         shadow=128,
@@ -79,7 +84,7 @@ def tiny_attack(epochs=2):
             TargetConfig(
                 dataset="synthetic",
                 target_class="vertical",
-                trigger={"size": 4, "position": [12, 12]},
+                trigger=trigger or {"size": 4, "position": [12, 12]},
             )
         ],
         train={
@@ -89,9 +94,9 @@ def tiny_attack(epochs=2):
             "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
         },
     )
-    targets = resolve_targets(cfg.targets, fitted(16))
     torch.manual_seed(0)
     encoder = build_backbone("resnet18", width=0.125, in_channels=1)
+    targets = cfg.prepare_targets(encoder, data, resolve_targets(cfg.targets, fitted(16)))
     return data, cfg, targets, encoder
 
 
@@ -153,12 +158,112 @@ def test_impossible_targets_are_refused_by_name(target, message):
         resolve_targets([TargetConfig(**target)], fitted(28))
 
 
-def test_references_come_from_the_target_class():
+@pytest.mark.parametrize("choice", ["typical", "random"])
+def test_references_come_from_the_target_class(choice):
+    downstream = fitted(28)
     (t,) = resolve_targets(
-        [TargetConfig(dataset="digits", target_class=3, references=4)], fitted(28)
+        [TargetConfig(dataset="digits", target_class=3, references=4, reference_choice=choice)],
+        downstream,
+    )
+    assert t.references is None  # chosen with the clean encoder, by prepare_targets
+    torch.manual_seed(0)
+    encoder = build_backbone("resnet18", width=0.125, in_channels=1)
+    (t,) = BadEncoderConfig(targets=[{"dataset": "digits", "target_class": 3}]).prepare_targets(
+        encoder, synthetic(n=64, size=28, seed=0), [t]
     )
     assert t.references.shape == (4, 1, 28, 28) and t.references.dtype == torch.uint8
     assert t.target_class == 3 and t.class_name == "3"
+    split = downstream.split("digits", "train")
+    idx = torch.tensor(t.reference_indices)
+    assert len(set(t.reference_indices)) == 4 and (split.labels[idx] == 3).all()
+    assert torch.equal(split.images[idx], t.references)
+    assert t.record()["reference_indices"] == t.reference_indices
+
+
+def test_typical_order_ranks_by_the_class_mean_direction():
+    # Five feature vectors around the axis (1, 1) at 40°, 0°, -40°, 10°, -10°, all shifted by
+    # a common offset: centred, the mean direction is the axis, so the order is known up to
+    # the symmetric pairs.
+    angles = torch.tensor([40.0, 0.0, -40.0, 10.0, -10.0]).deg2rad() + math.pi / 4
+    center = torch.tensor([5.0, -3.0])
+    features = torch.stack([angles.cos(), angles.sin()], 1) * 2.0 + center
+
+    def ranked(order):
+        return [order[0], set(order[1:3]), set(order[3:])]
+
+    assert ranked(typical_order(features, center).tolist()) == [1, {3, 4}, {0, 2}]
+    # Without the centre the common offset dominates and the answer differs.
+    assert ranked(typical_order(features).tolist()) != [1, {3, 4}, {0, 2}]
+
+
+def test_core_references_avoid_where_the_shadow_is_as_dense():
+    # Pool vectors 0, 2, 4 (the majority, so the most typical) each have a shadow vector
+    # right beside them: a neighbouring class is as dense there. Pool vectors 1 and 3 have
+    # only each other: the core. (The shadow features' mean is 0: centring changes nothing.)
+    pool = torch.tensor(
+        [[1, 0.2, 0], [0, 0.05, 1], [1, -0.2, 0], [0.05, 0, 1], [1, 0, 0.2]], dtype=torch.float
+    )
+    shadow = torch.tensor(
+        [[1, 0.19, 0], [1, -0.19, 0], [1, 0, 0.19], [-1.5, 0, -0.095], [-1.5, 0, -0.095]]
+    )
+    assert set(typical_order(pool, shadow.mean(0))[:3].tolist()) == {0, 2, 4}
+    order = core_order(pool, shadow, k=1)
+    assert set(order[:2].tolist()) == {1, 3} and set(order[2:].tolist()) == {0, 2, 4}
+    assert torch.equal(core_order(pool, None), typical_order(pool))
+
+
+def test_typical_references_are_the_central_images_of_the_pool():
+    # The pool: 2×2 images whose pixels are the features (an identity "encoder"). Images 1
+    # and 3 point one way (one is twice the other), images 0 and 2 each their own orthogonal
+    # way: the class's mean direction is nearest 1 and 3.
+    pool = torch.tensor(
+        [[0, 0, 100, 0], [100, 100, 0, 0], [0, 0, 0, 100], [50, 50, 0, 0]], dtype=torch.uint8
+    ).view(4, 1, 2, 2)
+    (target,) = resolve_targets(
+        [TargetConfig(dataset="digits", target_class=0, references=2)], fitted(28)
+    )
+    target.pool, target.pool_indices = pool, torch.tensor([7, 11, 13, 17])
+    pixels = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 4, bias=False))
+    torch.nn.init.eye_(pixels[1].weight)
+    chosen = choose_references(target, pixels, None)
+    assert sorted(chosen.reference_indices) == [11, 17]
+    assert torch.equal(chosen.references[chosen.reference_indices.index(11)], pool[1])
+    target.choice = "random"
+    drawn = choose_references(target, pixels, None, seed=5)
+    order = torch.randperm(4, generator=torch.Generator().manual_seed(5))[:2]
+    assert drawn.reference_indices == target.pool_indices[order].tolist()
+
+
+def test_an_asymmetric_trigger_lands_at_row_col_in_training_and_evaluation():
+    row, col, side = 2, 9, 3
+    trigger = {"kind": "noise", "size": side, "position": [row, col]}
+    data, cfg, targets, encoder = tiny_attack(trigger=trigger)
+    pattern = targets[0].trigger.pattern.mul(255).round().div(255)  # pasted into uint8
+
+    def patched_where(triggered, clean):
+        changed = (triggered != clean).any(0).any(0)  # H×W: pixels the trigger changed
+        rows, cols = changed.nonzero().unbind(1)
+        return (rows.min().item(), cols.min().item()), (rows.max().item(), cols.max().item())
+
+    seen = []
+    encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    task = BadEncoderTask(
+        encoder, targets, [torch.zeros(1, 64)], None, cfg, lambda x: (x.float() / 255, None)
+    )
+    images = data.images[:8]
+    task(images, torch.zeros(8, 64))
+    clean, triggered = seen[-1][:8], seen[-1][8:16]
+    assert torch.allclose(
+        triggered[:, :, row : row + side, col : col + side], pattern.expand(8, -1, -1, -1)
+    )
+    assert patched_where(triggered, clean) == ((row, col), (row + side - 1, col + side - 1))
+
+    test = triggered_copy(data, targets[0].trigger)
+    got = test.images.float() / 255
+    assert torch.allclose(
+        got[:, :, row : row + side, col : col + side], pattern.expand(len(got), -1, -1, -1)
+    )
+    assert patched_where(got, data.images.float() / 255)[0] == (row, col)
 
 
 def test_plain_state_dict_loads_through_a_key_map(tmp_path):
@@ -172,3 +277,21 @@ def test_plain_state_dict_loads_through_a_key_map(tmp_path):
     assert all(torch.equal(v, dst.state_dict()[k]) for k, v in src.state_dict().items())
     with pytest.raises(ValueError, match=r"missing \[.layer1.*unexpected \[.backbone\.layer1"):
         load_weights(dst, tmp_path / "ckpt.pth", {r"^fc\..*": ""})
+
+
+def test_the_chosen_references_are_part_of_the_attack_key():
+    from sslpoison.experiment.stages import attack_key
+
+    data, cfg, targets, encoder = tiny_attack()
+    cpu = torch.device("cpu")
+    key = attack_key(cfg, encoder, data, targets, 0, cpu)
+    assert attack_key(cfg, encoder, data, list(targets), 0, cpu) == key
+    other = [choose_references(targets[0], encoder, None, seed=1)]
+    other[0].choice = "random"
+    other = [choose_references(other[0], encoder, None, seed=1)]
+    assert other[0].reference_indices != targets[0].reference_indices
+    assert attack_key(cfg, encoder, data, other, 0, cpu) != key
+    random = cfg.model_copy(
+        update={"targets": [cfg.targets[0].model_copy(update={"reference_choice": "random"})]}
+    )
+    assert attack_key(random, encoder, data, targets, 0, cpu) != key

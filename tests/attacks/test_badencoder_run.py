@@ -30,8 +30,14 @@ def test_badencoder_run_backdoors_and_keeps_utility(tmp_path, config, write_conf
     # Measured: ASR 0.97, ASR-B 0.01, CA 0.975, BA 0.955.
     assert m["synthetic/asr"] >= 0.9 and m["synthetic/asr_b"] <= 0.1
     assert abs(m["synthetic/ca"] - m["synthetic/ba"]) <= 0.05
+    # The triggered images go to the target, which the probe also calls the reference.
+    assert m["synthetic/top_class"] == 1 and m["synthetic/top_share"] == m["synthetic/asr"]
+    assert m["synthetic/ref_target"] == 1.0 and m["synthetic/ref_target_b"] == 1.0
     attack = results["stages"]["attack"]
     assert attack["cached"] is False and attack["shadow_images"] == 256
+    (target,) = attack["targets"]
+    assert target["class_name"] == "vertical" and len(target["reference_indices"]) == 1
+    assert "collapsed" not in (tmp_path / "a" / "summary.md").read_text()
     assert len(attack["loss_terms"]) == 10
     picture = results["artifacts"]["trigger:synthetic/vertical"]
     assert picture.endswith("trigger-synthetic-vertical.png")

@@ -51,7 +51,21 @@ def preset_keys(cfg: ExperimentConfig, loaded: dict | None = None) -> dict[str, 
         torch.manual_seed(cfg.seed)
         stand_in = build_encoder(cfg.pretrain.backbone, data.channels)
         shadow = attack.shadow_subset(data, seed=cfg.seed)
-        keys["attack"] = attack_key(attack, stand_in, shadow, cfg.seed, device)
+        downstream = loaded.setdefault(
+            ("downstream", cfg.eval.model_dump_json(), data.image_size, data.channels, cfg.seed),
+            Downstream(cfg.eval, data.image_size, data.channels, cfg.seed),
+        )
+        targets = attack.backdoor_targets(data, downstream, cfg.seed)
+        # What the stand-in prepares (BadEncoder: the references) does not depend on the
+        # triggers: memoised, sweep runs over triggers share it.
+        dumped = attack.model_dump(mode="json", exclude={"targets": {"__all__": {"trigger"}}})
+        which = ("prepared", json.dumps(dumped, sort_keys=True), data.name, cfg.seed)
+        if which not in loaded:
+            prepared = attack.prepare_targets(stand_in, shadow, targets, cfg.seed)
+            loaded[which] = [(t.references, t.reference_indices) for t in prepared]
+        for t, (references, indices) in zip(targets, loaded[which], strict=True):
+            t.references, t.reference_indices = references, indices
+        keys["attack"] = attack_key(attack, stand_in, shadow, targets, cfg.seed, device)
     return keys
 
 
@@ -75,8 +89,250 @@ def all_preset_keys(configs: Path = CONFIGS) -> dict[str, dict[str, str]]:
 
 #: Computed with the code before the attacks were organised by hook point (issue 17), for
 #: the presets as they are now (the indiscriminate ones came after it and have no "before").
+#: The encoder attack keys moved once since, on purpose (issue 16): they hash the reference
+#: images the clean encoder chooses, and ``reference_choice`` joined the config.
 PINNED = {
-    "cpu-badencoder-fmnist": {"pretrain": "7b1af3e0c00a31a4", "attack": "456777ea3c2d7a28"},
+    "cpu-badencoder-fmnist": {"pretrain": "7b1af3e0c00a31a4", "attack": "343e8557fbf96b0a"},
+    "cpu-badencoder-targets-sweep/00-kind=solid,position=_22,_22_,target_class=T-shirt_top": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "8bd5f75d5892f37a",
+    },
+    "cpu-badencoder-targets-sweep/01-kind=solid,position=_22,_22_,target_class=Trouser": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "ff48bf489a082402",
+    },
+    "cpu-badencoder-targets-sweep/02-kind=solid,position=_22,_22_,target_class=Pullover": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "3b949d48e9ba741d",
+    },
+    "cpu-badencoder-targets-sweep/03-kind=solid,position=_22,_22_,target_class=Dress": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "f3d32268e4b7b29c",
+    },
+    "cpu-badencoder-targets-sweep/04-kind=solid,position=_22,_22_,target_class=Coat": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "46da231eb4b03952",
+    },
+    "cpu-badencoder-targets-sweep/05-kind=solid,position=_22,_22_,target_class=Sandal": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "1315cb571f28d1be",
+    },
+    "cpu-badencoder-targets-sweep/06-kind=solid,position=_22,_22_,target_class=Shirt": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "12cf41a88c189795",
+    },
+    "cpu-badencoder-targets-sweep/07-kind=solid,position=_22,_22_,target_class=Sneaker": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "dc786753a14c15e1",
+    },
+    "cpu-badencoder-targets-sweep/08-kind=solid,position=_22,_22_,target_class=Bag": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "1f52bde4aa70761d",
+    },
+    "cpu-badencoder-targets-sweep/09-kind=solid,position=_22,_22_,target_class=Ankle_boot": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "d28b79532f12ed9b",
+    },
+    "cpu-badencoder-targets-sweep/10-kind=solid,position=_2,_21_,target_class=T-shirt_top": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "699be1e206ad2594",
+    },
+    "cpu-badencoder-targets-sweep/11-kind=solid,position=_2,_21_,target_class=Trouser": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "8372ae6c19a4fb3d",
+    },
+    "cpu-badencoder-targets-sweep/12-kind=solid,position=_2,_21_,target_class=Pullover": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "f1afb201ec832bbc",
+    },
+    "cpu-badencoder-targets-sweep/13-kind=solid,position=_2,_21_,target_class=Dress": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "a6a54750f99edf39",
+    },
+    "cpu-badencoder-targets-sweep/14-kind=solid,position=_2,_21_,target_class=Coat": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "baee112ab7077d48",
+    },
+    "cpu-badencoder-targets-sweep/15-kind=solid,position=_2,_21_,target_class=Sandal": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "5e80d5f40a0f421c",
+    },
+    "cpu-badencoder-targets-sweep/16-kind=solid,position=_2,_21_,target_class=Shirt": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "1bc7b04093c6ead8",
+    },
+    "cpu-badencoder-targets-sweep/17-kind=solid,position=_2,_21_,target_class=Sneaker": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "8aed1686b498ae1f",
+    },
+    "cpu-badencoder-targets-sweep/18-kind=solid,position=_2,_21_,target_class=Bag": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "002eb3ffefe12464",
+    },
+    "cpu-badencoder-targets-sweep/19-kind=solid,position=_2,_21_,target_class=Ankle_boot": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "ee80abe065210740",
+    },
+    "cpu-badencoder-targets-sweep/20-kind=solid,position=_21,_2_,target_class=T-shirt_top": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "4af23147f6106b52",
+    },
+    "cpu-badencoder-targets-sweep/21-kind=solid,position=_21,_2_,target_class=Trouser": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "7bf9e128c3b0934b",
+    },
+    "cpu-badencoder-targets-sweep/22-kind=solid,position=_21,_2_,target_class=Pullover": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "0326320ee258b6a0",
+    },
+    "cpu-badencoder-targets-sweep/23-kind=solid,position=_21,_2_,target_class=Dress": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "3af955f2ceae9ba8",
+    },
+    "cpu-badencoder-targets-sweep/24-kind=solid,position=_21,_2_,target_class=Coat": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "7657665025ce9160",
+    },
+    "cpu-badencoder-targets-sweep/25-kind=solid,position=_21,_2_,target_class=Sandal": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "48d84d3ed0faac50",
+    },
+    "cpu-badencoder-targets-sweep/26-kind=solid,position=_21,_2_,target_class=Shirt": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "afbe58014e315111",
+    },
+    "cpu-badencoder-targets-sweep/27-kind=solid,position=_21,_2_,target_class=Sneaker": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "771177c07620a53f",
+    },
+    "cpu-badencoder-targets-sweep/28-kind=solid,position=_21,_2_,target_class=Bag": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "362ab287666105af",
+    },
+    "cpu-badencoder-targets-sweep/29-kind=solid,position=_21,_2_,target_class=Ankle_boot": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "68a740b33827a1df",
+    },
+    "cpu-badencoder-targets-sweep/30-kind=noise,position=_22,_22_,target_class=T-shirt_top": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "7ecc6a4217d93aac",
+    },
+    "cpu-badencoder-targets-sweep/31-kind=noise,position=_22,_22_,target_class=Trouser": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "2feb4e210a5cb931",
+    },
+    "cpu-badencoder-targets-sweep/32-kind=noise,position=_22,_22_,target_class=Pullover": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "5acb4edd75f32c8b",
+    },
+    "cpu-badencoder-targets-sweep/33-kind=noise,position=_22,_22_,target_class=Dress": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "e8afb868089d2632",
+    },
+    "cpu-badencoder-targets-sweep/34-kind=noise,position=_22,_22_,target_class=Coat": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "04875261e2f11ad9",
+    },
+    "cpu-badencoder-targets-sweep/35-kind=noise,position=_22,_22_,target_class=Sandal": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "e9f07a168c5d0d79",
+    },
+    "cpu-badencoder-targets-sweep/36-kind=noise,position=_22,_22_,target_class=Shirt": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "fea00e8baee10072",
+    },
+    "cpu-badencoder-targets-sweep/37-kind=noise,position=_22,_22_,target_class=Sneaker": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "a0af02287e5135c8",
+    },
+    "cpu-badencoder-targets-sweep/38-kind=noise,position=_22,_22_,target_class=Bag": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "6818628d29cbdde3",
+    },
+    "cpu-badencoder-targets-sweep/39-kind=noise,position=_22,_22_,target_class=Ankle_boot": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "ad15645d41c17b70",
+    },
+    "cpu-badencoder-targets-sweep/40-kind=noise,position=_2,_21_,target_class=T-shirt_top": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "d217bb8a80d63501",
+    },
+    "cpu-badencoder-targets-sweep/41-kind=noise,position=_2,_21_,target_class=Trouser": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "586f19469a3b18fc",
+    },
+    "cpu-badencoder-targets-sweep/42-kind=noise,position=_2,_21_,target_class=Pullover": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "670201820ef0586d",
+    },
+    "cpu-badencoder-targets-sweep/43-kind=noise,position=_2,_21_,target_class=Dress": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "6bb4a848451d7fa6",
+    },
+    "cpu-badencoder-targets-sweep/44-kind=noise,position=_2,_21_,target_class=Coat": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "fec4516da010fe27",
+    },
+    "cpu-badencoder-targets-sweep/45-kind=noise,position=_2,_21_,target_class=Sandal": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "f733e7a4d290eb61",
+    },
+    "cpu-badencoder-targets-sweep/46-kind=noise,position=_2,_21_,target_class=Shirt": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "ab615985db6bbda4",
+    },
+    "cpu-badencoder-targets-sweep/47-kind=noise,position=_2,_21_,target_class=Sneaker": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "6a22bd7b9de206f5",
+    },
+    "cpu-badencoder-targets-sweep/48-kind=noise,position=_2,_21_,target_class=Bag": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "f3f17263e7eedd2f",
+    },
+    "cpu-badencoder-targets-sweep/49-kind=noise,position=_2,_21_,target_class=Ankle_boot": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "958cce31ea26d035",
+    },
+    "cpu-badencoder-targets-sweep/50-kind=noise,position=_21,_2_,target_class=T-shirt_top": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "811786b7199ab6a1",
+    },
+    "cpu-badencoder-targets-sweep/51-kind=noise,position=_21,_2_,target_class=Trouser": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "7801989b0ea0d8b1",
+    },
+    "cpu-badencoder-targets-sweep/52-kind=noise,position=_21,_2_,target_class=Pullover": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "0b7baaba05f07ed0",
+    },
+    "cpu-badencoder-targets-sweep/53-kind=noise,position=_21,_2_,target_class=Dress": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "723d7cd86aa592e6",
+    },
+    "cpu-badencoder-targets-sweep/54-kind=noise,position=_21,_2_,target_class=Coat": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "b803904a9f1a0698",
+    },
+    "cpu-badencoder-targets-sweep/55-kind=noise,position=_21,_2_,target_class=Sandal": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "0d5d3ccf93728a1c",
+    },
+    "cpu-badencoder-targets-sweep/56-kind=noise,position=_21,_2_,target_class=Shirt": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "8f6747c66313a2d9",
+    },
+    "cpu-badencoder-targets-sweep/57-kind=noise,position=_21,_2_,target_class=Sneaker": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "06215a2d57b41ed1",
+    },
+    "cpu-badencoder-targets-sweep/58-kind=noise,position=_21,_2_,target_class=Bag": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "4efc1a6322371004",
+    },
+    "cpu-badencoder-targets-sweep/59-kind=noise,position=_21,_2_,target_class=Ankle_boot": {
+        "pretrain": "7b1af3e0c00a31a4",
+        "attack": "7257a7f0d614050a",
+    },
     "cpu-byol-fmnist": {"pretrain": "c462b82605497fd1"},
     "cpu-clip-backdoor-fmnist": {
         "pretrain": "20cffac84e8e11f2",
@@ -110,7 +366,7 @@ PINNED = {
         "pretrain": "bfabf86ff6df7eb9",
         "pretrain_poisoned": "f01095d5b25364f2",
     },
-    "cpu-defenses-fmnist": {"pretrain": "7b1af3e0c00a31a4", "attack": "456777ea3c2d7a28"},
+    "cpu-defenses-fmnist": {"pretrain": "7b1af3e0c00a31a4", "attack": "343e8557fbf96b0a"},
     "cpu-indiscriminate-fmnist": {"pretrain": "7b1af3e0c00a31a4"},
     "cpu-indiscriminate-sweep/00-name=label_flip,epsilon=0.01": {"pretrain": "7b1af3e0c00a31a4"},
     "cpu-indiscriminate-sweep/01-name=label_flip,epsilon=0.03": {"pretrain": "7b1af3e0c00a31a4"},

@@ -6,7 +6,8 @@ The three hook points (DESIGN.md, "The data flow"), one base class each:
   PoisonedSet``: edits the pre-training set; the same pre-training then runs on the poisoned
   set (SSL-Backdoor, CLIP poisoning).
 * :class:`EncoderAttack` — ``run(encoder, shadow, targets, *, seed, checkpoint_dir) ->
-  Attacked``: turns the clean pre-trained encoder into an attacked one (BadEncoder).
+  Attacked``: turns the clean pre-trained encoder into an attacked one (BadEncoder), after
+  ``prepare_targets`` has completed the targets from the clean encoder (its references).
 * :class:`DownstreamDataAttack` — ``poison_downstream(encoder, train, seed) -> PoisonedSet``:
   edits a downstream dataset's labelled train set, knowing the encoder the victim will use.
 
@@ -145,6 +146,18 @@ class EncoderAttack(AttackConfig, abc.ABC):
     @abc.abstractmethod
     def shadow_subset(self, data: ImageSet, seed: int = 0) -> ImageSet:
         """The attacker's shadow images, drawn from the pre-training set ``data``."""
+
+    def prepare_targets(
+        self,
+        encoder: nn.Module,
+        shadow: ImageSet,
+        targets: list[BackdoorTarget],
+        seed: int = 0,
+    ) -> list[BackdoorTarget]:
+        """``targets`` completed with what the attack derives from the clean ``encoder`` and
+        the ``shadow`` images before it runs (BadEncoder: its reference images); what they
+        record enters the attack stage's cache key. Unchanged by default."""
+        return targets
 
     @abc.abstractmethod
     def run(

@@ -15,9 +15,17 @@ others get a ``_<probe>`` suffix):
 - attacked encoder: ``<dataset>/ba``, ``<dataset>/asr``, ``<dataset>/fp_poisoned``;
 - defended encoder ``d``: ``d/<dataset>/ba``, ``d/<dataset>/asr``, ``d/<dataset>/fp``.
 
+Where the triggered images go, whatever the target: ``top_class`` (the class most triggered
+non-target test images are predicted as, an index) and ``top_share`` (their share); and,
+for targets with reference images (BadEncoder), ``ref_target``: the share of the references
+the probe itself calls the target. Keys as above (``<dataset>/top_class`` for the attacked
+encoder, ``<dataset>/top_class_b`` for the clean one, ``d/<dataset>/top_class``). A backdoor
+that collapsed onto a class that is not the target gets a line in the evaluation's notes.
+
 With several targets on one dataset, ASR is their mean and ``<dataset>/<class>/asr`` each
-one's (FP is summed). Confusion matrices (first probe; rows = true class) come back for the
-clean test set and for every target's triggered test set.
+one's (FP is summed; top class, share and references are per target only). Confusion
+matrices (first probe; rows = true class) come back for the clean test set and for every
+target's triggered test set.
 """
 
 from __future__ import annotations
@@ -30,12 +38,13 @@ import torch.nn as nn
 
 from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.downstream import Downstream, EvalConfig, train_predictor
-from sslpoison.eval.features import FeatureCache
+from sslpoison.eval.features import FeatureCache, extract_features
 from sslpoison.eval.metrics import (
     accuracy,
     attack_success_rate,
     confusion_matrix,
     false_positives,
+    top_prediction,
 )
 from sslpoison.eval.rows import ATTACKED, CLEAN, Evaluation, Row
 from sslpoison.poisoning import BackdoorTarget
@@ -45,16 +54,16 @@ log = logging.getLogger(__name__)
 
 
 def metric_key(encoder: str, dataset: str, metric: str, target: str | None = None) -> str:
-    """The flat key of ``metric`` ('acc', 'asr' or 'fp') of one encoder on one dataset (and
-    one of its targets, when several share the dataset)."""
+    """The flat key of ``metric`` ('acc', 'asr', 'fp', 'top_class', ...) of one encoder on one
+    dataset (and one of its targets, when several share the dataset)."""
     if target is not None:
         dataset = f"{dataset}/{target}"
-    names = {
-        CLEAN: {"acc": "ca", "asr": "asr_b", "fp": "fp_clean"},
-        ATTACKED: {"acc": "ba", "asr": "asr", "fp": "fp_poisoned"},
-    }
-    if encoder in names:
-        return f"{dataset}/{names[encoder][metric]}"
+    if encoder == CLEAN:
+        names = {"acc": "ca", "asr": "asr_b", "fp": "fp_clean"}
+        return f"{dataset}/{names.get(metric, f'{metric}_b')}"
+    if encoder == ATTACKED:
+        names = {"acc": "ba", "fp": "fp_poisoned"}
+        return f"{dataset}/{names.get(metric, metric)}"
     return f"{encoder}/{dataset}/{'ba' if metric == 'acc' else metric}"
 
 
@@ -76,6 +85,26 @@ def triggered_copy(data: ImageSet, trigger: PatchTrigger, seed: int = 0) -> Imag
     """``data`` with the trigger pasted into every image (seeded placement)."""
     images, _ = trigger.apply(data.images, torch.Generator().manual_seed(seed))
     return data.with_images(images, name=f"{data.name}+trigger")
+
+
+def collapse_note(
+    role: str,
+    target: BackdoorTarget,
+    top_name: str,
+    share: float,
+    asr: float,
+    ref_target: float | None,
+) -> str:
+    """One line: the ``role`` encoder's triggered images collapsed onto ``top_name``, not the
+    target (and how the probe classifies the references, where there are)."""
+    line = (
+        f"{target.dataset}, {role} encoder: the backdoor collapsed onto {top_name!r} "
+        f"({100 * share:.1f} % of triggered non-target test images), not the target "
+        f"{target.class_name!r} (ASR {asr:.4f})"
+    )
+    if ref_target is not None:
+        line += f"; the probe calls {100 * ref_target:.0f} % of the reference images the target"
+    return line
 
 
 def evaluate_backdoor(
@@ -111,6 +140,10 @@ def evaluate_backdoor(
             f_test = cache.get(encoder, test)
             y_test = test.labels.to(f_test.device)
             f_trig = [cache.get(encoder, t) for t in triggered]
+            f_refs = [
+                None if t.references is None else extract_features(encoder, t.references)
+                for t in mine
+            ]
             rows: list[Row] = []
             for i, kind in enumerate(cfg.probes):
                 suffix = "" if i == 0 else f"_{kind}"
@@ -121,13 +154,23 @@ def evaluate_backdoor(
                 if i == 0:
                     conf["clean"][role] = confusion_matrix(pred, y_test, test.num_classes).tolist()
                 rates, fps = [], 0
-                for t, f in zip(mine, f_trig, strict=True):
+                for t, f, f_ref in zip(mine, f_trig, f_refs, strict=True):
                     pred_t = predict(f)
                     rates.append(attack_success_rate(pred_t, y_test, t.target_class))
                     fps += false_positives(pred_t, y_test, t.target_class)
+                    one = {**at, "target": t.class_name if len(mine) > 1 else None}
                     if len(mine) > 1:
-                        rows.append(
-                            backdoor_row(**at, metric="asr", value=rates[-1], target=t.class_name)
+                        rows.append(backdoor_row(**one, metric="asr", value=rates[-1]))
+                    top, share = top_prediction(pred_t, y_test, t.target_class)
+                    rows.append(backdoor_row(**one, metric="top_class", value=top))
+                    rows.append(backdoor_row(**one, metric="top_share", value=share))
+                    ref_target = None
+                    if f_ref is not None:
+                        ref_target = (predict(f_ref) == t.target_class).double().mean().item()
+                        rows.append(backdoor_row(**one, metric="ref_target", value=ref_target))
+                    if i == 0 and role != CLEAN and top != t.target_class and share >= 0.5:
+                        out.notes.append(
+                            collapse_note(role, t, test.classes[top], share, rates[-1], ref_target)
                         )
                     if i == 0:
                         conf["triggered"].setdefault(t.class_name, {})[role] = confusion_matrix(
@@ -138,8 +181,14 @@ def evaluate_backdoor(
                     if count_fp:
                         rows.append(backdoor_row(**at, metric="fp", value=fps))
             first = cfg.probes[0]
-            shown = {r.metric: round(r.value, 4) for r in rows if r.probe == first and not r.target}
+            shown = {
+                r.metric: round(r.value, 4)
+                for r in rows
+                if r.probe == first and not r.target and r.metric in ("acc", "asr", "fp")
+            }
             log.info("%s encoder on %s: %s", role, name, shown)
             out.rows += rows
         out.confusion[name] = conf
+    for note in out.notes:
+        log.warning("%s", note)
     return out

@@ -11,6 +11,8 @@ One vocabulary everywhere (see ``docs/algorithms.md``, "Metrics"):
   :func:`attack_success_rate`.
 - **FP** (Saha et al., CVPR 2022): number of triggered non-target inputs predicted as the
   target; :func:`false_positives`, reported with :func:`confusion_matrix`.
+- **Top class / share**: where the triggered non-target inputs go, whatever the target
+  (a backdoor that collapsed onto another class shows here); :func:`top_prediction`.
 - **Accuracy drop** (indiscriminate poisoning): :func:`accuracy_drop`.
 - **Poison rate**, always both ways: :func:`poison_rates`.
 
@@ -29,6 +31,7 @@ __all__ = [
     "confusion_matrix",
     "false_positives",
     "poison_rates",
+    "top_prediction",
 ]
 
 
@@ -144,6 +147,38 @@ def false_positives(
     """
     pred, mask = _non_target_mask(pred_triggered, labels, target, num_classes)
     return int((pred[mask] == target).sum().item())
+
+
+def top_prediction(
+    pred_triggered: torch.Tensor,
+    labels: torch.Tensor,
+    target: int,
+    *,
+    num_classes: int | None = None,
+) -> tuple[int, float]:
+    """Where triggered non-target inputs go: the class most of them are predicted as, and
+    the share predicted as it.
+
+    A working backdoor gives (``target``, ASR). A backdoor that collapsed every triggered
+    input onto one embedding the probe calls another class gives that class with a share
+    near 1, while ASR stays near 0. Ties go to the lowest class index.
+
+    Args:
+        pred_triggered: ``(N,)`` predictions on the triggered test inputs.
+        labels: ``(N,)`` true class indices of those inputs.
+        target: the attacker's target class.
+        num_classes: if given, ``target`` must be below it.
+
+    Returns:
+        (class index, share in ``[0, 1]``).
+
+    Raises:
+        ValueError: as :func:`attack_success_rate`.
+    """
+    pred, mask = _non_target_mask(pred_triggered, labels, target, num_classes)
+    counts = torch.bincount(pred[mask])
+    top = int(counts.argmax().item())
+    return top, (counts[top].double() / mask.sum().double()).item()
 
 
 def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

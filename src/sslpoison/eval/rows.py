@@ -47,12 +47,14 @@ class Row:
 
 @dataclass
 class Evaluation:
-    """An evaluation's rows and, per dataset, the first probe's confusion matrices (backdoor
+    """An evaluation's rows; per dataset, the first probe's confusion matrices (backdoor
     evaluations): ``confusion[dataset]`` = ``{"classes": [...], "clean": {encoder: C×C},
-    "triggered": {class_name: {encoder: C×C}}}`` (nested lists of counts)."""
+    "triggered": {class_name: {encoder: C×C}}}`` (nested lists of counts); and ``notes``,
+    one line each, that the summary shows (e.g. a backdoor that missed its target)."""
 
     rows: list[Row] = field(default_factory=list)
     confusion: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def metrics_of(rows: Iterable[Row]) -> dict[str, float | int]:

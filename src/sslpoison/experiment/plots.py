@@ -65,6 +65,34 @@ def line_plot(
     return path
 
 
+def heat_map(
+    values: dict[str, dict[str, float | None]], xlabel: str, ylabel: str, path: Path, title: str
+) -> Path:
+    """A grid of numbers in [0, 1]: ``values[row][column]`` (None: not measured), each cell
+    coloured and written out."""
+    rows = list(values)
+    cols = list(dict.fromkeys(c for r in rows for c in values[r]))
+    m = np.array(
+        [[np.nan if values[r].get(c) is None else values[r][c] for c in cols] for r in rows]
+    )
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(cols), 1.4 + 0.4 * len(rows)))
+    ax.imshow(m, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            text = "-" if np.isnan(m[i, j]) else f"{m[i, j]:.2f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write_via(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    return path
+
+
 def plot_trigger(mask: torch.Tensor, trigger: torch.Tensor, path: Path, title: str) -> Path:
     """An inverted trigger: its mask (H×W in [0, 1]) and the stamped pattern mask·pattern
     (C×H×W in [0, 1]) side by side."""

@@ -147,11 +147,18 @@ class Run:
         self.encoders[role] = out
         return str(self.cache.path("pretrain", record["key"]))
 
-    def attack(self, attack: EncoderAttack, data: ImageSet, targets: list[BackdoorTarget]) -> str:
-        """The ``attacked`` encoder: ``attack`` on the clean one; returns its cache folder."""
-        args = (attack, self.encoders[CLEAN], data, targets, self.seed, self.cache, self.device)
+    def attack(
+        self, attack: EncoderAttack, data: ImageSet, targets: list[BackdoorTarget]
+    ) -> tuple[str, list[BackdoorTarget]]:
+        """The ``attacked`` encoder: ``attack`` on the clean one with its shadow images of the
+        pre-training set ``data``; returns its cache folder and the prepared targets."""
+        clean = self.encoders[CLEAN]
+        with self.timed("attack"):
+            shadow = attack.shadow_subset(data, seed=self.seed)
+            targets = attack.prepare_targets(clean, shadow, targets, self.seed)
+        args = (attack, clean, shadow, targets, self.seed, self.cache, self.device)
         self.encoders[ATTACKED], record = self.stage("attack", attack_stage, *args)
-        return str(self.cache.path("attack", record["key"]))
+        return str(self.cache.path("attack", record["key"])), targets
 
     def defend(self, defense: DefenseConfig, data: ImageSet) -> None:
         """``defense`` of the attacked encoder, as encoder ``<name>`` (and, as a control, of
@@ -208,7 +215,7 @@ def run_experiment(
         folder = run.pretrain(ATTACKED, "pretrain_poisoned", cfg.pretrain, poisoned.data, about)
         run.artifacts["poisoned_stage_cache"] = folder
     if strikes(attack, Hook.ENCODER):
-        run.artifacts["attack_stage_cache"] = run.attack(attack, data, targets)
+        run.artifacts["attack_stage_cache"], targets = run.attack(attack, data, targets)
     for defense in cfg.defenses:
         run.defend(defense, data)
     for detector in cfg.detectors:
@@ -250,7 +257,9 @@ def write_run(
     ``results.json``; return the results."""
     rows, probe = run.rows(evaluation, measured), cfg.eval.probes[0]
     out.mkdir(parents=True, exist_ok=True)
-    tables = summary_tables(rows, probe, run.stages)
+    tables = summary_tables(rows, probe, run.stages) + (
+        ["\n".join(evaluation.notes)] if evaluation.notes else []
+    )
     if cfg.attack is not None:
         run.artifacts |= write_backdoor_artifacts(
             out, targets, outcome.poisoned, evaluation, outcome.downstream, cfg.seed

@@ -199,15 +199,22 @@ def pretrain_stage(
 
 
 def attack_key(
-    attack: EncoderAttack, clean: nn.Module, shadow: ImageSet, seed: int, device: torch.device
+    attack: EncoderAttack,
+    clean: nn.Module,
+    shadow: ImageSet,
+    targets: list[BackdoorTarget],
+    seed: int,
+    device: torch.device,
 ) -> str:
     """The encoder attack stage's key: its config (precision on ``device``), the clean
-    encoder's weights, the shadow images and the seed."""
+    encoder's weights, the shadow images, the prepared targets (their references, by index)
+    and the seed."""
     return stage_key(
         "attack",
         attack=key_slice(attack, device),
         clean=module_hash(clean),
         shadow=tensor_hash(shadow.images),
+        targets=[t.record() for t in targets],
         seed=seed,
     )
 
@@ -215,25 +222,26 @@ def attack_key(
 def attack_stage(
     attack: EncoderAttack,
     clean: nn.Module,
-    data: ImageSet,
+    shadow: ImageSet,
     targets: list[BackdoorTarget],
     seed: int,
     cache: StageCache,
     device: torch.device,
 ) -> StageResult:
-    """The attacked encoder (``attack.run`` on a copy of ``clean`` with the attack's shadow
-    images of the pre-training set ``data``), from the cache when this exact stage ran before.
+    """The attacked encoder (``attack.run`` on a copy of ``clean`` with the ``shadow``
+    images and the prepared ``targets``), from the cache when this exact stage ran before.
+    The record lists the targets (with their reference indices).
 
     Returns (attacked encoder, the stage's record, whether it came from the cache).
     """
-    shadow = attack.shadow_subset(data, seed=seed)
-    key = attack_key(attack, clean, shadow, seed, device)
+    key = attack_key(attack, clean, shadow, targets, seed, device)
 
     def train(checkpoints: Path) -> tuple[nn.Module, FitResult | None, dict[str, Any]]:
         done = attack.run(
             copy.deepcopy(clean), shadow, targets, seed=seed, checkpoint_dir=checkpoints
         )
-        return done.encoder, done.fit, {"shadow_images": len(shadow), **done.record}
+        record = {"shadow_images": len(shadow), "targets": [t.record() for t in targets]}
+        return done.encoder, done.fit, {**record, **done.record}
 
     card = {"attack": attack.model_dump(mode="json")}
     return encoder_stage(cache, "attack", key, device, train, card)

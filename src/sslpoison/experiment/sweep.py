@@ -10,6 +10,10 @@ A sweep file (YAML)::
     metrics: [fashion-mnist/fp_clean, fashion-mnist/fp_poisoned]   # table columns
     plot: {x: attack.poison, y: [fashion-mnist/fp_poisoned]}       # optional PNG
     reach: {x: attack.poison, y: fashion-mnist/fp_poisoned, at: 50}  # optional: smallest x
+    heatmap: {rows: attack.trigger.size, value: fashion-mnist/fp_poisoned}  # optional
+
+``heatmap``: one row per value of the grid key ``rows``, one column per setting of the other
+grid keys, ``value`` in each cell — as a table in ``sweep.md`` and ``OUT/sweep-heatmap.png``.
 
 Each run writes ``OUT/<i>-<key=value,...>/results.json`` like ``sslpoison run``; the stage
 cache shares what the runs have in common (the clean encoder). ``OUT/sweep.json`` and
@@ -53,6 +57,14 @@ class ReachSpec(Config):
     at: float
 
 
+class HeatmapSpec(Config):
+    """A table and a picture of metric ``value``: rows = values of grid key ``rows``, columns
+    = settings of the other grid keys."""
+
+    rows: str
+    value: str
+
+
 class SweepConfig(Config):
     """A sweep file (see the module doc)."""
 
@@ -63,6 +75,7 @@ class SweepConfig(Config):
     metrics: list[str] = Field(default_factory=list)
     plot: PlotSpec | None = None
     reach: ReachSpec | None = None
+    heatmap: HeatmapSpec | None = None
 
 
 def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
@@ -77,10 +90,11 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
     for key, values in sweep.grid.items():
         if not values:
             raise ConfigError(f"{p}: grid.{key}: no values")
-    for section in ("plot", "reach"):
+    for section, field in (("plot", "x"), ("reach", "x"), ("heatmap", "rows")):
         spec = getattr(sweep, section)
-        if spec is not None and spec.x not in sweep.grid:
-            raise ConfigError(f"{p}: {section}.x: {spec.x!r} is not a grid key")
+        if spec is not None and getattr(spec, field) not in sweep.grid:
+            key = getattr(spec, field)
+            raise ConfigError(f"{p}: {section}.{field}: {key!r} is not a grid key")
     base = Path(sweep.base)
     return sweep, base if base.is_absolute() else p.parent / base
 
@@ -150,6 +164,44 @@ def format_reach(rows: list[dict[str, Any]], spec: ReachSpec, grid_keys: list[st
     return "\n".join(lines)
 
 
+def cell_label(value: Any) -> str:
+    """A grid value as a short label (strings as they are, the rest as compact JSON)."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def heatmap_values(
+    rows: list[dict[str, Any]], spec: HeatmapSpec, grid_keys: list[str]
+) -> dict[str, dict[str, float | None]]:
+    """``{row label: {column label: value}}``: rows = values of ``spec.rows``, columns = the
+    other grid keys' settings (``key=value, ...``, last key part only)."""
+    others = [k for k in grid_keys if k != spec.rows]
+    values: dict[str, dict[str, float | None]] = {}
+    for row in rows:
+        column = ", ".join(f"{k.split('.')[-1]}={cell_label(row[k])}" for k in others)
+        values.setdefault(cell_label(row[spec.rows]), {})[column or spec.value] = row.get(
+            spec.value
+        )
+    return values
+
+
+def format_heatmap(values: dict[str, dict[str, float | None]], spec: HeatmapSpec) -> str:
+    """The heat map as a Markdown table (columns numbered, their settings listed below)."""
+    cols = list(dict.fromkeys(c for r in values.values() for c in r))
+    lines = [
+        f"{spec.value} by {spec.rows} (rows) and setting (columns):",
+        "",
+        "| "
+        + " | ".join([spec.rows.split(".")[-1], *(f"({i + 1})" for i in range(len(cols)))])
+        + " |",
+        "|" + "---|" * (len(cols) + 1),
+    ]
+    for label, cells in values.items():
+        shown = ["-" if cells.get(c) is None else f"{cells[c]:.4f}" for c in cols]
+        lines.append("| " + " | ".join([label, *shown]) + " |")
+    lines += ["", *(f"({i + 1}) {c}" for i, c in enumerate(cols))]
+    return "\n".join(lines)
+
+
 def plot_sweep(rows: list[dict[str, Any]], spec: PlotSpec, grid_keys: list[str], path: Path):
     from sslpoison.experiment.plots import line_plot
 
@@ -205,10 +257,21 @@ def run_sweep(
         table = format_sweep_table(rows, columns) + "\n"
         if sweep.reach is not None:
             table += "\n" + format_reach(rows, sweep.reach, list(sweep.grid)) + "\n"
+        if sweep.heatmap is not None:
+            grid = heatmap_values(rows, sweep.heatmap, list(sweep.grid))
+            table += "\n" + format_heatmap(grid, sweep.heatmap) + "\n"
         atomic_write_json(out / "sweep.json", {"grid": sweep.grid, "rows": rows})
         atomic_write_text(out / "sweep.md", table)
     if sweep.plot is not None and rows:
         plot_sweep(rows, sweep.plot, list(sweep.grid), out / "sweep.png")
+    if sweep.heatmap is not None and rows:
+        from sslpoison.experiment.plots import heat_map
+
+        spec = sweep.heatmap
+        grid = heatmap_values(rows, spec, list(sweep.grid))
+        heat_map(
+            grid, "setting", spec.rows, out / "sweep-heatmap.png", f"{sweep.name}: {spec.value}"
+        )
     return rows
 
 
