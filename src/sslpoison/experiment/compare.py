@@ -175,12 +175,13 @@ def compare(runs: Sequence[StoredRun], patterns: Sequence[str] = ()) -> Comparis
 
 def format_cell(values: Sequence[float | int], digits: int = 4) -> str:
     """``mean ± std`` (``mean`` alone for one value, ``-`` for none) to ``digits`` places;
-    counts (integers) as integers, their mean ± std to one place."""
+    counts (integers) as integers (one count when all are equal), their mean ± std to one
+    place."""
     if not values:
         return "-"
     integer = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
     m, s = mean_std(values)
-    if s is None:
+    if s is None or (integer and s == 0):
         return f"{m:.0f}" if integer else f"{m:.{digits}f}"
     d = 1 if integer else digits
     return f"{m:.{d}f} ± {s:.{d}f}"

@@ -279,8 +279,9 @@ def defenses_section(groups: Sequence[Group], attack: str | None) -> str | None:
         "its wall time (training, and MI estimation for MIMIC; the original run's when the "
         "stage came from the cache). clean and attacked are the references.</p>"
     )
-    body = figure(defense_scatter(points, title), "accuracy against ASR") + table(headers, lines)
-    return fold("Defenses compared", body + note)
+    listed = fold(f"{len(lines)} lines", table(headers, lines) + note, len(lines) <= FOLD_AFTER, 4)
+    body = figure(defense_scatter(points, title), "accuracy against ASR") + listed
+    return fold("Defenses compared", body)
 
 
 def _number(value: Any) -> bool:
