@@ -60,10 +60,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of a nested config (list items by index: ``defenses.0.clean``)."""
+    """Dotted keys of a nested config (items of a list of sections by index:
+    ``defenses.0.clean``; a list of plain values stays one value)."""
     if isinstance(config, dict):
         items = config.items()
-    elif isinstance(config, list) and config:
+    elif isinstance(config, list) and any(isinstance(v, (dict, list)) for v in config):
         items = ((str(i), v) for i, v in enumerate(config))
     else:
         return {prefix: config}
@@ -128,7 +129,7 @@ def _short(value: Any) -> str:
 def group_runs(runs: Sequence[StoredRun]) -> list[Group]:
     """The runs grouped by setting (:func:`~sslpoison.experiment.store.settings_key`), in the
     order first met; each group's ``differs`` names the settings (seeds aside) in which it
-    differs from another group of the same preset."""
+    differs from another group of the same preset, those its value is rarest in first."""
     by_setting: dict[str, list[StoredRun]] = {}
     for run in runs:
         by_setting.setdefault(run.settings, []).append(run)
@@ -139,10 +140,11 @@ def group_runs(runs: Sequence[StoredRun]) -> list[Group]:
         peers = [flat[s] for s, m in by_setting.items() if m[0].name == name and s != setting]
         mine = flat[setting]
         keys = dict.fromkeys([*mine, *(k for p in peers for k in p)])
+        shared = {k: sum(p.get(k, "-") == mine.get(k, "-") for p in peers) for k in keys}
         differs = {
             k: mine.get(k, "-")
-            for k in keys
-            if any(p.get(k, "-") != mine.get(k, "-") for p in peers)
+            for k in sorted(keys, key=lambda k: shared[k])  # what sets it apart most, first
+            if shared[k] < len(peers)
         }
         groups.append(Group(name, members, differs))
     return groups

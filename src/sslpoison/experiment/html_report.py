@@ -240,7 +240,7 @@ def defense_cost(run: StoredRun, encoder: str) -> dict[str, float]:
 
 
 def defenses_section(groups: Sequence[Group], attack: str | None) -> str | None:
-    points, lines = [], []
+    points, lines, with_fp = [], [], False
     for g in groups:
         cells = merged(g, encoder_cells)
         defended = {
@@ -269,11 +269,15 @@ def defenses_section(groups: Sequence[Group], attack: str | None) -> str | None:
                 + [number_td(c.get(k, [])) for k in ("acc", "asr", "fp")]
                 + [number_td(cost.get("clean", []), 0), number_td(cost.get("wall", []), 1)]
             )
+            with_fp = with_fp or "fp" in c
     if not points:
         return None
     title = f"{attack_title(attack)}: accuracy against ASR per encoder (best: bottom right)"
     headers = ["setting", "runs", "dataset", "encoder", "accuracy", "ASR", "FP"]
     headers += ["clean images", "wall s"]
+    if not with_fp:
+        headers.pop(6)
+        lines = [line[:6] + line[7:] for line in lines]
     note = (
         "<p class=note>clean images: the clean pre-training images the defense used; wall s: "
         "its wall time (training, and MI estimation for MIMIC; the original run's when the "
@@ -303,40 +307,45 @@ def swept_cells(run: StoredRun) -> dict[tuple[str, str, str], float]:
     return out
 
 
-def sweeps_section(groups: Sequence[Group], attack: str | None) -> str | None:
+def sweep_panels(members: Sequence[Group], x: str) -> dict[str, list[Series]]:
+    """The lines of one sweep: for each metric, one line per (dataset, encoder, the other
+    settings that differ), over the values of the setting ``x`` (lines of one point left out)."""
+    panels: dict[str, dict[str, list]] = {}
+    for g in members:
+        others = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in g.differs.items() if k != x)
+        cells = merged(g, lambda run: {0: swept_cells(run)}).get(0, {})
+        for (metric, d, e), values in cells.items():
+            line = f"{d} · {e}" + (f" · {others}" if others else "")
+            panels.setdefault(metric, {}).setdefault(line, []).append(
+                (g.differs[x], *mean_std(values))
+            )
+    shown = {}
+    for metric, lines in panels.items():
+        series = [
+            Series(k if len(k) <= 60 else k[:57] + "...", tuple(points))
+            for k, points in lines.items()
+            if len(points) > 1
+        ]
+        if series:
+            shown[dict(COLUMNS).get(metric, metric)] = series
+    return shown
+
+
+def sweeps_section(groups: Sequence[Group]) -> str | None:
+    """Line plots of the headline numbers against each numeric setting that differs between
+    the groups of one preset."""
     by_name: dict[str, list[Group]] = {}
     for g in groups:
         by_name.setdefault(g.name, []).append(g)
     figures = []
     for name, members in by_name.items():
-        if len(members) < 2:
-            continue
-        keys = dict.fromkeys(k for g in members for k in g.differs)
-        for x in keys:
-            xs = {g.differs.get(x) for g in members}
-            if len(xs) < 2 or not all(_number(v) for v in xs):
+        for x in dict.fromkeys(k for g in members for k in g.differs):
+            xs = [g.differs.get(x) for g in members]
+            if len(members) < 2 or not all(_number(v) for v in xs) or len(set(xs)) < 2:
                 continue
-            panels: dict[str, dict[str, list]] = {}
-            for g in members:
-                others = ", ".join(
-                    f"{k.split('.')[-1]}={v}" for k, v in g.differs.items() if k != x
-                )
-                for (metric, d, e), values in (
-                    merged(g, lambda r: {0: swept_cells(r)}).get(0, {}).items()
-                ):
-                    label = f"{d} · {e}" + (f" · {others}" if others else "")
-                    m, s = mean_std(values)
-                    panels.setdefault(metric, {}).setdefault(label, []).append((g.differs[x], m, s))
-            shown = {
-                dict(COLUMNS).get(m, m): [
-                    Series(k, tuple(p)) for k, p in lines.items() if len(p) > 1
-                ]
-                for m, lines in panels.items()
-            }
-            shown = {k: v for k, v in shown.items() if v}
-            if shown:
+            if panels := sweep_panels(members, x):
                 title = f"{name}: against {x}"
-                figures.append(figure(sweep_figure(shown, x, title), title))
+                figures.append(figure(sweep_figure(panels, x, title), title))
     return fold("Sweeps", "".join(figures)) if figures else None
 
 
@@ -411,7 +420,7 @@ def attack_section(attack: str | None, runs: Sequence[StoredRun]) -> str:
     parts = [
         encoders_section(groups),
         defenses_section(groups, attack),
-        sweeps_section(groups, attack),
+        sweeps_section(groups),
         detectors_section(groups),
         pictures_section(groups),
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,9 @@ def sweep_figure(panels: dict[str, list[Series]], xlabel: str, title: str) -> st
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    with warnings.catch_warnings():  # long legends: the layout is tightened as far as it goes
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     return figure_uri(fig)
 
 
