@@ -46,13 +46,16 @@ def test_losses_and_metrics_land_in_tensorboard_event_files(tmp_path):
     cfg = TrackerConfig(kind="tensorboard")
     with tracking(cfg, tmp_path) as tracker:
         first, second = train(3), train(2)
-        tracker.log_results({"d/asr": 0.75}, {"total": 12.5}, {"name": "x"})
+        stages = {"pretrain": {"cached": True, "losses": [3.0, 2.0]}, "attack": {"losses": [1]}}
+        tracker.log_results({"d/asr": 0.75}, {"total": 12.5}, {"name": "x"}, stages)
     logged = scalars(tmp_path / "tensorboard")
     assert [s for s, _ in logged["loss/regression"]] == [1, 2, 3]
     assert [v for _, v in logged["loss/regression"]] == pytest.approx(first.losses)
     assert [v for _, v in logged["loss/regression #2"]] == pytest.approx(second.losses)
     assert logged["metrics/d/asr"] == [(0, pytest.approx(0.75))]
     assert logged["time/total"] == [(0, pytest.approx(12.5))]
+    assert logged["loss/pretrain (cached)"] == [(1, 3.0), (2, 2.0)]
+    assert "loss/attack (cached)" not in logged  # trained in this run: logged by its fit
     assert epoch_loggers("after") == []  # inactive once the block ends
     train(1)
     assert len(scalars(tmp_path / "tensorboard")["loss/regression"]) == 3

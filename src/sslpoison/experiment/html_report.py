@@ -85,9 +85,8 @@ SWEPT = ("asr", "acc", "fp", "zs_asr", "targeted_success", "drop")
 #: Sections longer than this many table lines start folded.
 FOLD_AFTER = 80
 
-LineKey = tuple[
-    str | None, str, str, str | None, str | None
-]  # dataset, encoder, probe, target, setting
+#: A line of the encoder table: (dataset, encoder, probe, target, setting).
+LineKey = tuple[str | None, str, str, str | None, str | None]
 
 
 def esc(value: Any) -> str:

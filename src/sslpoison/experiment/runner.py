@@ -196,7 +196,7 @@ def run_experiment(
     with tracking(cfg.tracker, Path(out_dir)) as tracker:
         results = _run_experiment(cfg, Path(out_dir), device, training_done)
         if tracker is not None and results is not None:
-            tracker.log_results(results.metrics, results.timings, results.config)
+            tracker.log_results(results.metrics, results.timings, results.config, results.stages)
     if results is not None:
         store_finished_run(out_dir, cfg.results_db)
     return results

@@ -6,7 +6,8 @@ Active only when the experiment configures it (``tracker: {kind: tensorboard}``)
 run logs one warning and goes on without it. While :func:`tracking` is open, every
 :func:`~sslpoison.train.engine.fit` logs its epoch losses as ``loss/<desc>`` (``loss/<desc>
 #2`` for the second fit with the same description, ...), step = epoch; the run's metrics
-follow as ``metrics/<key>`` and its stage timings as ``time/<stage>``. Only rank 0 logs.
+follow as ``metrics/<key>``, its stage timings as ``time/<stage>`` and the losses of the
+stages it took from the cache as ``loss/<stage> (cached)``. Only rank 0 logs.
 """
 
 from __future__ import annotations
@@ -62,12 +63,24 @@ class TensorBoardTracker:
         n = self.fits[desc]
         return f"loss/{desc}" + (f" #{n}" if n > 1 else "")
 
-    def log_results(self, metrics: dict[str, float], timings: dict[str, float], config: Any):
-        """The run's final metrics (step 0), stage timings and config (as JSON text)."""
+    def log_results(
+        self,
+        metrics: dict[str, float],
+        timings: dict[str, float],
+        config: Any,
+        stages: dict[str, Any] | None = None,
+    ) -> None:
+        """The run's final metrics (step 0), stage timings and config (as JSON text); the
+        losses of the stages that came from the cache (no fit ran to log them) as
+        ``loss/<stage> (cached)``."""
         for key, value in metrics.items():
             self.scalar(f"metrics/{key}", value, 0)
         for stage, seconds in timings.items():
             self.scalar(f"time/{stage}", seconds, 0)
+        for stage, record in (stages or {}).items():
+            if isinstance(record, dict) and record.get("cached"):
+                for epoch, loss in enumerate(record.get("losses") or [], start=1):
+                    self.scalar(f"loss/{stage} (cached)", loss, epoch)
         self.text("config", "```\n" + json.dumps(config, indent=2) + "\n```")
 
     def close(self) -> None:
