@@ -14,10 +14,13 @@ from sslpoison.train import precision
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own stage cache; CPU threads are kept modest; ``amp_cpu: auto``
-    resolves to fp32 on every machine (the numbers a test expects must not depend on whether
-    the CPU has native bf16; tests of the precision choice patch this themselves)."""
+    """Every test gets its own stage cache and results store; CPU threads are kept modest;
+    ``amp_cpu: auto`` resolves to fp32 on every machine (the numbers a test expects must not
+    depend on whether the CPU has native bf16; tests of the precision choice patch this
+    themselves)."""
     monkeypatch.setenv("SSLPOISON_CACHE", str(tmp_path_factory.mktemp("cache")))
+    store = tmp_path_factory.mktemp("store") / "results.sqlite"
+    monkeypatch.setenv("SSLPOISON_RESULTS", str(store))
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     torch.set_num_threads(2)
 

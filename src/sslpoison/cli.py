@@ -3,7 +3,8 @@ library, print what it wrote.
 
 ``sslpoison run CONFIG.yaml [--set key=value ...] [--out DIR]``,
 ``sslpoison sweep SWEEP.yaml [--set key=value ...] [--out DIR]``,
-``sslpoison datasets [--check NAME]``, ``sslpoison fetch NAME``.
+``sslpoison datasets [--check NAME]``, ``sslpoison fetch NAME``; the results store's
+``sslpoison runs [import DIR...]`` and ``sslpoison report`` (:mod:`sslpoison.cli_runs`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from sslpoison.cli_runs import add_commands
 
 if TYPE_CHECKING:
     from sslpoison.experiment.config import ExperimentConfig
@@ -116,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("name")
     fe.add_argument("--dest", help="folder (default $SSLPOISON_DATA/NAME or ~/.cache/sslpoison)")
     fe.set_defaults(func=_fetch)
+    add_commands(sub)
     return parser
 
 

@@ -18,7 +18,9 @@ def test_run_writes_results_and_reuses_the_cached_encoder(
     cfg = write_config(tiny_experiment)
     assert main(["run", cfg, "--out", str(tmp_path / "a")]) == 0
     results = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert set(results) == {"metrics", "config", "timings", "artifacts", "stages"}
+    assert set(results) == {
+        "metrics", "config", "timings", "artifacts", "stages", "rows", "provenance"
+    }  # fmt: skip
     m = results["metrics"]
     for key in ("linear_acc", "knn_acc", "linear_acc_random_init", "linear_acc_pixels"):
         assert 0.0 <= m[f"synthetic/{key}"] <= 1.0

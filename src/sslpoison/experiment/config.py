@@ -28,6 +28,7 @@ from sslpoison.defenses import DEFENSES, DefenseSpec
 from sslpoison.detectors import DETECTORS, DetectorSpec
 from sslpoison.eval.downstream import EvalConfig
 from sslpoison.ssl.pretrain import PretrainConfig
+from sslpoison.train.tracker import TrackerConfig
 
 #: Defense and detector names, which pydantic writes into the key path of errors.
 TAGS = frozenset(DEFENSES) | frozenset(DETECTORS)
@@ -62,6 +63,9 @@ class ExperimentConfig(Config):
     device: str = "auto"
     threads: PositiveInt | None = None  # CPU threads, set by `sslpoison run`; None: default
     cache_dir: str | None = None  # stage cache; default $SSLPOISON_CACHE or ~/.cache/sslpoison
+    # results store: default $SSLPOISON_RESULTS or runs/results.sqlite; false: none
+    results_db: str | Literal[False] | None = None
+    tracker: TrackerConfig | None = None  # per-epoch losses and metrics to TensorBoard
     data: DataConfig = Field(default_factory=DataConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     attack: SerializeAsAny[AttackConfig] | None = None

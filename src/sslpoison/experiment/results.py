@@ -2,14 +2,16 @@
 
 ``results.json``: ``{"metrics": {key: number}, "config": the full config, "timings": {stage:
 seconds}, "artifacts": {name: path}, "stages": {stage: what it did (cache hit, resumed
-epoch, losses)}}``; ``metrics`` is made from the run's rows.
+epoch, losses)}, "rows": [the typed rows, as dicts], "provenance": {package and torch
+version, git commit, device, CPU capability, precision, seed, ...}}``; ``metrics`` is made
+from the run's rows. Folders written before ``rows`` and ``provenance`` existed lack them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ class Results:
     artifacts: dict[str, str]
     stages: dict[str, Any]
     tables: list[str]
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, float | int]:
@@ -42,6 +45,8 @@ class Results:
             "timings": self.timings,
             "artifacts": self.artifacts,
             "stages": self.stages,
+            "rows": [asdict(row) for row in self.rows],
+            "provenance": self.provenance,
         }
 
 
@@ -61,3 +66,20 @@ def read_results(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         p = p / "results.json"
     return json.loads(p.read_text())
+
+
+def rows_from_json(items: list[dict[str, Any]]) -> list[Row]:
+    """The :class:`Row` objects of ``results.json``'s ``rows``; an unknown or missing field
+    raises ``ValueError`` naming it."""
+    names = {f.name for f in fields(Row)}
+    rows = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"rows.{i}: not a mapping")
+        if unknown := sorted(set(item) - names):
+            raise ValueError(f"rows.{i}: unknown fields {unknown}")
+        try:
+            rows.append(Row(**item))
+        except TypeError as e:
+            raise ValueError(f"rows.{i}: {e}") from None
+    return rows

@@ -39,6 +39,7 @@ from sslpoison.experiment.outputs import (
     write_backdoor_artifacts,
     write_summary,
 )
+from sslpoison.experiment.provenance import provenance
 from sslpoison.experiment.report import defense_panels, format_summary, summary_tables
 from sslpoison.experiment.results import Results, write_results
 from sslpoison.experiment.stages import (
@@ -49,11 +50,13 @@ from sslpoison.experiment.stages import (
     pretrain_stage,
     pretraining_data,
 )
+from sslpoison.experiment.store import store_finished_run
 from sslpoison.models.backbone import BackboneConfig, build_encoder
 from sslpoison.models.text import Tokenizer
 from sslpoison.poisoning import BackdoorTarget, PoisonedSet
 from sslpoison.ssl.clip import CLIP
 from sslpoison.ssl.pretrain import PretrainConfig
+from sslpoison.train.tracker import tracking
 from sslpoison.utils import resolve_device
 
 log = logging.getLogger(__name__)
@@ -192,9 +195,26 @@ def run_experiment(
     training_done: Callable[[], bool] | None = None,
 ) -> Results | None:
     """Run ``cfg`` on ``device`` (default: ``cfg.device``); write ``out_dir/results.json`` and
-    the artifacts and return them. ``training_done``, called once every training stage is
-    done, is the launcher's: under ``torchrun`` it ends the process group and says whether
-    this process evaluates (rank 0); the others return None there."""
+    the artifacts, add the run to the results store (``cfg.results_db``) and return them.
+    ``training_done``, called once every training stage is done, is the launcher's: under
+    ``torchrun`` it ends the process group and says whether this process evaluates (rank 0);
+    the others return None there. With ``cfg.tracker``, the engine's losses and the final
+    metrics are logged to it."""
+    with tracking(cfg.tracker, Path(out_dir)) as tracker:
+        results = _run_experiment(cfg, Path(out_dir), device, training_done)
+        if tracker is not None and results is not None:
+            tracker.log_results(results.metrics, results.timings, results.config, results.stages)
+    if results is not None:
+        store_finished_run(out_dir, cfg.results_db)
+    return results
+
+
+def _run_experiment(
+    cfg: ExperimentConfig,
+    out_dir: Path,
+    device: torch.device | None,
+    training_done: Callable[[], bool] | None,
+) -> Results | None:
     run = Run(StageCache(cfg.resolved_cache_dir()), device or resolve_device(cfg.device), cfg.seed)
     check_datasets(cfg)
     attack = cfg.attack
@@ -274,6 +294,7 @@ def write_run(
     card = {"input": shape, "config": config}
     run.artifacts |= save_models(out, run.encoders, run.clips, cfg.pretrain.text, card, keep_clean)
     run.timings["total"] = round(time.perf_counter() - run.started, 3)
-    results = Results(rows, config, run.timings, run.artifacts, run.stages, tables)
+    about = provenance(run.device, run.stages, cfg.seed)
+    results = Results(rows, config, run.timings, run.artifacts, run.stages, tables, about)
     write_results(out, results)
     return results

@@ -46,6 +46,7 @@ from sslpoison.train.checkpoint import (
 )
 from sslpoison.train.optim import OptimConfig, build_optimizer, lr_factor
 from sslpoison.train.precision import AmpSetting, Precision, explain_precision, resolve_precision
+from sslpoison.train.tracker import epoch_loggers
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +194,13 @@ def fit(
             a resumed run restores the RNG state saved in the checkpoint instead.
         checkpoint_dir: where checkpoints go; a complete one there is resumed from.
         desc: label of the progress bar.
-        on_epoch_end: callbacks ``(epoch, mean_loss)`` run after each epoch's checkpoint.
+        on_epoch_end: callbacks ``(epoch, mean_loss)`` run after each epoch's checkpoint
+            (and the active tracker's, :mod:`sslpoison.train.tracker`, when there is one).
 
     Returns: per-epoch losses and throughput. ``task`` holds the trained weights.
     """
     device = next(task.parameters()).device
+    on_epoch_end = [*on_epoch_end, *epoch_loggers(desc)]
     if cfg.channels_last:
         task.to(memory_format=torch.channels_last)
     opt = build_optimizer(task, cfg.optimizer)

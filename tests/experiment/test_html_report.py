@@ -1,0 +1,136 @@
+"""The HTML report: one self-contained page (no network reference, images inlined), with the
+sections each attack calls for; and its screenshot in headless Chromium where there is one."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from handmade import backdoor_rows, png
+
+from sslpoison.cli import main
+from sslpoison.eval.rows import Row
+from sslpoison.experiment.html_report import build_report
+from sslpoison.experiment.store import ResultsStore, import_runs
+
+SCRIPT = Path(__file__).parents[2] / "scripts" / "report_screenshot.py"
+
+
+def runs_folder(make_run, tmp_path) -> Path:
+    """BadEncoder + MIMIC over three seeds (with a detector), a lambda2 sweep, an SSL run."""
+    for seed, acc in enumerate((0.80, 0.84, 0.88)):
+        rows = backdoor_rows(
+            {
+                "clean": {"acc": 0.9, "asr": 0.1},
+                "attacked": {"acc": 0.85, "asr": 0.95},
+                "mimic": {"acc": acc, "asr": 0.02 * (seed + 1)},
+            }
+        )
+        rows.append(Row(None, "attacked", "decree", "flagged", 1, "decree/attacked_flagged"))
+        rows.append(Row(None, "attacked", "decree", "pl1", 0.02, "decree/attacked_pl1"))
+        folder = make_run(
+            f"runs/defended{seed}", rows, seed,
+            defenses=[{"name": "mimic"}], detectors=[{"name": "decree"}],
+        )  # fmt: skip
+        png(folder / "decree-attacked.png", shade=30)
+        results = (folder / "results.json").read_text()
+        extra = f'"trigger_inverted:decree/attacked": "{folder / "decree-attacked.png"}",'
+        (folder / "results.json").write_text(
+            results.replace('"artifacts": {', '"artifacts": {' + extra)
+        )
+    for i, lam in enumerate((1.0, 2.0, 3.0)):
+        rows = backdoor_rows(
+            {"clean": {"acc": 0.9, "asr": 0.1}, "attacked": {"acc": 0.85, "asr": 0.3 * lam}}
+        )
+        attack = {"name": "badencoder", "lambda2": lam, "targets": []}
+        make_run(f"runs/sweep{i}", rows, name="hand-sweep", attack=attack)
+    ssl = [Row("synthetic", "clean", "linear", "acc", 0.7, "synthetic/linear_acc")]
+    make_run("runs/ssl", ssl, name="hand-ssl", attack=None)
+    return tmp_path / "runs"
+
+
+class Tags(HTMLParser):
+    """The page's tags, and the ``src``/``href`` of each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: dict[str, int] = {}
+        self.closed: dict[str, int] = {}
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.opened[tag] = self.opened.get(tag, 0) + 1
+        self.sources += [v for k, v in attrs if k in ("src", "href") and v]
+
+    def handle_endtag(self, tag):
+        self.closed[tag] = self.closed.get(tag, 0) + 1
+
+
+def test_the_page_is_self_contained_and_shows_each_section(tmp_path, make_run):
+    db = tmp_path / "store.sqlite"
+    import_runs([runs_folder(make_run, tmp_path)], db)
+    with ResultsStore(db, read_only=True) as store:
+        page = build_report(store.runs())
+    assert "http://" not in page and "https://" not in page
+    tags = Tags()
+    tags.feed(page)
+    for tag in ("details", "table", "section", "figure"):
+        assert tags.opened[tag] == tags.closed[tag], tag
+    images = [s for s in tags.sources if not s.startswith("#")]
+    assert images and all(s.startswith("data:image/png;base64,") for s in images)
+    for s in images:
+        assert base64.b64decode(s.split(",", 1)[1]).startswith(b"\x89PNG")
+    # Two attack sections; the BadEncoder one with every part; each run's config folded.
+    for text in ("BadEncoder", "No attack", "Encoders", "Defenses compared", "Sweeps"):
+        assert f">{text}" in page, text
+    assert ">Detectors<" in page and ">backdoored<" in page
+    assert "hand-sweep: against attack.lambda2" in page
+    assert "0.8400 ± 0.0400" in page  # MIMIC's accuracy over three seeds
+    assert "0.0500" in page  # CA − BA of the attacked encoder
+    assert page.count('<table class="sortable">') >= 4
+    assert '"lambda2": 3.0' in html.unescape(page) and page.count("<pre>") == 7
+    assert "<script src" not in page and "<link" not in page
+
+
+def test_the_report_command_takes_folders_or_store_filters(tmp_path, make_run, capsys):
+    runs = runs_folder(make_run, tmp_path)
+    out = tmp_path / "a.html"
+    assert main(["report", str(runs / "ssl"), str(runs / "sweep0"), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "hand-ssl" in page and "hand-sweep" in page and "defended0" not in page
+    db = tmp_path / "store.sqlite"
+    import_runs([runs], db)
+    out = tmp_path / "b.html"
+    assert main(["report", "--db", str(db), "--preset", "hand-sweep", "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "3 runs" in page and "hand-ssl" not in page
+    assert "report: " in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
+    reason="no Chromium on PATH",
+)
+def test_the_page_renders_in_headless_chromium_with_the_network_off(tmp_path, make_run):
+    from PIL import Image
+
+    runs = runs_folder(make_run, tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), str(runs), "--out", str(tmp_path / "check"),
+         "--size", "900,700"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    shot = Image.open(tmp_path / "check" / "report.png")
+    assert shot.size == (900, 700)
+    low, high = shot.convert("L").getextrema()
+    assert high - low > 100  # text and tables, not a blank page
+    assert re.search(r"screenshot: .*report\.png", done.stdout)
