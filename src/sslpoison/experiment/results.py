@@ -2,14 +2,16 @@
 
 ``results.json``: ``{"metrics": {key: number}, "config": the full config, "timings": {stage:
 seconds}, "artifacts": {name: path}, "stages": {stage: what it did (cache hit, resumed
-epoch, losses)}}``; ``metrics`` is made from the run's rows.
+epoch, losses)}}``, and ``"warnings": [...]`` when there were any (what the config allowed,
+a damaged cache entry recomputed, an earlier run moved aside); ``metrics`` is made from the
+run's rows.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ class Results:
     artifacts: dict[str, str]
     stages: dict[str, Any]
     tables: list[str]
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict[str, float | int]:
@@ -42,7 +45,7 @@ class Results:
             "timings": self.timings,
             "artifacts": self.artifacts,
             "stages": self.stages,
-        }
+        } | ({"warnings": list(self.warnings)} if self.warnings else {})
 
 
 def write_results(out_dir: str | Path, results: Results) -> Path:
