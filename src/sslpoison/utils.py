@@ -43,6 +43,11 @@ def atomic_write_via(path: Path, write: Callable[[Path], Any]) -> None:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except OSError as e:  # e.g. a full disk: named by the file meant, not the temporary one
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename in (tmp, str(tmp)) and e.errno is not None:
+            raise type(e)(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -58,9 +63,10 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def safe_name(text: str, default: str = "run") -> str:
     """``text`` as one safe file name: every run of characters other than letters, digits,
-    ``.``, ``-``, ``_``, ``=``, ``+`` and ``,`` becomes ``_`` (so no ``/``), leading dots
-    are dropped (no ``..``, no hidden file); ``default`` when nothing is left."""
-    name = re.sub(r"[^\w.=,+-]+", "_", text).lstrip(".")[:200]
+    ``.``, ``-``, ``_``, ``=``, ``+`` and ``,`` becomes ``_`` (so no ``/``), as does a run
+    of dots (no ``..``); leading dots are dropped (no hidden file); ``default`` when nothing
+    is left."""
+    name = re.sub(r"[^\w.=,+-]+|\.{2,}", "_", text).lstrip(".")[:200]
     return name if name.strip("_") else default
 
 

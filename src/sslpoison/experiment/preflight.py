@@ -61,10 +61,12 @@ def writable_folder(path: Path, what: str) -> Path:
             filesystem refuses to create or write it (permissions, read-only, full).
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"{what} {path}: exists and is not a folder")
     try:
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"{what} {path}: exists and is not a folder")
         path.mkdir(parents=True, exist_ok=True)
+    except OutputError:
+        raise
     except OSError as e:
         raise OutputError(f"{what} {path}: cannot be created ({e.strerror or e})") from None
     try:
@@ -198,6 +200,9 @@ def preflight(cfg: Any, out: Path, data: ImageSet, downstream: Downstream) -> No
     """Every check of the module doc, before any training (``cfg``: the experiment's
     :class:`~sslpoison.experiment.config.ExperimentConfig`)."""
     check_counts(cfg, data)
+    for name in cfg.eval.datasets:  # the files first, then what is taken of them
+        downstream.split(name, "train")
+        downstream.split(name, "test")
     for name in cfg.eval.datasets:
         downstream.train(name)
         downstream.test(name)
