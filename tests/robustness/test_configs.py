@@ -79,6 +79,10 @@ def test_a_config_that_is_a_folder_or_missing_is_named(tmp_path, cli):
     assert_user_error(*cli("run", tmp_path / "nope.yaml")[::2], "nope.yaml", "not found")
 
 
+def test_an_endless_config_is_read_no_further_than_the_bound(cli):
+    assert_user_error(*cli("run", "/dev/zero")[::2], "/dev/zero", "KiB")
+
+
 ATTACK = {
     "name": "badencoder",
     "shadow": 8,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -157,6 +158,22 @@ def cifar_not_a_dict(tmp: Path) -> Case:
     root, base = _cifar(tmp)
     (base / "data_batch_1").write_bytes(pickle.dumps([1, 2, 3], protocol=2))
     return "cifar10", root, (str(base / "data_batch_1"), "dict"), "data"
+
+
+def cifar_batch_is_a_fifo(tmp: Path) -> Case:
+    """A named pipe with no writer: reading it would wait forever."""
+    root, base = _cifar(tmp)
+    (base / "data_batch_2").unlink()
+    os.mkfifo(base / "data_batch_2")
+    return "cifar10", root, (str(base / "data_batch_2"), "not a regular file"), "data"
+
+
+def idx_file_is_a_fifo(tmp: Path) -> Case:
+    """A named pipe in place of an IDX file is not taken for it (nor read)."""
+    root = write_mnist(tmp / "mnist")
+    (root / "t10k-labels-idx1-ubyte.gz").unlink()
+    os.mkfifo(root / "t10k-labels-idx1-ubyte.gz")
+    return "mnist", root, (str(root), "holds no mnist files"), "eval"
 
 
 def cifar_damaged_test_batch(tmp: Path) -> Case:
@@ -330,7 +347,8 @@ CASES: list[Callable[[Path], Case]] = [
     idx_short_payload, idx_trailing_bytes, idx_label_out_of_range, idx_label_count,
     idx_damaged_test_split, idx_test_split_other_size,
     cifar_truncated, cifar_empty, cifar_garbage, cifar_meta_without_names, cifar_wrong_shape,
-    cifar_label_out_of_range, cifar_not_a_dict, cifar_damaged_test_batch,
+    cifar_label_out_of_range, cifar_not_a_dict, cifar_batch_is_a_fifo, idx_file_is_a_fifo,
+    cifar_damaged_test_batch,
     svhn_truncated, svhn_empty, svhn_garbage, svhn_without_x, svhn_wrong_shape,
     svhn_label_out_of_range,
     stl_partial_image, stl_labels_out_of_range, stl_labels_short, stl_class_names,

@@ -165,6 +165,17 @@ def encoder_is_a_folder(tmp: Path) -> Case:
     return str(tmp / "enc.pt"), (str(tmp / "enc.pt"), "folder")
 
 
+def encoder_is_a_device(tmp: Path) -> Case:
+    return "/dev/zero", ("/dev/zero", "not a regular file")
+
+
+def weights_are_a_fifo(tmp: Path) -> Case:
+    stem = _saved(tmp)
+    stem.with_suffix(".safetensors").unlink()
+    os.mkfifo(stem.with_suffix(".safetensors"))
+    return str(stem), (str(stem.with_suffix(".safetensors")), "not a regular file")
+
+
 def encoder_missing(tmp: Path) -> Case:
     return str(tmp / "nowhere.pt"), (str(tmp / "nowhere.pt"), "not found")
 
@@ -174,7 +185,8 @@ CASES: list[Callable[[Path], Case]] = [
     weights_missing, card_not_json, card_empty, card_unexpected_argument, card_unknown_arch,
     card_without_args, card_foreign_format, card_wrong_width, weights_nan, plain_weights_inf,
     plain_weights_wrong_keys, pt_garbage, pt_truncated, pt_not_tensors,
-    pt_beside_a_saved_encoder, encoder_is_a_folder, encoder_missing,
+    pt_beside_a_saved_encoder, encoder_is_a_folder, encoder_is_a_device, weights_are_a_fifo,
+    encoder_missing,
 ]  # fmt: skip
 
 

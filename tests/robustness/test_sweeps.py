@@ -69,6 +69,13 @@ def test_a_bad_sweep_is_named_before_any_run(spec, names, sweep, tmp_path, cli, 
     assert not out.exists() and trained_stages(cache_dir) == []
 
 
+def test_a_sweep_out_that_is_a_file_is_named_before_any_run(sweep, tmp_path, cli, cache_dir):
+    out = tmp_path / "table.md"
+    out.write_text("mine")
+    assert_user_error(*cli("sweep", sweep(), "--out", out)[::2], out, "not a folder")
+    assert out.read_text() == "mine" and trained_stages(cache_dir) == []
+
+
 def test_a_metric_no_run_produces_fails_after_the_first_run(sweep, tmp_path, cli):
     """Not 'stayed below 0.5': the key is named, with the metrics that exist, and the
     finished run is kept for the corrected sweep."""

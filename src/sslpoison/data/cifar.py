@@ -117,6 +117,8 @@ def read_batch(path: str | Path) -> dict[str, Any]:
         DataError: the file is missing, empty, truncated or not a pickled dict.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, a pipe, a device
+        raise DataError(f"{path}: not a regular file")
     try:
         with open(path, "rb") as f:
             obj = RestrictedUnpickler(f, encoding="bytes").load()

@@ -77,6 +77,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
+        if path.exists() and not path.is_file():  # a folder, a pipe, a device
+            raise DataError(f"{path}: not a regular file")
         if path.stat().st_size == 0:
             raise DataError(f"{path}: empty file")
         with opener(path, "rb") as f:

@@ -22,6 +22,8 @@ def read_image(file: str | Path, mode: str = "RGB", where: str | None = None) ->
         DataError: naming the file: empty, truncated, damaged or not an image.
     """
     file = Path(file)
+    if file.exists() and not file.is_file() and not file.is_dir():  # a pipe, a device
+        raise DataError(f"{file}: not a regular file")
     try:
         with Image.open(file) as im:
             return im.convert(mode)  # decodes every pixel: a truncated file fails here

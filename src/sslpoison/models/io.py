@@ -66,6 +66,8 @@ def is_saved_encoder(path: str | Path) -> bool:
 def read_json_file(path: Path, what: str) -> dict[str, Any]:
     """A JSON object from ``path`` (at most :data:`MAX_CARD` bytes); ModelFileError naming
     the file when it is missing, unreadable, too large, not JSON or not an object."""
+    if path.exists() and not path.is_file():  # a folder, a pipe, a device
+        raise ModelFileError(f"{path}: not a regular file")
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_CARD + 1)
@@ -92,6 +94,8 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
             :data:`MAX_HEADER` or than the file, or not safetensors at all.
     """
     p = Path(path)
+    if p.exists() and not p.is_file():  # a folder, a pipe, a device
+        raise ModelFileError(f"{p}: not a regular file")
     try:
         size = p.stat().st_size
         with open(p, "rb") as f:
@@ -191,6 +195,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelFileMissing(f"checkpoint not found: {p}")
     if p.is_dir():
         raise ModelFileError(f"{p}: is a folder, not a checkpoint file")
+    if not p.is_file():  # a pipe, a device
+        raise ModelFileError(f"{p}: not a regular file")
     if p.suffix == ".safetensors":
         return check_finite(read_safetensors(p), p)
     try:

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from sslpoison.configbase import Config
 from sslpoison.data.augment import ViewSpec, to_float, view_pipeline
 from sslpoison.data.captions import class_prompts
-from sslpoison.errors import ModelFileError, one_line
+from sslpoison.errors import ModelFileError, ModelFileMissing, one_line
 from sslpoison.models.backbone import BackboneConfig, build_encoder
 from sslpoison.models.text import TextConfig, TextTransformer, Tokenizer
 from sslpoison.train.dist import gather_with_grad, rank
@@ -218,6 +218,8 @@ def load_clip(path: str | Path, device: str | torch.device = "cpu") -> tuple[CLI
     )
 
     weights, meta = _clip_paths(path)
+    if not weights.exists():
+        raise ModelFileMissing(f"CLIP model file not found: {weights}")
     card = read_json_file(meta, "CLIP card")
     if card.get("format") != "sslpoison-clip":
         raise ModelFileError(f"{meta} is not an sslpoison CLIP card")
