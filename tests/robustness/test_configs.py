@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+import torch
 from damaged_files import BOMB
 from user_errors import assert_user_error, trained_stages
 
@@ -179,3 +180,36 @@ def test_debug_shows_the_traceback_of_a_user_error(tmp_path, write_yaml, cli):
         cli("--debug", "run", path)
     with pytest.raises(ValueError, match="duplicate key"):
         cli("run", path, "--debug")
+
+
+def test_every_cpu_preset_and_sweep_run_passes_the_preflight_counts(monkeypatch):
+    """The shipped configs ask for no more images than their datasets have (or allow it)."""
+    import functools
+    from pathlib import Path
+
+    import sslpoison.eval.downstream as downstream_module
+    from sslpoison.eval.downstream import Downstream
+    from sslpoison.experiment.config import load_config
+    from sslpoison.experiment.preflight import check_counts
+    from sslpoison.experiment.sweep import load_sweep, sweep_configs
+
+    torch.set_num_threads(1)  # two threads crawl on a busy 2-core machine
+    cached = functools.cache(downstream_module.load_fitted)  # each split loaded once
+    monkeypatch.setattr(downstream_module, "load_fitted", cached)
+    configs = []
+    for path in sorted((Path(__file__).parents[2] / "configs").glob("cpu-*.yaml")):
+        if path.stem.endswith("-sweep"):
+            configs += [cfg for _, cfg in sweep_configs(*load_sweep(path))]
+        else:
+            configs.append(load_config(path))
+    loaded: dict = {}
+    for cfg in configs:
+        which = (cfg.data.model_dump_json(), cfg.pretrain.image_text)
+        if which not in loaded:
+            loaded[which] = pretraining_data(cfg.data, cfg.pretrain.image_text, cfg.seed)
+        data = loaded[which]
+        check_counts(cfg, data)
+        downstream = Downstream(cfg.eval, data.image_size, data.channels, cfg.seed)
+        for name in cfg.eval.datasets:
+            downstream.train(name)
+            downstream.test(name)
