@@ -94,6 +94,10 @@ ATTACK = {
 KEY_CASES = [
     ("data-root-missing", {"data": {"dataset": "fashion-mnist", "root": "{tmp}/no-such"}},
      ["data.dataset", "{tmp}/no-such", "no such folder"]),
+    ("data-root-of-a-builtin-missing", {"data": {"dataset": "synthetic", "root": "{tmp}/no"}},
+     ["data.dataset", "{tmp}/no", "no such folder"]),
+    ("data-root-of-a-builtin", {"data": {"dataset": "synthetic", "root": "{tmp}"}},
+     ["data.dataset", "built in"]),
     ("data-root-without-the-dataset", {"data": {"dataset": "mnist", "root": "{tmp}"}},
      ["data.dataset", "holds no mnist files"]),
     ("eval-root-missing",

@@ -256,9 +256,11 @@ def locate_dataset(
             searched.
     """
     spec = _spec(name)
-    if spec.builtin:
-        return None
     _check_root(root)
+    if spec.builtin:
+        if root is not None and only_root:
+            raise ValueError(f"root {str(root)!r}: {name!r} is built in and reads no files")
+        return None
     if only_root and root is not None:
         root = Path(root).expanduser()
         for candidate in (root, root / name):

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sslpoison.errors import LockTimeout, ModelFileError, one_line, warn
+from sslpoison.errors import ConfigError, LockTimeout, ModelFileError, one_line, warn
 from sslpoison.utils import atomic_write_json, stable_hash
 
 try:
@@ -51,7 +51,7 @@ def lock_timeout() -> float:
     try:
         return float(raw) if raw else DEFAULT_LOCK_TIMEOUT
     except ValueError:
-        raise LockTimeout(f"${LOCK_TIMEOUT_ENV}: {raw!r} is not a number of seconds") from None
+        raise ConfigError(f"${LOCK_TIMEOUT_ENV}: {raw!r} is not a number of seconds") from None
 
 
 @contextmanager
