@@ -30,7 +30,9 @@ def run(code: str, namespace: dict) -> None:
 def test_the_python_example_attacks_defends_and_evaluates(capsys):
     (code,) = python_blocks("From Python: attack, defend, evaluate")
     line = 'DATASET, TARGET = "fashion-mnist", "Ankle boot"'
-    assert line in code
+    labelled = "labelled=2000"  # of Fashion-MNIST's 60 000; the synthetic set has 512
+    assert line in code and labelled in code
+    code = code.replace(labelled, "labelled=256")
     namespace: dict = {}
     run(code.replace(line, 'DATASET, TARGET = "synthetic", "vertical"'), namespace)
     rows = {row.key: row.value for row in namespace["result"].rows}

@@ -5,6 +5,10 @@ library, print what it wrote.
 ``sslpoison sweep SWEEP.yaml [--set key=value ...] [--out DIR]``,
 ``sslpoison datasets [--check NAME]``, ``sslpoison fetch NAME``; the results store's
 ``sslpoison runs [import DIR...]`` and ``sslpoison report`` (:mod:`sslpoison.cli_runs`).
+
+Exit codes: 0 done; 2 a failure the user can fix (a :class:`~sslpoison.errors.UserError`, or
+the filesystem refusing a path), printed as one line ``error: <file or key>: <problem>``;
+130 interrupted; 1 (with a traceback) a bug. ``--debug`` shows the traceback of every failure.
 """
 
 from __future__ import annotations
@@ -41,9 +45,10 @@ def launch(cfg: ExperimentConfig, out: Path) -> Results | None:
 
 def _run(args: argparse.Namespace) -> int:
     from sslpoison.experiment.config import load_config
+    from sslpoison.utils import safe_name
 
     cfg = load_config(args.config, args.set or [])
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    out = Path(args.out) if args.out else Path("runs") / safe_name(cfg.name)
     results = launch(cfg, out)
     if results is not None:
         print("\n\n".join(results.tables))
@@ -55,9 +60,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from sslpoison.experiment.sweep import load_sweep, run_sweep
+    from sslpoison.utils import safe_name
 
     sweep, base = load_sweep(args.sweep)
-    out = Path(args.out) if args.out else Path("runs") / sweep.name
+    out = Path(args.out) if args.out else Path("runs") / safe_name(sweep.name)
     run_sweep(sweep, base, out, args.set or [], run=launch)
     table = out / "sweep.md"
     if table.exists():
@@ -73,6 +79,9 @@ def _datasets(args: argparse.Namespace) -> int:
     from sslpoison.data.registry import dataset_status
 
     rows = dataset_status()
+    for r in rows:
+        if r["error"]:
+            print(f"warning: {r['name']}: cannot search {r['error']}", file=sys.stderr)
     if args.check:
         row = next((r for r in rows if r["name"] == args.check), None)
         if row is None:
@@ -81,8 +90,8 @@ def _datasets(args: argparse.Namespace) -> int:
         return 0 if row["present"] else 1
     width = max(len(r["name"]) for r in rows)
     for r in rows:
-        state = "present" if r["present"] else "absent "
-        print(f"{r['name']:<{width}}  {state}  {r['where'] or '-'}")
+        state = "present" if r["present"] else "unreadable" if r["error"] else "absent"
+        print(f"{r['name']:<{width}}  {state:<10}  {r['where'] or '-'}")
     return 0
 
 
@@ -95,9 +104,23 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslpoison", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common = argparse.ArgumentParser(add_help=False)
+    for p, default in ((parser, False), (common, argparse.SUPPRESS)):
+        p.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=default,
+            help="debug logging (and tracebacks, as --debug)",
+        )
+        p.add_argument(
+            "--debug",
+            action="store_true",
+            default=default,
+            help="show the traceback of every failure (with debug logging)",
+        )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run an experiment from a YAML config")
+    run = sub.add_parser("run", parents=[common], help="run an experiment from a YAML config")
     run.add_argument("config", help="experiment YAML (see configs/)")
     run.add_argument(
         "--set",
@@ -107,15 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", help="output folder (default runs/<name>)")
     run.set_defaults(func=_run)
-    sw = sub.add_parser("sweep", help="run an experiment over a grid of settings (one table)")
+    sw = sub.add_parser(
+        "sweep", parents=[common], help="run an experiment over a grid of settings (one table)"
+    )
     sw.add_argument("sweep", help="sweep YAML: base config, grid, metrics (see configs/)")
     sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every run")
     sw.add_argument("--out", help="output folder (default runs/<sweep name>)")
     sw.set_defaults(func=_sweep)
-    ds = sub.add_parser("datasets", help="list datasets, whether present, and where")
+    ds = sub.add_parser(
+        "datasets", parents=[common], help="list datasets, whether present, and where"
+    )
     ds.add_argument("--check", metavar="NAME", help="exit 0 if NAME is present, else 1")
     ds.set_defaults(func=_datasets)
-    fe = sub.add_parser("fetch", help="download a dataset (official source)")
+    fe = sub.add_parser("fetch", parents=[common], help="download a dataset (official source)")
     fe.add_argument("name")
     fe.add_argument("--dest", help="folder (default $SSLPOISON_DATA/NAME or ~/.cache/sslpoison)")
     fe.set_defaults(func=_fetch)
@@ -123,19 +150,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_error(e: BaseException) -> str | None:
+    """The one-line message of a failure the user caused, or None for a bug.
+
+    User errors: every :class:`~sslpoison.errors.UserError`; the filesystem refusing a path
+    (permissions, a full disk, a file where a folder should be, ...), named with its path;
+    and the ``ValueError``s and missing files the library raises for bad input, whose
+    messages name the key or the file.
+    """
+    from sslpoison.errors import UserError, one_line
+
+    if isinstance(e, UserError):
+        return one_line(e)
+    if isinstance(e, OSError) and e.filename is not None:
+        problem = e.strerror or type(e).__name__
+        also = f" → {e.filename2}" if e.filename2 is not None else ""
+        return one_line(f"{e.filename}{also}: {problem}")
+    if isinstance(e, (ValueError, FileNotFoundError)):
+        return one_line(e)
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return one_line(f"out of memory ({e}); lower the batch size or the data size")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose or args.debug else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        if args.verbose:
+    except Exception as e:
+        message = user_error(e)
+        if message is None or args.debug or args.verbose:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)

@@ -22,6 +22,8 @@ from pydantic import (
     create_model,
 )
 
+from sslpoison.errors import ConfigError, warn
+
 
 def _count_or_share(value: int | float) -> int | float:
     if isinstance(value, float) and not 0 < value <= 1:
@@ -31,6 +33,30 @@ def _count_or_share(value: int | float) -> int | float:
 
 #: A number of items (an int ≥ 1) or a share of them (a float in (0, 1]).
 CountOrShare = Annotated[PositiveInt | float, AfterValidator(_count_or_share)]
+
+
+def checked_count(
+    key: str,
+    asked: int | float,
+    there: int,
+    what: str,
+    *,
+    allowed: bool,
+    explicit: bool = True,
+    flag: str | None = None,
+) -> int | float:
+    """``asked`` (a count or a share) of ``there`` images of ``what``, unchanged; a count
+    larger than ``there`` is a ConfigError naming ``key`` and the ``flag`` that allows it
+    (default ``<section>.allow_smaller``), unless ``allowed`` or not ``explicit`` (left at
+    its default): then it is recorded as a warning of the run."""
+    if isinstance(asked, float) or asked <= there:
+        return asked
+    message = f"{key}: {asked} asked for, but {what} has {there}"
+    if explicit and not allowed:
+        flag = flag or f"{key.split('.')[0]}.allow_smaller"
+        raise ConfigError(f"{message} (set {flag}: true to use all {there})")
+    warn(f"{message}; using all {there}")
+    return asked
 
 
 class Config(BaseModel):

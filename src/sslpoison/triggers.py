@@ -93,11 +93,12 @@ class PatchTrigger:
         if cfg.kind == "noise":
             g = torch.Generator().manual_seed(cfg.seed)
             return torch.rand(c, s, s, generator=g)
+        from sslpoison.data.pictures import read_image
+
         path = Path(cfg.image)  # type: ignore[arg-type]
         if not path.exists():
             raise FileNotFoundError(f"trigger image not found: {path}")
-        mode = "L" if c == 1 else "RGB"
-        img = Image.open(path).convert(mode).resize((s, s), Image.BILINEAR)
+        img = read_image(path, "L" if c == 1 else "RGB").resize((s, s), Image.BILINEAR)
         arr = np.asarray(img, dtype=np.float32) / 255.0
         return torch.from_numpy(arr.reshape(s, s, c)).permute(2, 0, 1).contiguous()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,15 +15,39 @@ from typing import Any
 import torch
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where Linux allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_via(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (``0o666`` less the
+    umask), not ``mkstemp``'s private ``0o600``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except OSError as e:  # e.g. a full disk: named by the file meant, not the temporary one
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename in (tmp, str(tmp)) and e.errno is not None:
+            raise type(e)(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -34,6 +59,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def safe_name(text: str, default: str = "run") -> str:
+    """``text`` as one safe file name: every run of characters other than letters, digits,
+    ``.``, ``-``, ``_``, ``=``, ``+`` and ``,`` becomes ``_`` (so no ``/``), as does a run
+    of dots (no ``..``); leading dots are dropped (no hidden file); ``default`` when nothing
+    is left."""
+    name = re.sub(r"[^\w.=,+-]+|\.{2,}", "_", text).lstrip(".")[:200]
+    return name if name.strip("_") else default
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

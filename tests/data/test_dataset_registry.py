@@ -156,7 +156,8 @@ def test_dataset_status(env: dict[str, Path]) -> None:
     rows = dataset_status()
     assert [r["name"] for r in rows] == list(DATASETS)
     for row in rows:
-        assert set(row) == {"name", "present", "where", "description"}
+        assert set(row) == {"name", "present", "where", "description", "error"}
+        assert row["error"] is None
         assert isinstance(row["present"], bool) and row["description"]
     by_name = {r["name"]: r for r in rows}
     assert by_name["mnist"]["present"] is True

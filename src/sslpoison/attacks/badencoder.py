@@ -37,7 +37,7 @@ from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.features import extract_features
 from sslpoison.models import load_encoder
 from sslpoison.models.backbone import BackboneConfig, build_encoder
-from sslpoison.models.io import load_weights
+from sslpoison.models.io import is_saved_encoder, load_weights
 from sslpoison.poisoning import BackdoorTarget
 from sslpoison.train.engine import FitResult, TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
@@ -130,7 +130,7 @@ class BadEncoderConfig(EncoderAttack):
         if self.encoder is None:
             return None
         try:
-            if Path(self.encoder).with_suffix(".json").exists():
+            if is_saved_encoder(self.encoder):
                 return load_encoder(self.encoder, device), self.encoder
             model = build_encoder(backbone, channels)
             return load_weights(model, self.encoder, self.key_map).to(device), self.encoder

@@ -12,12 +12,13 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sslpoison.errors import UserError
 from sslpoison.utils import atomic_write_via
 
 TIMEOUT_S = 60.0
 
 
-class DatasetDownloadError(RuntimeError):
+class DatasetDownloadError(UserError, RuntimeError):
     """A dataset could not be downloaded, verified or extracted."""
 
 

@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 
 from sslpoison.data.imageset import ImageSet
+from sslpoison.data.pictures import read_image
+from sslpoison.errors import DataError, DataFileMissing
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".webp"})
 _SPLIT_DIRS = {"train": ("train",), "test": ("val", "test"), "val": ("val", "test")}
@@ -30,7 +32,7 @@ def _split_root(root: Path, split: str) -> Path:
     has_split_dirs = any((root / d).is_dir() for d in ("train", "val", "test"))
     if not has_split_dirs:
         if split != "train":
-            raise FileNotFoundError(
+            raise DataFileMissing(
                 f"{root}: no val/ or test/ subfolder, so there is no {split!r} split "
                 "(a flat folder serves only 'train'; split it with ImageSet.split)"
             )
@@ -38,7 +40,7 @@ def _split_root(root: Path, split: str) -> Path:
     for name in _SPLIT_DIRS[split]:
         if (root / name).is_dir():
             return root / name
-    raise FileNotFoundError(f"{root}: no {'/ or '.join(_SPLIT_DIRS[split])}/ subfolder")
+    raise DataFileMissing(f"{root}: no {'/ or '.join(_SPLIT_DIRS[split])}/ subfolder")
 
 
 def find_image_folder(path: Path) -> Path | None:
@@ -64,7 +66,14 @@ def load_image_folder(
         channels: 3 (RGB) or 1 (grayscale, ``L``).
 
     Returns:
-        ImageSet with uint8 images N×channels×H×W.
+        ImageSet with uint8 images N×channels×H×W. ``meta["empty_classes"]`` lists the class
+        folders of this split without an image (the registry refuses them unless allowed);
+        ``meta["native_shape"]`` is (C, H, W) of the images on disk when they all share a
+        size, else None.
+
+    Raises:
+        DataError: naming the image that cannot be read, or differs in size (without
+            ``size``).
     """
     root = Path(path)
     if split not in _SPLIT_DIRS:
@@ -74,29 +83,39 @@ def load_image_folder(
     folder = _split_root(root, split)
     split_dirs = [root / d for d in ("train", "val", "test") if (root / d).is_dir()] or [root]
     classes = sorted({d.name for s in split_dirs for d in _class_dirs(s)})
-    files = [(f, classes.index(d.name)) for d in _class_dirs(folder) for f in _images_in(d)]
+    files, empty = [], []
+    for d in _class_dirs(folder):
+        found = _images_in(d)
+        files += [(f, classes.index(d.name)) for f in found]
+        if not found:
+            empty.append(str(d))
     if not files:
-        raise FileNotFoundError(f"{folder}: no images in class subfolders")
+        raise DataFileMissing(f"{folder}: no images in class subfolders")
     mode = "RGB" if channels == 3 else "L"
-    arrays, first_size = [], None
+    arrays, sizes = [], set()
     for file, _ in files:
-        with Image.open(file) as im:
-            im = im.convert(mode)
-            if size is not None:
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.Resampling.BILINEAR)
-            elif first_size is None:
-                first_size = im.size
-            elif im.size != first_size:
-                raise ValueError(
-                    f"{file}: size {im.size[0]}×{im.size[1]} differs from {first_size[0]}×"
-                    f"{first_size[1]} of {files[0][0]}; pass size= to resize all images"
-                )
-            arr = np.asarray(im, dtype=np.uint8)
+        im = read_image(file, mode)
+        sizes.add(im.size)
+        if size is not None:
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
+        elif len(sizes) > 1:
+            first = read_image(files[0][0], mode).size
+            raise DataError(
+                f"{file}: size {im.size[0]}×{im.size[1]} differs from {first[0]}×"
+                f"{first[1]} of {files[0][0]}; pass size= to resize all images"
+            )
+        arr = np.asarray(im, dtype=np.uint8)
         arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    (width, height), *more = sizes
+    meta = {
+        "source": str(folder),
+        "split": split,
+        "native_shape": None if more else (channels, height, width),
+    }
     return ImageSet(
         torch.from_numpy(np.stack(arrays)),
         torch.tensor([label for _, label in files], dtype=torch.long),
         classes,
-        meta={"source": str(folder), "split": split},
+        meta=meta | ({"empty_classes": empty} if empty else {}),
     )

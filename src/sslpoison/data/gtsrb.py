@@ -19,6 +19,8 @@ from PIL import Image
 
 from sslpoison.data.download import Resource
 from sslpoison.data.imageset import ImageSet
+from sslpoison.data.pictures import read_image
+from sslpoison.errors import DataError, DataFileMissing, one_line
 
 NUM_CLASSES = 43
 GTSRB_CLASSES = [
@@ -105,52 +107,89 @@ def find_gtsrb_dir(path: Path) -> Path | None:
     return None
 
 
-def _read_csv(file: Path) -> list[dict[str, str]]:
-    with open(file, newline="") as f:
-        reader = csv.DictReader(f, delimiter=";")
-        return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+#: An image to read: (file, its CSV row or None, its label, where it was listed).
+Item = tuple[Path, dict[str, str] | None, int, str]
 
 
-def _load_image(file: Path, row: dict[str, str] | None, size: int, crop_roi: bool) -> np.ndarray:
-    with Image.open(file) as im:
-        im = im.convert("RGB")
-        if crop_roi and row is not None:
-            # ROI corners are inclusive pixel coordinates; clamp to the image.
+def _read_csv(file: Path) -> list[tuple[int, dict[str, str]]]:
+    """``(line, row)`` of a semicolon-separated GTSRB CSV, which must name ``Filename``."""
+    try:
+        with open(file, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter=";")
+            rows = [
+                (reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if k})
+                for row in reader
+            ]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{file}: not a readable CSV ({one_line(e, 200)})") from None
+    if rows and "Filename" not in rows[0][1]:
+        raise DataError(f"{file}: no Filename column (columns: {', '.join(rows[0][1])})")
+    return rows
+
+
+def _class_id(file: Path, line: int, row: dict[str, str], default: int | None = None) -> int:
+    """The row's ClassId (or ``default``), which must lie in 0..42."""
+    raw = row.get("ClassId")
+    try:
+        label = default if raw is None and default is not None else int(raw or "")
+    except ValueError:
+        raise DataError(f"{file}, line {line}: ClassId {raw!r} is not a number") from None
+    if not 0 <= label < NUM_CLASSES:
+        raise DataError(f"{file}, line {line}: ClassId {label} is not in 0..{NUM_CLASSES - 1}")
+    return label
+
+
+def _load_image(item: Item, size: int, crop_roi: bool) -> np.ndarray:
+    file, row, _, where = item
+    im = read_image(file, "RGB", where)
+    if crop_roi and row is not None:
+        # ROI corners are inclusive pixel coordinates; clamp to the image.
+        try:
             x1, y1 = max(0, int(row["Roi.X1"])), max(0, int(row["Roi.Y1"]))
             x2, y2 = min(im.width, int(row["Roi.X2"]) + 1), min(im.height, int(row["Roi.Y2"]) + 1)
-            if x2 > x1 and y2 > y1:
-                im = im.crop((x1, y1, x2, y2))
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+        except (KeyError, ValueError) as e:
+            raise DataError(f"{where}: no usable Roi.X1..Roi.Y2 ({one_line(e, 100)})") from None
+        if x2 > x1 and y2 > y1:
+            im = im.crop((x1, y1, x2, y2))
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def _train_items(folder: Path) -> list[tuple[Path, dict[str, str] | None, int]]:
-    items: list[tuple[Path, dict[str, str] | None, int]] = []
+def _train_items(folder: Path, empty: list[str]) -> list[Item]:
+    """Every training image; the class folders without one are added to ``empty``."""
+    items: list[Item] = []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()):
         label = int(class_dir.name)
+        if label >= NUM_CLASSES:
+            raise DataError(f"{class_dir}: GTSRB has classes 00000..{NUM_CLASSES - 1:05d}")
         gt = class_dir / f"GT-{class_dir.name}.csv"
+        found = len(items)
         if gt.is_file():
-            for row in _read_csv(gt):
-                items.append((class_dir / row["Filename"], row, int(row.get("ClassId", label))))
+            for line, row in _read_csv(gt):
+                cls = _class_id(gt, line, row, default=label)
+                items.append((class_dir / row["Filename"], row, cls, f"{gt}, line {line}"))
         else:
-            items += [(f, None, label) for f in sorted(class_dir.glob("*.ppm"))]
+            items += [(f, None, label, str(class_dir)) for f in sorted(class_dir.glob("*.ppm"))]
+        if len(items) == found:
+            empty.append(str(class_dir))
     return items
 
 
-def _test_items(base: Path) -> list[tuple[Path, dict[str, str] | None, int]]:
+def _test_items(base: Path) -> list[Item]:
     gt = _test_gt(base)
     if gt is None:
-        raise FileNotFoundError(
+        raise DataFileMissing(
             f"{base}: no {_TEST_GT} with test labels (from GTSRB_Final_Test_GT.zip)"
         )
     rows = _read_csv(gt)
-    if rows and "ClassId" not in rows[0]:
-        raise ValueError(
-            f"{gt}: no ClassId column; the labelled file is in GTSRB_Final_Test_GT.zip"
-        )
+    if rows and "ClassId" not in rows[0][1]:
+        raise DataError(f"{gt}: no ClassId column; the labelled file is in GTSRB_Final_Test_GT.zip")
     images = base / "Final_Test" / "Images"
-    return [(images / row["Filename"], row, int(row["ClassId"])) for row in rows]
+    return [
+        (images / row["Filename"], row, _class_id(gt, line, row), f"{gt}, line {line}")
+        for line, row in rows
+    ]
 
 
 def load_gtsrb(
@@ -168,24 +207,26 @@ def load_gtsrb(
         ImageSet with uint8 images N×3×size×size and 43 classes.
     """
     base = _base(Path(path))
+    empty: list[str] = []
     if split == "train":
         folder = _train_dir(base)
         if folder is None:
-            raise FileNotFoundError(f"{base}: no Final_Training/Images folder")
-        items = _train_items(folder)
+            raise DataFileMissing(f"{base}: no Final_Training/Images folder")
+        items = _train_items(folder, empty)
     elif split == "test":
         items = _test_items(base)
     else:
         raise ValueError(f"unknown split {split!r}; valid: ['test', 'train']")
     if not items:
-        raise FileNotFoundError(f"{base}: no GTSRB {split} images")
+        raise DataFileMissing(f"{base}: no GTSRB {split} images")
     images = np.empty((len(items), 3, size, size), dtype=np.uint8)
-    for i, (file, row, _) in enumerate(items):
-        images[i] = _load_image(file, row, size, crop_roi)
-    labels = np.array([label for _, _, label in items], dtype=np.int64)
+    for i, item in enumerate(items):
+        images[i] = _load_image(item, size, crop_roi)
+    labels = np.array([label for _, _, label, _ in items], dtype=np.int64)
+    meta = {"source": str(base), "split": split, "crop_roi": crop_roi, "native_shape": None}
     return ImageSet(
         torch.from_numpy(images),
         torch.from_numpy(labels),
         list(GTSRB_CLASSES),
-        meta={"source": str(base), "split": split, "crop_roi": crop_roi},
+        meta=meta | ({"empty_classes": empty} if empty else {}),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 
 from sslpoison.data.download import Resource
 from sslpoison.data.imageset import ImageSet
+from sslpoison.errors import DataError, DataFileMissing, one_line
 
 _DTYPES: dict[int, str] = {
     0x08: "u1",
@@ -68,29 +70,44 @@ def read_idx(path: str | Path) -> np.ndarray:
         The array, in native byte order, with the shape stored in the file.
 
     Raises:
-        ValueError: on a bad magic number, unknown dtype code or wrong payload length.
+        DataError: (a ValueError) naming the file: missing or unreadable, not gzip or a
+            truncated gzip stream, a bad magic number, an unknown dtype code, or a payload
+            whose length is not the one the header declares.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic number)")
-    code, ndim = data[2], data[3]
-    if code not in _DTYPES:
-        raise ValueError(f"{path}: unknown IDX dtype code 0x{code:02x}")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(_DTYPES[code])
-    expected = math.prod(dims) * dtype.itemsize
-    if len(data) - header != expected:
-        raise ValueError(
-            f"{path}: IDX payload has {len(data) - header} bytes, expected {expected} for "
-            f"shape {dims}"
+    try:
+        if path.exists() and not path.is_file():  # a folder, a pipe, a device
+            raise DataError(f"{path}: not a regular file")
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file")
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise DataError(f"{path}: not an IDX file (bad magic number)")
+            code, ndim = head[2], head[3]
+            if code not in _DTYPES:
+                raise DataError(f"{path}: unknown IDX dtype code 0x{code:02x}")
+            dims_raw = f.read(4 * ndim)
+            if len(dims_raw) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header")
+            dims = struct.unpack(f">{ndim}I", dims_raw)
+            dtype = np.dtype(_DTYPES[code])
+            expected = math.prod(dims) * dtype.itemsize
+            payload = f.read(expected + 1)  # one byte more shows trailing data
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataFileMissing(f"{path}: not found") from None
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        kind = "gzip stream" if opener is gzip.open else "file"
+        raise DataError(f"{path}: damaged or truncated {kind} ({one_line(e, 200)})") from None
+    if len(payload) != expected:
+        got = f"{len(payload)}" if len(payload) <= expected else f"more than {expected}"
+        raise DataError(
+            f"{path}: IDX payload has {got} bytes, expected {expected} for shape {dims}"
         )
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    array = np.frombuffer(payload, dtype=dtype).reshape(dims)
     return array.astype(dtype.newbyteorder("="))
 
 
@@ -120,16 +137,21 @@ def load_mnist_family(path: str | Path, split: str, classes: list[str]) -> Image
     for stem in _FILES[split]:
         file = _idx_path(folder, stem)
         if file is None:
-            raise FileNotFoundError(f"{folder}: no {stem} or {stem}.gz")
+            raise DataFileMissing(f"{folder}: no {stem} or {stem}.gz")
         arrays.append((file, read_idx(file)))
     (img_file, images), (lbl_file, labels) = arrays
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(
+        raise DataError(
             f"{img_file}: expected uint8 N×H×W images, got {images.dtype} {images.shape}"
         )
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(
+        raise DataError(
             f"{lbl_file}: {labels.shape} labels for {images.shape[0]} images in {img_file.name}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise DataError(
+            f"{lbl_file}: labels must lie in 0..{len(classes) - 1}, "
+            f"got [{labels.min()}, {labels.max()}]"
         )
     return ImageSet(
         torch.from_numpy(images).unsqueeze(1),

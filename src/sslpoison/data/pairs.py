@@ -32,6 +32,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sslpoison.data.imageset import ImageSet
+from sslpoison.data.pictures import read_image
+from sslpoison.errors import DataError, DataFileMissing
 
 log = logging.getLogger(__name__)
 
@@ -107,34 +109,22 @@ def load_caption_csv(
     _check(size, channels)
     csv_path = Path(path)
     if not csv_path.is_file():
-        raise FileNotFoundError(f"caption CSV not found: {csv_path}")
-    with csv_path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        columns = list(reader.fieldnames or [])
-        wanted = [path_column, caption_column] + ([label_column] if label_column else [])
-        for col in wanted:
-            if col not in columns:
-                raise ValueError(
-                    f"{csv_path}: no column {col!r} in the header (columns: {', '.join(columns)})"
-                )
-        rows = []
-        for row in reader:
-            values = [row.get(c) for c in wanted]
-            if any(v is None for v in values):
-                raise ValueError(f"{csv_path}, line {reader.line_num}: the row has too few fields")
-            rows.append((reader.line_num, *values))
+        raise DataFileMissing(f"caption CSV not found: {csv_path}")
+    try:
+        rows = _read_rows(csv_path, delimiter, path_column, caption_column, label_column)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{csv_path}: not a readable CSV ({e})") from None
     if not rows:
-        raise ValueError(f"{csv_path}: no rows after the header")
+        raise DataError(f"{csv_path}: no rows after the header")
     images = np.empty((len(rows), channels, size, size), dtype=np.uint8)
     for i, (line, image_path, *_) in enumerate(rows):
         file = csv_path.parent / image_path
         if not file.is_file():
-            raise FileNotFoundError(f"{csv_path}, line {line}: image not found: {file}")
+            raise DataFileMissing(f"{csv_path}, line {line}: image not found: {file}")
         try:
-            with Image.open(file) as im:
-                images[i] = image_array(im, size, channels, crop)
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"{csv_path}, line {line}: cannot read image {file}: {e}") from None
+            images[i] = image_array(read_image(file, "RGB"), size, channels, crop)
+        except DataError as e:
+            raise DataError(f"{csv_path}, line {line}: cannot read image {e}") from None
     if label_column:
         names = [r[3] for r in rows]
         classes = sorted(set(names))
@@ -148,8 +138,34 @@ def load_caption_csv(
         classes,
         captions=[r[2] for r in rows],
         name=name or csv_path.stem,
-        meta={"source": str(csv_path)},
+        meta={"source": str(csv_path), "native_shape": None},
     )
+
+
+def _read_rows(
+    csv_path: Path,
+    delimiter: str,
+    path_column: str,
+    caption_column: str,
+    label_column: str | None,
+) -> list[tuple]:
+    """``(line, path, caption[, label])`` of each row of a pairs CSV."""
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        columns = list(reader.fieldnames or [])
+        wanted = [path_column, caption_column] + ([label_column] if label_column else [])
+        for col in wanted:
+            if col not in columns:
+                raise DataError(
+                    f"{csv_path}: no column {col!r} in the header (columns: {', '.join(columns)})"
+                )
+        rows = []
+        for row in reader:
+            values = [row.get(c) for c in wanted]
+            if any(v is None for v in values):
+                raise DataError(f"{csv_path}, line {reader.line_num}: the row has too few fields")
+            rows.append((reader.line_num, *values))
+    return rows
 
 
 def find_caption_dir(folder: Path) -> Path | None:

@@ -1,14 +1,40 @@
-"""Pictures of images: rows of uint8 images side by side, as one PNG."""
+"""Image files: reading one (:func:`read_image`, errors naming the file) and pictures of
+images (rows of uint8 images side by side, as one PNG)."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from sslpoison.errors import DataError, DataFileMissing, one_line
 from sslpoison.utils import atomic_write_via
+
+
+def read_image(file: str | Path, mode: str = "RGB", where: str | None = None) -> Image.Image:
+    """The image file ``file`` decoded in full and converted to ``mode`` (``RGB``, ``L``).
+
+    Raises:
+        DataFileMissing: no such file (``where``, e.g. the CSV line listing it, is named).
+        DataError: naming the file: empty, truncated, damaged or not an image.
+    """
+    file = Path(file)
+    if file.exists() and not file.is_file() and not file.is_dir():  # a pipe, a device
+        raise DataError(f"{file}: not a regular file")
+    try:
+        with Image.open(file) as im:
+            return im.convert(mode)  # decodes every pixel: a truncated file fails here
+    except FileNotFoundError:
+        raise DataFileMissing(f"{where or file.parent}: image not found: {file}") from None
+    except IsADirectoryError:
+        raise DataError(f"{file}: a folder, not an image file") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{file}: cannot read image (empty, or not an image format)") from None
+    except (OSError, SyntaxError, ValueError, zlib.error, Image.DecompressionBombError) as e:
+        raise DataError(f"{file}: cannot read image ({one_line(e, 200)})") from None
 
 
 def save_rows(rows: Sequence[torch.Tensor], path: str | Path) -> Path:
@@ -22,4 +48,4 @@ def save_rows(rows: Sequence[torch.Tensor], path: str | Path) -> Path:
     return path
 
 
-__all__ = ["save_rows"]
+__all__ = ["read_image", "save_rows"]

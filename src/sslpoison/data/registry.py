@@ -18,6 +18,7 @@ from typing import Any
 from sslpoison.data import cifar, digits, folder, gtsrb, idx, pairs, stl10, svhn, synthetic
 from sslpoison.data.download import DatasetDownloadError, Resource, fetch_resources
 from sslpoison.data.imageset import ImageSet
+from sslpoison.errors import DataError, DataFileMissing, one_line, warn
 
 ENV_VAR = "SSLPOISON_DATA"
 
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-class DatasetNotFound(FileNotFoundError):
+class DatasetNotFound(DataFileMissing):
     """A dataset's files are in none of the places searched."""
 
 
@@ -235,20 +236,57 @@ def _not_found(spec: DatasetSpec, root: str | Path | None) -> DatasetNotFound:
     )
 
 
-def locate_dataset(name: str, root: str | Path | None = None) -> Path | None:
+def _check_root(root: str | Path | None) -> None:
+    """A ``root`` that is given must be a folder (a typo must not fall through)."""
+    if root is not None and not Path(root).expanduser().is_dir():
+        raise DatasetNotFound(f"root {str(root)!r}: no such folder")
+
+
+def locate_dataset(
+    name: str, root: str | Path | None = None, only_root: bool = False
+) -> Path | None:
     """The folder of a dataset's files (None for built-in ones).
+
+    ``only_root``: with a ``root``, the files must be in it (or in ``root/<name>``), not in
+    the other places searched.
 
     Raises:
         ValueError: unknown dataset.
-        DatasetNotFound: the files are in none of the places searched.
+        DatasetNotFound: ``root`` is not a folder, or the files are in none of the places
+            searched.
     """
     spec = _spec(name)
+    _check_root(root)
     if spec.builtin:
+        if root is not None and only_root:
+            raise ValueError(f"root {str(root)!r}: {name!r} is built in and reads no files")
         return None
+    if only_root and root is not None:
+        root = Path(root).expanduser()
+        for candidate in (root, root / name):
+            if candidate.is_dir() and (found := spec.find(candidate)) is not None:
+                return found
+        raise DatasetNotFound(
+            f"root {str(root)!r} holds no {name} files (looked in {root} and {root / name})"
+        )
     path = spec.locate(root)
     if path is None:
         raise _not_found(spec, root)
     return path
+
+
+def _load_split(spec: DatasetSpec, path: Path | None, split: str, **kwargs: Any) -> ImageSet:
+    """``spec.load``, with a damaged file named: a loader's ``DataError`` names the file; any
+    other read failure is reported with the dataset's folder."""
+    try:
+        return spec.load(path, split, **kwargs)
+    except DataError:
+        raise
+    except (OSError, EOFError, ValueError) as e:
+        where = str(path) if path is not None else spec.name
+        if where in str(e):
+            raise DataError(one_line(e)) from None
+        raise DataError(f"{where}: {spec.name} {split} split: {one_line(e, 300)}") from None
 
 
 def load_dataset(
@@ -256,6 +294,7 @@ def load_dataset(
     split: str = "train",
     root: str | Path | None = None,
     download: bool = False,
+    allow_empty_classes: bool = False,
     **kwargs: Any,
 ) -> ImageSet:
     """Load one split of a registered dataset.
@@ -265,6 +304,8 @@ def load_dataset(
         split: one of the dataset's splits.
         root: a folder to search first.
         download: fetch the official files when they are not found.
+        allow_empty_classes: keep a class whose folder holds no image (a warning), rather
+            than refuse it.
         **kwargs: passed to the dataset's loader (e.g. ``size`` for gtsrb and imagefolder,
             ``limit`` for stl10, ``coarse`` for cifar100, ``n``/``seed`` for synthetic).
 
@@ -273,7 +314,9 @@ def load_dataset(
 
     Raises:
         ValueError: unknown dataset or split.
-        DatasetNotFound: the files are not found (and ``download`` is False).
+        DatasetNotFound: ``root`` is not a folder, or the files are not found (and
+            ``download`` is False).
+        DataError: a file is damaged (named), or a class folder is empty.
         DatasetDownloadError: the download failed.
     """
     spec = _spec(name)
@@ -283,12 +326,22 @@ def load_dataset(
         )
     path = None
     if not spec.builtin:
+        _check_root(root)
         path = spec.locate(root)
         if path is None and download and spec.download is not None:
             path = fetch(name)
         if path is None:
             raise _not_found(spec, root)
-    data = spec.load(path, split, **kwargs)
+    data = _load_split(spec, path, split, **kwargs)
+    empty = data.meta.get("empty_classes")
+    if empty:
+        shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        message = f"{name} {split}: {len(empty)} class folder(s) without images: {shown}"
+        if not allow_empty_classes:
+            raise DataError(
+                f"{message} (remove them, or set allow_empty_classes: true in data: or eval:)"
+            )
+        warn(f"{message}; kept as empty classes")
     data.name = name
     data.meta.setdefault("split", split)
     if path is not None:
@@ -302,24 +355,38 @@ def load_fitted(
     size: int | None = None,
     channels: int | None = None,
     root: str | Path | None = None,
+    allow_empty_classes: bool = False,
 ) -> ImageSet:
     """One split fitted to an encoder's input (``size``×``size``, ``channels``); datasets
-    whose images differ in size on disk (``sized``) are resized while loading."""
+    whose images differ in size on disk (``sized``) are resized while loading.
+    ``meta["native_shape"]`` keeps the (C, H, W) of the images on disk (None when they
+    differ in size)."""
     kwargs = {"size": size} if size is not None and _spec(name).sized else {}
-    return load_dataset(name, split, root=root, **kwargs).resized(size, channels)
+    data = load_dataset(name, split, root=root, allow_empty_classes=allow_empty_classes, **kwargs)
+    native = data.meta.get("native_shape", tuple(data.images.shape[1:]))
+    fitted = data.resized(size, channels)
+    fitted.meta["native_shape"] = native
+    return fitted
 
 
 def dataset_status() -> list[dict[str, Any]]:
-    """One dict per dataset: ``name``, ``present``, ``where`` (folder or None), ``description``."""
+    """One dict per dataset: ``name``, ``present``, ``where`` (folder or None),
+    ``description``, and ``error`` (None, or why a folder searched could not be read: the
+    other datasets are still listed)."""
     rows = []
     for spec in DATASETS.values():
-        where = spec.locate()
+        error = None
+        try:
+            where = spec.locate()
+        except OSError as e:
+            where, error = None, f"{e.filename or e}: {e.strerror or type(e).__name__}"
         rows.append(
             {
                 "name": spec.name,
                 "present": spec.builtin or where is not None,
                 "where": None if where is None else str(where),
                 "description": spec.description,
+                "error": error,
             }
         )
     return rows

@@ -15,6 +15,7 @@ import torch
 
 from sslpoison.data.download import Resource
 from sslpoison.data.imageset import ImageSet
+from sslpoison.errors import DataError, DataFileMissing
 
 STL10_DIR = "stl10_binary"
 SIDE = 96
@@ -47,9 +48,11 @@ def find_stl10_dir(path: Path) -> Path | None:
 def read_images(path: str | Path, limit: int | None = None) -> np.ndarray:
     """Read (the first ``limit``) images of an STL-10 ``*_X.bin`` file as N×3×96×96 uint8."""
     path = Path(path)
+    if not path.is_file():
+        raise DataFileMissing(f"{path}: not found")
     size = path.stat().st_size
     if size % _IMAGE_BYTES:
-        raise ValueError(f"{path}: {size} bytes is not a whole number of 3×96×96 images")
+        raise DataError(f"{path}: {size} bytes is not a whole number of 3×96×96 images")
     n = size // _IMAGE_BYTES
     if limit is not None:
         if limit < 0:
@@ -64,9 +67,11 @@ def read_images(path: str | Path, limit: int | None = None) -> np.ndarray:
 def read_labels(path: str | Path) -> np.ndarray:
     """Read an STL-10 ``*_y.bin`` file: uint8 labels 1..10 → int64 0..9."""
     path = Path(path)
+    if not path.is_file():
+        raise DataFileMissing(f"{path}: not found")
     raw = np.fromfile(path, dtype=np.uint8).astype(np.int64)
     if raw.size and (raw.min() < 1 or raw.max() > 10):
-        raise ValueError(f"{path}: labels must lie in 1..10, got [{raw.min()}, {raw.max()}]")
+        raise DataError(f"{path}: labels must lie in 1..10, got [{raw.min()}, {raw.max()}]")
     return raw - 1
 
 
@@ -74,7 +79,13 @@ def _class_names(folder: Path) -> list[str]:
     file = folder / "class_names.txt"
     if not file.is_file():
         return list(STL10_CLASSES)
-    names = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{file}: cannot be read as text ({e})") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if names and len(names) != len(STL10_CLASSES):
+        raise DataError(f"{file}: {len(names)} class names; STL-10 has {len(STL10_CLASSES)}")
     return names or list(STL10_CLASSES)
 
 
@@ -99,7 +110,7 @@ def load_stl10(path: str | Path, split: str = "train", limit: int | None = None)
     else:
         labels = read_labels(folder / y_name)[: len(images)]
         if len(labels) != len(images):
-            raise ValueError(f"{folder / y_name}: {len(labels)} labels for {len(images)} images")
+            raise DataError(f"{folder / y_name}: {len(labels)} labels for {len(images)} images")
     return ImageSet(
         torch.from_numpy(images), torch.from_numpy(labels), _class_names(folder), meta=meta
     )

@@ -12,6 +12,7 @@ import torch
 
 from sslpoison.data.download import Resource
 from sslpoison.data.imageset import ImageSet
+from sslpoison.errors import DataError, DataFileMissing, one_line
 
 SVHN_CLASSES = [str(i) for i in range(10)]
 _URL = "http://ufldl.stanford.edu/housenumbers/"
@@ -40,16 +41,26 @@ def load_svhn(path: str | Path, split: str = "train") -> ImageSet:
         raise ValueError(f"unknown split {split!r}; valid: {sorted(_FILES)}")
     file = Path(path) / _FILES[split]
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: not found")
-    mat = loadmat(file)
+        raise DataFileMissing(f"{file}: not found")
+    try:
+        mat = loadmat(file)
+    except NotImplementedError:  # a MATLAB v7.3 (HDF5) file
+        raise DataError(f"{file}: a MATLAB v7.3 file; SVHN's are v5 .mat files") from None
+    except Exception as e:  # scipy raises many kinds (MatReadError, ValueError, ...)
+        raise DataError(f"{file}: not a readable .mat file ({one_line(e, 200)})") from None
     x, y = mat.get("X"), mat.get("y")
-    if x is None or y is None:
-        raise ValueError(f"{file}: expected variables 'X' and 'y'")
+    if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+        raise DataError(f"{file}: expected variables 'X' and 'y'")
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
-        raise ValueError(f"{file}: expected X of shape 32×32×3×N, got {x.shape}")
-    labels = np.asarray(y, dtype=np.int64).reshape(-1)
+        raise DataError(f"{file}: expected X of shape 32×32×3×N, got {x.shape}")
+    try:
+        labels = np.asarray(y, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{file}: 'y' is not numeric ({e})") from None
     if labels.shape[0] != x.shape[3]:
-        raise ValueError(f"{file}: {labels.shape[0]} labels for {x.shape[3]} images")
+        raise DataError(f"{file}: {labels.shape[0]} labels for {x.shape[3]} images")
+    if labels.size and (labels.min() < 0 or labels.max() > 10):
+        raise DataError(f"{file}: 'y' must lie in 1..10, got [{labels.min()}, {labels.max()}]")
     labels[labels == 10] = 0
     images = np.ascontiguousarray(np.asarray(x, dtype=np.uint8).transpose(3, 2, 0, 1))
     return ImageSet(

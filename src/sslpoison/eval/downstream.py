@@ -12,9 +12,10 @@ from typing import Literal
 import torch
 from pydantic import Field, PositiveInt
 
-from sslpoison.configbase import Config, CountOrShare
+from sslpoison.configbase import Config, CountOrShare, checked_count
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.registry import load_fitted
+from sslpoison.errors import DataError, warn
 from sslpoison.eval.knn import knn_predict
 from sslpoison.eval.probes import ProbeConfig, train_probe
 
@@ -37,6 +38,13 @@ class EvalConfig(Config):
     probe on raw pixels (``pixels``). ``roots`` names the folder of a dataset that is not
     in the usual places (e.g. ``imagefolder``); the pre-training ``data.root`` is used for
     the pre-training dataset unless given here.
+
+    What a small dataset cannot give is an error naming the key, unless allowed (then a
+    warning the run records): ``allow_smaller`` — a ``labelled``, ``test_subset`` or
+    ``knn.k`` larger than the images there are (a value left at its default is always
+    allowed, with a warning); ``allow_empty_classes`` — a class folder without images;
+    ``allow_split_mismatch`` — a test split whose images differ in size (or channels) from
+    the train split's (both are resized to the encoder's input).
     """
 
     datasets: list[str] = Field(default_factory=lambda: ["fashion-mnist"], min_length=1)
@@ -49,6 +57,9 @@ class EvalConfig(Config):
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     knn: KNNConfig = Field(default_factory=KNNConfig)
     roots: dict[str, str] = Field(default_factory=dict)
+    allow_smaller: bool = False
+    allow_empty_classes: bool = False
+    allow_split_mismatch: bool = False
 
 
 class Downstream:
@@ -64,6 +75,7 @@ class Downstream:
     """
 
     def __init__(self, cfg: EvalConfig, size: int, channels: int, seed: int = 0) -> None:
+        self.cfg = cfg
         self.datasets = list(cfg.datasets)
         self.size, self.channels, self.seed = size, channels, seed
         self.labelled, self.test_subset, self.roots = cfg.labelled, cfg.test_subset, cfg.roots
@@ -74,15 +86,54 @@ class Downstream:
     def split(self, name: str, split: str) -> ImageSet:
         """The whole ``split`` of dataset ``name``, fitted to the encoder's input."""
         if (name, split) not in self._splits:
-            self._splits[name, split] = load_fitted(
-                name, split, self.size, self.channels, self.roots.get(name)
+            data = load_fitted(
+                name,
+                split,
+                self.size,
+                self.channels,
+                self.roots.get(name),
+                allow_empty_classes=self.cfg.allow_empty_classes,
             )
+            self._check_split_shapes(name, split, data)
+            self._splits[name, split] = data
         return self._splits[name, split]
+
+    def _check_split_shapes(self, name: str, split: str, data: ImageSet) -> None:
+        """Images of one dataset's splits share their size and channels on disk."""
+        shape = data.meta.get("native_shape")
+        for (other_name, other_split), other in self._splits.items():
+            theirs = other.meta.get("native_shape")
+            if other_name != name or shape is None or theirs is None or theirs == shape:
+                continue
+            c, h, w = shape
+            c2, h2, w2 = theirs
+            message = (
+                f"{data.meta.get('source', name)}: {name} {split} images are {c}×{h}×{w} but "
+                f"its {other_split} images are {c2}×{h2}×{w2}"
+            )
+            if not self.cfg.allow_split_mismatch:
+                raise DataError(f"{message} (set eval.allow_split_mismatch: true to resize both)")
+            warn(f"{message}; both resized to {self.channels}×{self.size}×{self.size}")
 
     def train(self, name: str) -> ImageSet:
         """The labelled images the probes of dataset ``name`` train on."""
         if name not in self._train:
-            self._train[name] = self.split(name, "train").take(self.labelled, seed=self.seed)
+            split = self.split(name, "train")
+            explicit = "labelled" in self.cfg.model_fields_set
+            what = f"the {name} train split"
+            labelled = checked_count(
+                "eval.labelled", self.labelled, len(split), what,
+                allowed=self.cfg.allow_smaller, explicit=explicit,
+            )  # fmt: skip
+            train = split.take(labelled, seed=self.seed)
+            if "knn" in self.cfg.probes:
+                explicit = "k" in self.cfg.knn.model_fields_set
+                what = f"the {name} labelled train set"
+                checked_count(
+                    "eval.knn.k", self.cfg.knn.k, len(train), what,
+                    allowed=self.cfg.allow_smaller, explicit=explicit,
+                )  # fmt: skip
+            self._train[name] = train
         return self._train[name]
 
     def test(self, name: str) -> ImageSet:
@@ -90,7 +141,12 @@ class Downstream:
         if name not in self._test:
             test = self.split(name, "test")
             if self.test_subset is not None:
-                test = test.take(self.test_subset, seed=self.seed)
+                what = f"the {name} test split"
+                count = checked_count(
+                    "eval.test_subset", self.test_subset, len(test), what,
+                    allowed=self.cfg.allow_smaller,
+                )  # fmt: skip
+                test = test.take(count, seed=self.seed)
             self._test[name] = test
         return self._test[name]
 

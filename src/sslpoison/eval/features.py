@@ -7,10 +7,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
+from sslpoison.errors import ModelFileError, warn
+from sslpoison.models.io import check_finite, read_safetensors
 from sslpoison.utils import atomic_write_via, module_hash, tensor_hash
 
 log = logging.getLogger(__name__)
@@ -58,9 +60,9 @@ class FeatureCache:
             self.hits += 1
             return self.memory[key].to(device)
         path = self.directory / f"{key}.safetensors" if self.directory is not None else None
-        if path is not None and path.exists():
+        feats = self._read(path, len(data)) if path is not None and path.exists() else None
+        if feats is not None:
             self.hits += 1
-            feats = load_file(str(path))["features"]
         else:
             self.misses += 1
             feats = extract_features(encoder, data.images, batch_size, device).cpu()
@@ -68,3 +70,17 @@ class FeatureCache:
                 atomic_write_via(path, lambda tmp: save_file({"features": feats}, str(tmp)))
         self.memory[key] = feats
         return feats.to(device)
+
+    @staticmethod
+    def _read(path: Path, n: int) -> torch.Tensor | None:
+        """The N×D features cached at ``path``, or None (with a warning: they are extracted
+        again and replaced) when the file is damaged or holds another number of rows."""
+        try:
+            feats = read_safetensors(path).get("features")
+            if feats is None or feats.dim() != 2 or feats.shape[0] != n:
+                raise ModelFileError(f"{path}: no N×D 'features' tensor for {n} images")
+            check_finite({"features": feats}, path)
+        except ModelFileError as e:
+            warn(f"feature cache: {e}; extracting them again")
+            return None
+        return feats

@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     Field,
     PositiveInt,
@@ -26,26 +25,37 @@ from sslpoison.attacks import ATTACKS, AttackConfig
 from sslpoison.configbase import Config, CountOrShare, format_validation_error
 from sslpoison.defenses import DEFENSES, DefenseSpec
 from sslpoison.detectors import DETECTORS, DetectorSpec
+from sslpoison.errors import ConfigError
 from sslpoison.eval.downstream import EvalConfig
 from sslpoison.ssl.pretrain import PretrainConfig
 from sslpoison.train.tracker import TrackerConfig
+from sslpoison.yamlio import load_yaml, read_yaml
 
 #: Defense and detector names, which pydantic writes into the key path of errors.
 TAGS = frozenset(DEFENSES) | frozenset(DETECTORS)
 
 
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the key and the problem."""
+__all__ = ["ConfigError", "DataConfig", "ExperimentConfig", "load_config"]
 
 
 class DataConfig(Config):
-    """The pre-training dataset (labels are never used by pre-training)."""
+    """The pre-training dataset (labels are never used by pre-training).
+
+    ``root``: the folder holding the dataset's files (or a ``<dataset>`` subfolder of them);
+    when given, the files must be there. ``allow_smaller``: a count of pre-training images
+    (``subset``, ``attack.shadow``, ``defenses.N.clean``, ``detectors.N.clean``) larger than
+    the set takes the whole set, recorded as a warning of the run (by default: an error).
+    ``allow_empty_classes``: a class folder without images is kept as an empty class,
+    recorded as a warning (by default: an error).
+    """
 
     dataset: str = "fashion-mnist"
     root: str | None = None
     subset: CountOrShare | None = None  # pre-training images used
     size: PositiveInt | None = None  # resize to size×size
     channels: Literal[1, 3] | None = None
+    allow_smaller: bool = False
+    allow_empty_classes: bool = False
 
 
 class ExperimentConfig(Config):
@@ -148,7 +158,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, raw = item.split("=", 1)
     if not key.strip():
         raise ConfigError(f"--set {item!r}: empty key")
-    return key.strip().split("."), yaml.safe_load(raw)
+    path = key.strip().split(".")
+    if any(not part for part in path):
+        raise ConfigError(f"--set {item!r}: empty part in the key {key.strip()!r}")
+    return path, load_yaml(raw, f"--set {item!r}")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -166,6 +179,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                     node[int(part)] = value
                 node = node[int(part)]
                 continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {path[depth - 1]!r} is not a section")
             if last:
                 node[part] = value
                 break
@@ -179,16 +194,25 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read a YAML experiment (or the defaults when ``path`` is None), apply ``--set``s."""
+    """Read a YAML experiment (or the defaults when ``path`` is None), apply ``--set``s.
+
+    A file must hold a mapping of keys: an empty file (or one of comments only) is refused
+    rather than run as the default experiment.
+
+    Raises:
+        ConfigError: naming the file or the key (see :func:`sslpoison.yamlio.load_yaml`).
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({e})".replace("\n", " ")) from None
+        raw = read_yaml(p)
+        if raw is None or raw == {}:
+            raise ConfigError(
+                f"{p}: the config is empty; write the keys to change (see configs/), "
+                "or start from a preset"
+            )
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of keys")
     raw = apply_overrides(raw, list(overrides))

@@ -3,8 +3,10 @@
 ``results.json``: ``{"metrics": {key: number}, "config": the full config, "timings": {stage:
 seconds}, "artifacts": {name: path}, "stages": {stage: what it did (cache hit, resumed
 epoch, losses)}, "rows": [the typed rows, as dicts], "provenance": {package and torch
-version, git commit, device, CPU capability, precision, seed, ...}}``; ``metrics`` is made
-from the run's rows. Folders written before ``rows`` and ``provenance`` existed lack them.
+version, git commit, device, CPU capability, precision, seed, ...}}``, and ``"warnings": [...]``
+when there were any (what the config allowed, a damaged cache entry recomputed, an earlier run
+moved aside); ``metrics`` is made from the run's rows. Folders written before ``rows`` and
+``provenance`` existed lack them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Results:
     stages: dict[str, Any]
     tables: list[str]
     provenance: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict[str, float | int]:
@@ -47,7 +50,7 @@ class Results:
             "stages": self.stages,
             "rows": [asdict(row) for row in self.rows],
             "provenance": self.provenance,
-        }
+        } | ({"warnings": list(self.warnings)} if self.warnings else {})
 
 
 def write_results(out_dir: str | Path, results: Results) -> Path:

@@ -26,6 +26,7 @@ from sslpoison.data.imageset import ImageSet
 from sslpoison.data.registry import DatasetNotFound, locate_dataset
 from sslpoison.defenses import DefenseConfig
 from sslpoison.detectors import DetectorConfig
+from sslpoison.errors import start_warnings
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.evaluate import Outcome, evaluate
 from sslpoison.eval.features import FeatureCache
@@ -39,6 +40,7 @@ from sslpoison.experiment.outputs import (
     write_backdoor_artifacts,
     write_summary,
 )
+from sslpoison.experiment.preflight import preflight
 from sslpoison.experiment.provenance import provenance
 from sslpoison.experiment.report import defense_panels, format_summary, summary_tables
 from sslpoison.experiment.results import Results, write_results
@@ -56,6 +58,7 @@ from sslpoison.models.text import Tokenizer
 from sslpoison.poisoning import BackdoorTarget, PoisonedSet
 from sslpoison.ssl.clip import CLIP
 from sslpoison.ssl.pretrain import PretrainConfig
+from sslpoison.train import dist
 from sslpoison.train.tracker import tracking
 from sslpoison.utils import resolve_device
 
@@ -71,7 +74,7 @@ def check_datasets(cfg: ExperimentConfig) -> None:
     ]
     for key, name, root in wanted:
         try:
-            locate_dataset(name, root)
+            locate_dataset(name, root, only_root=True)
         except (DatasetNotFound, ValueError) as e:
             raise ConfigError(f"{key}: {e}") from None
 
@@ -120,6 +123,7 @@ class Run:
     artifacts: dict[str, str] = field(default_factory=dict)
     detections: list[Detection] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    warnings: list[str] = field(default_factory=start_warnings)  # what `warn` records
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -226,6 +230,8 @@ def _run_experiment(
     given = (
         attack.given_encoder(cfg.pretrain.backbone, data.channels, run.device) if attack else None
     )
+    if dist.rank() == 0:  # every input readable, every output writable: before any training
+        preflight(cfg, Path(out_dir), data, downstream)
     if given is not None:  # the attack brings the clean encoder
         run.encoders[CLEAN], run.stages["pretrain"] = given[0], {"given": given[1]}
     else:
@@ -295,6 +301,8 @@ def write_run(
     run.artifacts |= save_models(out, run.encoders, run.clips, cfg.pretrain.text, card, keep_clean)
     run.timings["total"] = round(time.perf_counter() - run.started, 3)
     about = provenance(run.device, run.stages, cfg.seed)
-    results = Results(rows, config, run.timings, run.artifacts, run.stages, tables, about)
+    results = Results(
+        rows, config, run.timings, run.artifacts, run.stages, tables, about, run.warnings
+    )
     write_results(out, results)
     return results

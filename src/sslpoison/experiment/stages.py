@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from sslpoison.attacks import EncoderAttack
-from sslpoison.configbase import Config
+from sslpoison.configbase import Config, checked_count
 from sslpoison.data.captions import caption_imageset
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.pairs import UNLABELLED
@@ -57,8 +57,12 @@ def pretraining_data(data: DataConfig, image_text: bool, seed: int = 0) -> Image
     """The pre-training images (``data.subset`` of them, named ``data.dataset``); for CLIP
     (``image_text``) with their captions — the dataset's own, or a seeded caption template
     per image filled with its class name."""
-    images = load_fitted(data.dataset, "train", data.size, data.channels, data.root)
+    images = load_fitted(
+        data.dataset, "train", data.size, data.channels, data.root, data.allow_empty_classes
+    )
     if data.subset is not None:
+        what = f"the {data.dataset} train split"
+        checked_count("data.subset", data.subset, len(images), what, allowed=data.allow_smaller)
         images = images.take(data.subset, seed=seed, stratified=False)
     if image_text and images.captions is None:
         if images.classes == [UNLABELLED]:
@@ -83,13 +87,28 @@ def cached_stage(
     ``train(checkpoint_dir)`` returns (the output, the engine's result or None when nothing
     was trained, extra record fields); ``save(output, folder)`` writes it into the stage's
     folder (returning record fields about what it wrote, or None) and ``load(folder)`` reads
-    it back. Returns (output, record, cached?).
+    it back. A damaged cache entry is recomputed (and replaced); a stage that another
+    process is computing is waited for, then reused. Returns (output, record, cached?).
     """
+    hit = cache.reuse(stage, key, load)
+    if hit is None:
+        # One process computes a stage; another asking for it waits, then reuses it.
+        with cache.lock(stage, key, wait=not dist.is_distributed()):
+            hit = cache.reuse(stage, key, load)
+            if hit is None:
+                return _compute_stage(cache, stage, key, train, save)
+    return hit[0], hit[1], True
+
+
+def _compute_stage(
+    cache: StageCache,
+    stage: str,
+    key: str,
+    train: Callable[[Path], tuple[Any, FitResult | None, dict[str, Any]]],
+    save: Callable[[Any, Path], dict[str, Any] | None],
+) -> StageResult:
+    """:func:`cached_stage`'s miss: ``train``, then (rank 0) ``save`` and mark it done."""
     folder = cache.path(stage, key)
-    record = cache.done(stage, key)
-    if record is not None:
-        log.info("%s: reusing the cached output %s", stage, folder)
-        return load(folder), record, True
     out, result, extra = train(folder / "checkpoints")
     record = {"key": key, **extra}
     if result is not None:

@@ -31,13 +31,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError
 
 from sslpoison.configbase import Config, format_validation_error
 from sslpoison.experiment.config import ConfigError, ExperimentConfig, load_config
-from sslpoison.experiment.results import Results, read_results
+from sslpoison.experiment.results import Results
+from sslpoison.experiment.sweep_checks import MetricCheck, claim_sweep_folder, finished_results
 from sslpoison.utils import atomic_write_json, atomic_write_text
+from sslpoison.yamlio import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,11 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"sweep file not found: {p}")
+    raw = read_yaml(p)
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{p}: a sweep is a mapping of keys (base, grid, ...)")
     try:
-        sweep = SweepConfig.model_validate(yaml.safe_load(p.read_text()) or {})
+        sweep = SweepConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(f"{p}: {format_validation_error(e)}") from None
     for key, values in sweep.grid.items():
@@ -231,12 +235,15 @@ def run_sweep(
 
     out = Path(out_dir)
     runs = sweep_configs(sweep, base, list(overrides))
+    configs = [cfg for _, cfg in runs]
+    check = MetricCheck(sweep, configs)  # the metrics named are ones the runs can produce
+    claim_sweep_folder(out, sweep, [run_name(i, c) for i, (c, _) in enumerate(runs)], configs)
     rows: list[dict[str, Any]] = []
     for i, (combo, cfg) in enumerate(runs):
         folder = out / run_name(i, combo)
-        if (folder / "results.json").exists():
+        results = finished_results(folder)
+        if results is not None:
             log.info("sweep %d/%d %s: finished before, reusing", i + 1, len(runs), combo)
-            results = read_results(folder)
         else:
             log.info("sweep %d/%d %s", i + 1, len(runs), combo)
             finished = run(cfg, folder)
@@ -244,6 +251,7 @@ def run_sweep(
                 continue
             results = finished.as_json()
         metrics = results["metrics"]
+        check.seen(metrics)
         shown = sweep.metrics or sorted(metrics)
         rows.append(
             {
@@ -262,6 +270,7 @@ def run_sweep(
             table += "\n" + format_heatmap(grid, sweep.heatmap) + "\n"
         atomic_write_json(out / "sweep.json", {"grid": sweep.grid, "rows": rows})
         atomic_write_text(out / "sweep.md", table)
+    check.finish()
     if sweep.plot is not None and rows:
         plot_sweep(rows, sweep.plot, list(sweep.grid), out / "sweep.png")
     if sweep.heatmap is not None and rows:

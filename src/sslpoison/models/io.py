@@ -1,7 +1,10 @@
 """Encoders on disk: ``NAME.safetensors`` (weights) + ``NAME.json`` (the card).
 
 The card holds the architecture name and its constructor arguments, so ``load_encoder``
-rebuilds the module and loads tensors only: nothing is ever unpickled.
+rebuilds the module and loads tensors only: nothing is ever unpickled. A file that cannot be
+loaded (truncated, not safetensors, a card that names arguments the backbone does not take,
+weights of another shape, NaN weights) raises :class:`~sslpoison.errors.ModelFileError`
+naming the file.
 """
 
 from __future__ import annotations
@@ -9,14 +12,21 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from sslpoison.errors import ModelFileError, ModelFileMissing, one_line
 from sslpoison.utils import atomic_write_json, atomic_write_via
 
 CARD_VERSION = 1
+#: The largest safetensors header read (the JSON index of the tensors; real ones are KiB).
+MAX_HEADER = 100 << 20
+#: The largest JSON card read.
+MAX_CARD = 10 << 20
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -45,27 +55,134 @@ def save_encoder(encoder: nn.Module, path: str | Path, **extra) -> Path:
     return weights
 
 
+def is_saved_encoder(path: str | Path) -> bool:
+    """Whether ``path`` names an sslpoison encoder (``NAME``, ``NAME.safetensors`` or
+    ``NAME.json`` with its card beside it); ``NAME.pt`` never does, even with a
+    ``NAME.safetensors`` and ``NAME.json`` beside it."""
+    p = Path(path)
+    return p.suffix in ("", ".safetensors", ".json") and _paths(p)[1].is_file()
+
+
+def read_json_file(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path`` (at most :data:`MAX_CARD` bytes); ModelFileError naming
+    the file when it is missing, unreadable, too large, not JSON or not an object."""
+    if path.exists() and not path.is_file():  # a folder, a pipe, a device
+        raise ModelFileError(f"{path}: not a regular file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CARD + 1)
+    except FileNotFoundError:
+        raise ModelFileMissing(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if len(raw) > MAX_CARD:
+        raise ModelFileError(f"{path}: larger than {MAX_CARD >> 20} MiB, not a {what}")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ModelFileError(f"{path}: not a valid JSON {what} ({one_line(e)})") from None
+    if not isinstance(obj, dict):
+        raise ModelFileError(f"{path}: a {what} must be a JSON object")
+    return obj
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, on the CPU.
+
+    Raises:
+        ModelFileError: naming the file: missing, empty or truncated, a header larger than
+            :data:`MAX_HEADER` or than the file, or not safetensors at all.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_file():  # a folder, a pipe, a device
+        raise ModelFileError(f"{p}: not a regular file")
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise ModelFileMissing(f"weights file not found: {p}") from None
+    except OSError as e:
+        raise ModelFileError(f"{p}: cannot be read ({e.strerror or e})") from None
+    if len(head) < 8:
+        raise ModelFileError(f"{p}: {size} bytes, too short for a safetensors file")
+    header = int.from_bytes(head, "little")
+    if header > min(MAX_HEADER, size - 8):
+        raise ModelFileError(
+            f"{p}: not a safetensors file, or truncated (its header claims {header} bytes, "
+            f"the file has {size})"
+        )
+    try:
+        return load_file(str(p), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as e:
+        raise ModelFileError(f"{p}: damaged safetensors file ({one_line(e)})") from None
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:
+    """``state``, after checking that every floating-point tensor is finite (ModelFileError
+    naming the file and the first tensor holding NaN or ±inf)."""
+    for name, t in state.items():
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            raise ModelFileError(f"{path}: tensor {name!r} holds NaN or infinite values")
+    return state
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """``model.load_state_dict(state, strict=True)``, after checking names and shapes: a
+    mismatch raises ModelFileError naming the file, with counts and the first few names
+    (not torch's list of every key)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        problems = []
+        if shapes:
+            k = shapes[0]
+            problems.append(
+                f"{len(shapes)} tensors of another shape (first: {k} is "
+                f"{tuple(state[k].shape)}, the model wants {tuple(own[k].shape)})"
+            )
+        for what, names in (("missing", missing), ("unexpected", unexpected)):
+            if names:
+                problems.append(f"{len(names)} {what} (first: {', '.join(names[:3])})")
+        raise ModelFileError(f"{path}: the weights do not fit the model: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=True)
+
+
+def build_from_card(card: dict[str, Any], meta: Path, what: str = "card") -> nn.Module:
+    """The backbone a card's ``arch`` and ``args`` describe (ModelFileError naming the
+    card when they are missing or not what the backbone takes)."""
+    from sslpoison.models import build_backbone
+
+    arch, args = card.get("arch"), card.get("args")
+    if not isinstance(arch, str) or not isinstance(args, dict):
+        raise ModelFileError(f"{meta}: the {what} needs 'arch' (a name) and 'args' (a mapping)")
+    try:
+        return build_backbone(arch, **args)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"{meta}: {what} arch {arch!r}, args {args}: {one_line(e)}") from None
+
+
 def read_card(path: str | Path) -> dict:
     """The JSON card of a saved encoder."""
     _, meta = _paths(path)
-    if not meta.exists():
-        raise FileNotFoundError(f"encoder card not found: {meta}")
-    card = json.loads(meta.read_text())
+    card = read_json_file(meta, "encoder card")
     if card.get("format") != "sslpoison-encoder":
-        raise ValueError(f"{meta} is not an sslpoison encoder card")
+        raise ModelFileError(f"{meta} is not an sslpoison encoder card")
     return card
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a saved encoder from its card and load its weights (no unpickling)."""
-    from sslpoison.models import build_backbone
+    """Rebuild a saved encoder from its card and load its weights (no unpickling).
 
-    weights, _ = _paths(path)
+    Raises:
+        ModelFileError: naming the file that is missing or cannot be loaded.
+    """
+    weights, meta = _paths(path)
     card = read_card(path)
-    if not weights.exists():
-        raise FileNotFoundError(f"encoder weights not found: {weights}")
-    model = build_backbone(card["arch"], **card["args"])
-    model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
+    model = build_from_card(card, meta)
+    load_state_into(model, check_finite(read_safetensors(weights), weights), weights)
     return model.to(device)
 
 
@@ -75,19 +192,36 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     ``state_dict`` / ``model`` entry is used when present (common training checkpoints)."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
+        raise ModelFileMissing(f"checkpoint not found: {p}")
+    if p.is_dir():
+        raise ModelFileError(f"{p}: is a folder, not a checkpoint file")
+    if not p.is_file():  # a pipe, a device
+        raise ModelFileError(f"{p}: not a regular file")
     if p.suffix == ".safetensors":
-        return load_file(str(p), device="cpu")
+        return check_finite(read_safetensors(p), p)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # the restricted unpickler refuses anything but tensors
-        raise ValueError(f"{p}: not a plain tensor checkpoint ({e})") from None
+        raise ModelFileError(
+            f"{p}: not a plain tensor checkpoint ({_torch_load_problem(e)})"
+        ) from None
     for nested in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(nested), dict):
             obj = obj[nested]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{p}: expected a mapping of names to tensors")
-    return obj
+        raise ModelFileError(f"{p}: expected a mapping of names to tensors")
+    return check_finite(obj, p)
+
+
+def _torch_load_problem(error: Exception) -> str:
+    """The gist of a ``torch.load`` failure (its messages run to a page of advice): the
+    first paragraph that is not PyTorch's general advice."""
+    advice = ("Weights only load failed", "Check the documentation", "In PyTorch 2.6")
+    for part in str(error).split("\n\n"):
+        part = part.replace("WeightsUnpickler error:", "").strip()
+        if part and not part.startswith(advice):
+            return one_line(part.split(" Check the documentation")[0].split(". ")[0], 200)
+    return one_line(str(error).split(". ")[0], 200)
 
 
 def remap_keys(state: dict[str, torch.Tensor], key_map: dict[str, str]) -> dict[str, torch.Tensor]:
@@ -106,22 +240,22 @@ def load_weights(model: nn.Module, path: str | Path, key_map: dict[str, str]) ->
     """Load a plain checkpoint into ``model`` through ``key_map``; every key must match.
 
     Raises:
-        ValueError: listing the missing and unexpected keys (after mapping) or a shape
-            mismatch, so the map can be fixed.
+        ModelFileError: (a ValueError) listing the missing and unexpected keys (after
+            mapping) or a shape mismatch, so the map can be fixed.
     """
     state = remap_keys(read_state_dict(path), key_map)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ValueError(
+        raise ModelFileError(
             f"{path}: keys do not match the backbone after key_map; "
             f"missing {missing[:6]}{' …' if len(missing) > 6 else ''}, "
             f"unexpected {unexpected[:6]}{' …' if len(unexpected) > 6 else ''}"
         )
     for k, v in state.items():
         if v.shape != own[k].shape:
-            raise ValueError(
+            raise ModelFileError(
                 f"{path}: {k} has shape {tuple(v.shape)}, the backbone wants {tuple(own[k].shape)}"
             )
     model.load_state_dict(state, strict=True)

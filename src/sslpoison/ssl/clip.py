@@ -20,7 +20,6 @@ safetensors + a JSON card holding its architecture and its tokenizer (:func:`sav
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,12 +28,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, PositiveInt
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from sslpoison.configbase import Config
 from sslpoison.data.augment import ViewSpec, to_float, view_pipeline
 from sslpoison.data.captions import class_prompts
-from sslpoison.models import build_backbone
+from sslpoison.errors import ModelFileError, ModelFileMissing, one_line
 from sslpoison.models.backbone import BackboneConfig, build_encoder
 from sslpoison.models.text import TextConfig, TextTransformer, Tokenizer
 from sslpoison.train.dist import gather_with_grad, rank
@@ -205,19 +204,39 @@ def save_clip(
 
 
 def load_clip(path: str | Path, device: str | torch.device = "cpu") -> tuple[CLIP, Tokenizer]:
-    """Rebuild a model saved by :func:`save_clip` (tensors only, nothing unpickled)."""
+    """Rebuild a model saved by :func:`save_clip` (tensors only, nothing unpickled).
+
+    Raises:
+        ModelFileError: naming the file that is missing or cannot be loaded.
+    """
+    from sslpoison.models.io import (
+        build_from_card,
+        check_finite,
+        load_state_into,
+        read_json_file,
+        read_safetensors,
+    )
+
     weights, meta = _clip_paths(path)
-    for f in (weights, meta):
-        if not f.exists():
-            raise FileNotFoundError(f"CLIP model file not found: {f}")
-    card = json.loads(meta.read_text())
+    if not weights.exists():
+        raise ModelFileMissing(f"CLIP model file not found: {weights}")
+    card = read_json_file(meta, "CLIP card")
     if card.get("format") != "sslpoison-clip":
-        raise ValueError(f"{meta} is not an sslpoison CLIP card")
-    tokenizer = Tokenizer.from_dict(card["tokenizer"])
-    backbone = build_backbone(card["image"]["arch"], **card["image"]["args"])
-    text = TextConfig.model_validate(card["text"]).build(tokenizer, card["embed_dim"])
-    model = CLIP(backbone, text, max_logit_scale=card["max_logit_scale"])
-    model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
+        raise ModelFileError(f"{meta} is not an sslpoison CLIP card")
+    try:
+        tokenizer = Tokenizer.from_dict(card["tokenizer"])
+        image = card["image"]
+        text_cfg = TextConfig.model_validate(card["text"])
+        embed_dim, max_logit_scale = int(card["embed_dim"]), float(card["max_logit_scale"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{meta}: not a complete CLIP card ({one_line(e, 200)})") from None
+    backbone = build_from_card(image if isinstance(image, dict) else {}, meta, "card's image")
+    try:
+        text = text_cfg.build(tokenizer, embed_dim)
+        model = CLIP(backbone, text, max_logit_scale=max_logit_scale)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"{meta}: {one_line(e, 200)}") from None
+    load_state_into(model, check_finite(read_safetensors(weights), weights), weights)
     return model.to(device), tokenizer
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from sslpoison.errors import one_line, warn
 from sslpoison.utils import atomic_write_json, atomic_write_via
 
 POINTER = "last.json"
@@ -59,21 +60,28 @@ def save_checkpoint(directory: Path, epoch: int, state: dict[str, Any]) -> Path:
 
 def latest_checkpoint_file(directory: Path) -> Path | None:
     pointer = Path(directory) / POINTER
-    if not pointer.exists():
+    try:
+        return Path(directory) / Path(json.loads(pointer.read_text())["tensors"]).name
+    except (OSError, ValueError, KeyError, TypeError):  # none, or a damaged pointer
         return None
-    return Path(directory) / json.loads(pointer.read_text())["tensors"]
 
 
 def load_checkpoint(directory: Path) -> tuple[int, dict[str, Any]] | None:
-    """The last complete checkpoint as ``(epoch, state)``, or None when there is none."""
+    """The last complete checkpoint as ``(epoch, state)``, or None when there is none — or
+    when it is damaged (a warning: training then starts over)."""
+    from sslpoison.models.io import read_safetensors
+
     pointer = Path(directory) / POINTER
     if not pointer.exists():
         return None
-    meta = json.loads(pointer.read_text())
-    weights = Path(directory) / meta["tensors"]
-    if not weights.exists():
-        raise FileNotFoundError(f"checkpoint {pointer} names {weights.name}, which is missing")
-    return int(meta["epoch"]), _restore(meta["state"], load_file(str(weights)))
+    try:
+        meta = json.loads(pointer.read_text(encoding="utf-8"))
+        weights = Path(directory) / Path(meta["tensors"]).name
+        state = _restore(meta["state"], read_safetensors(weights))
+        return int(meta["epoch"]), state
+    except (OSError, ValueError, KeyError, TypeError) as e:  # incl. ModelFileError
+        warn(f"{pointer}: damaged checkpoint ({one_line(e, 200)}); training starts over")
+        return None
 
 
 def load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from pydantic import (
 from tqdm.auto import tqdm
 
 from sslpoison.configbase import Config
+from sslpoison.errors import NumericsError
 from sslpoison.train import dist
 from sslpoison.train.checkpoint import (
     load_checkpoint,
@@ -254,7 +255,7 @@ def fit(
             with ctx:
                 loss = model(*batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(
+                raise NumericsError(
                     f"{desc}: loss became {loss.item()} at epoch "
                     f"{epoch + 1}, step {i + 1}; lower the learning rate"
                 )
