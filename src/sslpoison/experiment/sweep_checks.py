@@ -3,10 +3,11 @@ produce, and that its output folder is its own.
 
 Metric keys are ``<dataset>/...``, ``<defense>[_on_clean]/<dataset>/...`` or
 ``<detector>/...``. Before any run, every metric a sweep names (``metrics``, ``plot.y``,
-``reach.y``, ``heatmap.value``) must start with a dataset, defense or detector of its runs. Once the first run
-is done its metrics are known: a name it did not produce is an error then, unless the grid
-varies what decides which metrics exist (the attack, the defenses, the detectors, the
-evaluation, the pre-training method); then a name no run produced is an error at the end.
+``reach.y``, ``heatmap.value``) must start with a dataset, defense or detector of its runs.
+Once the first run is done its metrics are known: a name it did not produce is an error
+then, unless the grid varies what decides which metrics exist (the attack, the defenses, the
+detectors, the evaluation, the pre-training method); then a name no run produced is an error
+at the end.
 """
 
 from __future__ import annotations
