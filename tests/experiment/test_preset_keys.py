@@ -95,243 +95,243 @@ PINNED = {
     "cpu-badencoder-fmnist": {"pretrain": "7b1af3e0c00a31a4", "attack": "343e8557fbf96b0a"},
     "cpu-badencoder-targets-sweep/00-kind=solid,position=_22,_22_,target_class=T-shirt_top": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "8bd5f75d5892f37a",
+        "attack": "ea2db9f2d6da67d3",
     },
     "cpu-badencoder-targets-sweep/01-kind=solid,position=_22,_22_,target_class=Trouser": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "ff48bf489a082402",
+        "attack": "a07cdb963ae75d43",
     },
     "cpu-badencoder-targets-sweep/02-kind=solid,position=_22,_22_,target_class=Pullover": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "3b949d48e9ba741d",
+        "attack": "8e659439cb8e3fff",
     },
     "cpu-badencoder-targets-sweep/03-kind=solid,position=_22,_22_,target_class=Dress": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "f3d32268e4b7b29c",
+        "attack": "26e993b1faa38bb7",
     },
     "cpu-badencoder-targets-sweep/04-kind=solid,position=_22,_22_,target_class=Coat": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "46da231eb4b03952",
+        "attack": "738ae92b712d660d",
     },
     "cpu-badencoder-targets-sweep/05-kind=solid,position=_22,_22_,target_class=Sandal": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "1315cb571f28d1be",
+        "attack": "565c3fe076868eb7",
     },
     "cpu-badencoder-targets-sweep/06-kind=solid,position=_22,_22_,target_class=Shirt": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "12cf41a88c189795",
+        "attack": "ba5407c9b3e56199",
     },
     "cpu-badencoder-targets-sweep/07-kind=solid,position=_22,_22_,target_class=Sneaker": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "dc786753a14c15e1",
+        "attack": "b6578c8307a5c1f3",
     },
     "cpu-badencoder-targets-sweep/08-kind=solid,position=_22,_22_,target_class=Bag": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "1f52bde4aa70761d",
+        "attack": "ad5cd64bb819da6c",
     },
     "cpu-badencoder-targets-sweep/09-kind=solid,position=_22,_22_,target_class=Ankle_boot": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "d28b79532f12ed9b",
+        "attack": "bc310df7882ea7d8",
     },
     "cpu-badencoder-targets-sweep/10-kind=solid,position=_2,_21_,target_class=T-shirt_top": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "699be1e206ad2594",
+        "attack": "f01a7027135dfbed",
     },
     "cpu-badencoder-targets-sweep/11-kind=solid,position=_2,_21_,target_class=Trouser": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "8372ae6c19a4fb3d",
+        "attack": "17d9d665616bc6e1",
     },
     "cpu-badencoder-targets-sweep/12-kind=solid,position=_2,_21_,target_class=Pullover": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "f1afb201ec832bbc",
+        "attack": "540849bd132c3e73",
     },
     "cpu-badencoder-targets-sweep/13-kind=solid,position=_2,_21_,target_class=Dress": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "a6a54750f99edf39",
+        "attack": "78e090a3324639e3",
     },
     "cpu-badencoder-targets-sweep/14-kind=solid,position=_2,_21_,target_class=Coat": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "baee112ab7077d48",
+        "attack": "e3f356602eab1e5a",
     },
     "cpu-badencoder-targets-sweep/15-kind=solid,position=_2,_21_,target_class=Sandal": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "5e80d5f40a0f421c",
+        "attack": "e455a9a9b0fc91e1",
     },
     "cpu-badencoder-targets-sweep/16-kind=solid,position=_2,_21_,target_class=Shirt": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "1bc7b04093c6ead8",
+        "attack": "73ccc74b05f9ad81",
     },
     "cpu-badencoder-targets-sweep/17-kind=solid,position=_2,_21_,target_class=Sneaker": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "8aed1686b498ae1f",
+        "attack": "6700d36f2ba67cc4",
     },
     "cpu-badencoder-targets-sweep/18-kind=solid,position=_2,_21_,target_class=Bag": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "002eb3ffefe12464",
+        "attack": "8d5d8d77051c4316",
     },
     "cpu-badencoder-targets-sweep/19-kind=solid,position=_2,_21_,target_class=Ankle_boot": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "ee80abe065210740",
+        "attack": "4cda73e9253ed060",
     },
     "cpu-badencoder-targets-sweep/20-kind=solid,position=_21,_2_,target_class=T-shirt_top": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "4af23147f6106b52",
+        "attack": "1a192be5fed5408a",
     },
     "cpu-badencoder-targets-sweep/21-kind=solid,position=_21,_2_,target_class=Trouser": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "7bf9e128c3b0934b",
+        "attack": "2f9a6cf8cf73174e",
     },
     "cpu-badencoder-targets-sweep/22-kind=solid,position=_21,_2_,target_class=Pullover": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "0326320ee258b6a0",
+        "attack": "03cf15dc599f85b4",
     },
     "cpu-badencoder-targets-sweep/23-kind=solid,position=_21,_2_,target_class=Dress": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "3af955f2ceae9ba8",
+        "attack": "9a893127574f401f",
     },
     "cpu-badencoder-targets-sweep/24-kind=solid,position=_21,_2_,target_class=Coat": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "7657665025ce9160",
+        "attack": "81460e3e5dfed0ae",
     },
     "cpu-badencoder-targets-sweep/25-kind=solid,position=_21,_2_,target_class=Sandal": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "48d84d3ed0faac50",
+        "attack": "e2796585ca8991b9",
     },
     "cpu-badencoder-targets-sweep/26-kind=solid,position=_21,_2_,target_class=Shirt": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "afbe58014e315111",
+        "attack": "0e11122a9f5161ae",
     },
     "cpu-badencoder-targets-sweep/27-kind=solid,position=_21,_2_,target_class=Sneaker": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "771177c07620a53f",
+        "attack": "64ec148896accd75",
     },
     "cpu-badencoder-targets-sweep/28-kind=solid,position=_21,_2_,target_class=Bag": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "362ab287666105af",
+        "attack": "4f2210d0c88f8fb5",
     },
     "cpu-badencoder-targets-sweep/29-kind=solid,position=_21,_2_,target_class=Ankle_boot": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "68a740b33827a1df",
+        "attack": "7e1494158fb79505",
     },
     "cpu-badencoder-targets-sweep/30-kind=noise,position=_22,_22_,target_class=T-shirt_top": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "7ecc6a4217d93aac",
+        "attack": "a5b71438c1f5c9b4",
     },
     "cpu-badencoder-targets-sweep/31-kind=noise,position=_22,_22_,target_class=Trouser": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "2feb4e210a5cb931",
+        "attack": "729258fff1b0ccf8",
     },
     "cpu-badencoder-targets-sweep/32-kind=noise,position=_22,_22_,target_class=Pullover": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "5acb4edd75f32c8b",
+        "attack": "5af65e06e370951b",
     },
     "cpu-badencoder-targets-sweep/33-kind=noise,position=_22,_22_,target_class=Dress": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "e8afb868089d2632",
+        "attack": "381072c3fa4359f6",
     },
     "cpu-badencoder-targets-sweep/34-kind=noise,position=_22,_22_,target_class=Coat": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "04875261e2f11ad9",
+        "attack": "838e87b54ac99736",
     },
     "cpu-badencoder-targets-sweep/35-kind=noise,position=_22,_22_,target_class=Sandal": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "e9f07a168c5d0d79",
+        "attack": "9b77c943e97fcd77",
     },
     "cpu-badencoder-targets-sweep/36-kind=noise,position=_22,_22_,target_class=Shirt": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "fea00e8baee10072",
+        "attack": "d6253dd0b54e4296",
     },
     "cpu-badencoder-targets-sweep/37-kind=noise,position=_22,_22_,target_class=Sneaker": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "a0af02287e5135c8",
+        "attack": "e8389b3aa3378aaf",
     },
     "cpu-badencoder-targets-sweep/38-kind=noise,position=_22,_22_,target_class=Bag": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "6818628d29cbdde3",
+        "attack": "ef17ed0c711651d5",
     },
     "cpu-badencoder-targets-sweep/39-kind=noise,position=_22,_22_,target_class=Ankle_boot": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "ad15645d41c17b70",
+        "attack": "5300307f3ee4e2c9",
     },
     "cpu-badencoder-targets-sweep/40-kind=noise,position=_2,_21_,target_class=T-shirt_top": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "d217bb8a80d63501",
+        "attack": "85092dfe968db562",
     },
     "cpu-badencoder-targets-sweep/41-kind=noise,position=_2,_21_,target_class=Trouser": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "586f19469a3b18fc",
+        "attack": "69cd907551c59807",
     },
     "cpu-badencoder-targets-sweep/42-kind=noise,position=_2,_21_,target_class=Pullover": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "670201820ef0586d",
+        "attack": "055837f312db4fbd",
     },
     "cpu-badencoder-targets-sweep/43-kind=noise,position=_2,_21_,target_class=Dress": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "6bb4a848451d7fa6",
+        "attack": "8b20f2c58321e9d9",
     },
     "cpu-badencoder-targets-sweep/44-kind=noise,position=_2,_21_,target_class=Coat": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "fec4516da010fe27",
+        "attack": "ef5b35e9d3bf8cf8",
     },
     "cpu-badencoder-targets-sweep/45-kind=noise,position=_2,_21_,target_class=Sandal": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "f733e7a4d290eb61",
+        "attack": "29702a611681aefd",
     },
     "cpu-badencoder-targets-sweep/46-kind=noise,position=_2,_21_,target_class=Shirt": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "ab615985db6bbda4",
+        "attack": "3becb3b2bfc9691e",
     },
     "cpu-badencoder-targets-sweep/47-kind=noise,position=_2,_21_,target_class=Sneaker": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "6a22bd7b9de206f5",
+        "attack": "d04255ec953dad4e",
     },
     "cpu-badencoder-targets-sweep/48-kind=noise,position=_2,_21_,target_class=Bag": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "f3f17263e7eedd2f",
+        "attack": "05b6fa1f996274f3",
     },
     "cpu-badencoder-targets-sweep/49-kind=noise,position=_2,_21_,target_class=Ankle_boot": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "958cce31ea26d035",
+        "attack": "c32a6e34db16882d",
     },
     "cpu-badencoder-targets-sweep/50-kind=noise,position=_21,_2_,target_class=T-shirt_top": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "811786b7199ab6a1",
+        "attack": "c7a317cc5a837396",
     },
     "cpu-badencoder-targets-sweep/51-kind=noise,position=_21,_2_,target_class=Trouser": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "7801989b0ea0d8b1",
+        "attack": "23a9dff13c747181",
     },
     "cpu-badencoder-targets-sweep/52-kind=noise,position=_21,_2_,target_class=Pullover": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "0b7baaba05f07ed0",
+        "attack": "09387ab145c33718",
     },
     "cpu-badencoder-targets-sweep/53-kind=noise,position=_21,_2_,target_class=Dress": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "723d7cd86aa592e6",
+        "attack": "7a1fe644c568cc4e",
     },
     "cpu-badencoder-targets-sweep/54-kind=noise,position=_21,_2_,target_class=Coat": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "b803904a9f1a0698",
+        "attack": "484a132b69ac8486",
     },
     "cpu-badencoder-targets-sweep/55-kind=noise,position=_21,_2_,target_class=Sandal": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "0d5d3ccf93728a1c",
+        "attack": "d401490b4dc2dd0b",
     },
     "cpu-badencoder-targets-sweep/56-kind=noise,position=_21,_2_,target_class=Shirt": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "8f6747c66313a2d9",
+        "attack": "fe24d6d2ca5cce87",
     },
     "cpu-badencoder-targets-sweep/57-kind=noise,position=_21,_2_,target_class=Sneaker": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "06215a2d57b41ed1",
+        "attack": "f2aca4d331ccb29e",
     },
     "cpu-badencoder-targets-sweep/58-kind=noise,position=_21,_2_,target_class=Bag": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "4efc1a6322371004",
+        "attack": "5d21a6deb3fbb8d8",
     },
     "cpu-badencoder-targets-sweep/59-kind=noise,position=_21,_2_,target_class=Ankle_boot": {
         "pretrain": "7b1af3e0c00a31a4",
-        "attack": "7257a7f0d614050a",
+        "attack": "b13a8a518d908a8d",
     },
     "cpu-byol-fmnist": {"pretrain": "c462b82605497fd1"},
     "cpu-clip-backdoor-fmnist": {
