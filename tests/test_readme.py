@@ -36,6 +36,7 @@ def test_the_python_example_attacks_defends_and_evaluates(capsys):
     namespace: dict = {}
     run(code.replace(line, 'DATASET, TARGET = "synthetic", "vertical"'), namespace)
     rows = {row.key: row.value for row in namespace["result"].rows}
+    per_encoder = ("top_class", "top_share", "ref_target")
     assert set(rows) == {
         "synthetic/ca",
         "synthetic/asr_b",
@@ -43,6 +44,9 @@ def test_the_python_example_attacks_defends_and_evaluates(capsys):
         "synthetic/asr",
         "distill/synthetic/ba",
         "distill/synthetic/asr",
+        *(f"synthetic/{m}_b" for m in per_encoder),
+        *(f"synthetic/{m}" for m in per_encoder),
+        *(f"distill/synthetic/{m}" for m in per_encoder),
     }
     assert rows["synthetic/asr"] > rows["synthetic/asr_b"]
     assert "distill" in capsys.readouterr().out
@@ -92,7 +96,7 @@ def test_the_attack_snippets_strike_where_they_say(monkeypatch):
     encoder = build_backbone("resnet18", width=0.125, in_channels=1)
     shadow = attack.shadow_subset(data)
     targets = attack.prepare_targets(encoder, shadow, attack.backdoor_targets(data, downstream))
-    assert targets[0].references.shape == (1, 1, 16, 16)
+    assert targets[0].references.shape == (3, 1, 16, 16)  # the default: 3 references
     done = attack.run(encoder, shadow, targets)
     assert len(done.fit.losses) == 1 and done.record == {"shadow": 32}
     assert namespace["LabelFlip"]().hook is Hook.DOWNSTREAM_DATA

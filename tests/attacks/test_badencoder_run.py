@@ -36,7 +36,7 @@ def test_badencoder_run_backdoors_and_keeps_utility(tmp_path, config, write_conf
     attack = results["stages"]["attack"]
     assert attack["cached"] is False and attack["shadow_images"] == 256
     (target,) = attack["targets"]
-    assert target["class_name"] == "vertical" and len(target["reference_indices"]) == 1
+    assert target["class_name"] == "vertical" and len(target["reference_indices"]) == 3
     assert "collapsed" not in (tmp_path / "a" / "summary.md").read_text()
     assert len(attack["loss_terms"]) == 10
     picture = results["artifacts"]["trigger:synthetic/vertical"]

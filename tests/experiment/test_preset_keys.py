@@ -366,7 +366,7 @@ PINNED = {
         "pretrain": "bfabf86ff6df7eb9",
         "pretrain_poisoned": "f01095d5b25364f2",
     },
-    "cpu-defenses-fmnist": {"pretrain": "7b1af3e0c00a31a4", "attack": "343e8557fbf96b0a"},
+    "cpu-defenses-fmnist": {"pretrain": "7b1af3e0c00a31a4", "attack": "1b874dcebccdb786"},
     "cpu-indiscriminate-fmnist": {"pretrain": "7b1af3e0c00a31a4"},
     "cpu-indiscriminate-sweep/00-name=label_flip,epsilon=0.01": {"pretrain": "7b1af3e0c00a31a4"},
     "cpu-indiscriminate-sweep/01-name=label_flip,epsilon=0.03": {"pretrain": "7b1af3e0c00a31a4"},

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sslpoison.errors import UserError
 from sslpoison.eval.rows import Row
 from sslpoison.experiment.legacy_rows import reconstruct_rows
 from sslpoison.experiment.provenance import overall_precision, precisions
@@ -88,7 +89,7 @@ UNMEASURED = ("name", "threads", "cache_dir", "results_db", "tracker")
 UNMEASURED_ANYWHERE = ("seed", "progress", "checkpoint_every")
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """The results store cannot be read or written; the message names its file."""
 
 
