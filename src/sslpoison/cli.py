@@ -4,7 +4,9 @@ library, print what it wrote.
 ``sslpoison run CONFIG.yaml [--set key=value ...] [--out DIR]``,
 ``sslpoison sweep SWEEP.yaml [--set key=value ...] [--out DIR]``,
 ``sslpoison datasets [--check NAME]``, ``sslpoison fetch NAME``; the results store's
-``sslpoison runs [import DIR...]`` and ``sslpoison report`` (:mod:`sslpoison.cli_runs`).
+``sslpoison runs [import DIR...]`` and ``sslpoison report`` (:mod:`sslpoison.cli_runs`);
+``sslpoison encoder inspect SOURCE...`` and ``sslpoison export RUN_DIR ...``
+(:mod:`sslpoison.cli_encoders`).
 
 Exit codes: 0 done; 2 a failure the user can fix (a :class:`~sslpoison.errors.UserError`, or
 the filesystem refusing a path), printed as one line ``error: <file or key>: <problem>``;
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sslpoison.cli_encoders import add_commands as add_encoder_commands
 from sslpoison.cli_runs import add_commands
 
 if TYPE_CHECKING:
@@ -147,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--dest", help="folder (default $SSLPOISON_DATA/NAME or ~/.cache/sslpoison)")
     fe.set_defaults(func=_fetch)
     add_commands(sub)
+    add_encoder_commands(sub)
     return parser
 
 

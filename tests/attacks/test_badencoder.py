@@ -22,7 +22,6 @@ from sslpoison.data.synthetic import synthetic
 from sslpoison.eval.backdoor import triggered_copy
 from sslpoison.eval.downstream import Downstream, EvalConfig
 from sslpoison.models import build_backbone
-from sslpoison.models.io import load_weights
 
 
 def fitted(size: int) -> Downstream:
@@ -264,19 +263,6 @@ def test_an_asymmetric_trigger_lands_at_row_col_in_training_and_evaluation():
         got[:, :, row : row + side, col : col + side], pattern.expand(len(got), -1, -1, -1)
     )
     assert patched_where(got, data.images.float() / 255)[0] == (row, col)
-
-
-def test_plain_state_dict_loads_through_a_key_map(tmp_path):
-    src = build_backbone("resnet18", width=0.125, in_channels=1)
-    # A foreign checkpoint: other names, a classifier to drop, nested under "state_dict".
-    foreign = {f"backbone.{k}": v for k, v in src.state_dict().items()}
-    foreign["fc.weight"] = torch.zeros(10, 64)
-    torch.save({"state_dict": foreign, "epoch": 3}, tmp_path / "ckpt.pth")
-    dst = build_backbone("resnet18", width=0.125, in_channels=1)
-    load_weights(dst, tmp_path / "ckpt.pth", {r"^backbone\.": "", r"^fc\..*": ""})
-    assert all(torch.equal(v, dst.state_dict()[k]) for k, v in src.state_dict().items())
-    with pytest.raises(ValueError, match=r"missing \[.layer1.*unexpected \[.backbone\.layer1"):
-        load_weights(dst, tmp_path / "ckpt.pth", {r"^fc\..*": ""})
 
 
 def test_the_chosen_references_are_part_of_the_attack_key():

@@ -66,27 +66,41 @@ def test_bad_targets_fail_before_training(tmp_path, capsys, config, write_config
 
 
 def test_a_given_state_dict_is_attacked_without_pre_training(
-    tmp_path, capsys, config, write_config
+    tmp_path, capsys, caplog, config, write_config
 ):
+    import logging
+
     import torch
 
     from sslpoison.models import build_backbone
+    from sslpoison.utils import module_hash
 
+    caplog.set_level(logging.INFO)
     torch.manual_seed(0)
     foreign = build_backbone("resnet18", width=0.125, in_channels=1)
     torch.save({f"module.{k}": v for k, v in foreign.state_dict().items()}, tmp_path / "enc.pt")
     config["pretrain"]["train"]["epochs"] = 10_000  # would never finish if it ran
-    config["attack"]["encoder"] = str(tmp_path / "enc.pt")
-    config["attack"]["key_map"] = {r"^module\.": ""}
+    path = str(tmp_path / "enc.pt")
+    config["encoder"] = {"source": "file", "path": path, "key_map": {r"^module\.": ""}}
     config["attack"]["train"]["epochs"] = 1
     assert main(["run", write_config(config), "--out", str(tmp_path / "a")]) == 0
     results = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert results["stages"]["pretrain"] == {"given": str(tmp_path / "enc.pt")}
+    given = results["stages"]["pretrain"]["given"]
+    assert (given["path"], given["layout"], given["arch"]) == (path, "sslpoison", "resnet18")
+    assert given["weights"] == module_hash(foreign)
     assert results["stages"]["attack"]["cached"] is False
     assert "synthetic/asr" in results["metrics"]
+    assert "encoder: given, so it takes precedence" in caplog.text
 
-    config["attack"]["key_map"] = {}
+    config["encoder"]["key_map"] = {}
     assert main(["run", write_config(config), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
-    assert "attack.encoder:" in err and "unexpected ['module.layer1" in err
+    assert "encoder:" in err and "fit no known layout" in err and "module.layer1" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_the_old_attack_encoder_keys_point_at_encoder(tmp_path, capsys, config, write_config):
+    config["attack"]["encoder"] = "x.pt"
+    assert main(["run", write_config(config), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "attack.encoder moved to the top-level encoder: section" in err[0]

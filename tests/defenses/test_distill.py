@@ -203,6 +203,7 @@ def test_distillation_moves_the_student_toward_the_teacher():
     assert kl_distilled < 0.5 * kl_random, (kl_random, kl_distilled)
     assert out.record == {
         "student_init": "random",
+        "student_arch": "resnet18",
         "variant": "2q",
         "bank": 128,  # capped at the clean images
         "clean_images": 128,

@@ -164,5 +164,5 @@ def test_config_defaults_and_errors():
         MimicConfig(temperature=0)
     with pytest.raises(ValueError, match="network"):
         MimicConfig.model_validate({"mi": {"network": "both"}})
-    with pytest.raises(ValueError, match="ResNet"):
+    with pytest.raises(ValueError, match="stage maps"):
         run_mimic(torch.nn.Linear(3, 3), synthetic(n=16, size=16, seed=0), tiny_mimic())

@@ -1,6 +1,7 @@
-"""Broken, hostile or mismatched model files given as ``attack.encoder``: each fails before
-any training with exit 2 and one line naming the file; a pickle payload never runs; a
-``.pt`` is read as the ``.pt`` even with a saved encoder of the same name beside it."""
+"""Broken, hostile or mismatched model files given as ``encoder: {source: file}``: each
+fails before any training with exit 2 and one line naming the file; a pickle payload never
+runs; a ``.pt`` is read as the ``.pt`` even with a saved encoder of the same name beside
+it."""
 
 from __future__ import annotations
 
@@ -25,8 +26,7 @@ from damaged_files import (
 from safetensors.torch import load_file
 from user_errors import assert_user_error, trained_stages
 
-from sslpoison.attacks.badencoder import BadEncoderConfig
-from sslpoison.models.backbone import BackboneConfig
+from sslpoison.models.sources import EncoderSource, load_source
 
 ATTACK = {
     "name": "badencoder",
@@ -35,7 +35,7 @@ ATTACK = {
     "train": {"epochs": 1, "batch_size": 16, "progress": False},
 }
 
-#: A case: (the ``attack.encoder`` value, what the error must name); made in a folder.
+#: A case: (the ``encoder.path`` value, what the error must name); made in a folder.
 Case = tuple[str, tuple[str, ...]]
 
 
@@ -137,7 +137,7 @@ def plain_weights_inf(tmp: Path) -> Case:
 
 def plain_weights_wrong_keys(tmp: Path) -> Case:
     plain = write_weights(tmp / "other.safetensors", {"fc.weight": torch.zeros(3, 3)})
-    return str(plain), (str(plain), "keys do not match")
+    return str(plain), (str(plain), "fit no known layout", "fc.weight")
 
 
 def pt_garbage(tmp: Path) -> Case:
@@ -191,7 +191,8 @@ CASES: list[Callable[[Path], Case]] = [
 
 
 def attack_config(tiny_run: dict, encoder: str) -> dict:
-    tiny_run["attack"] = copy.deepcopy(ATTACK) | {"encoder": encoder}
+    tiny_run["attack"] = copy.deepcopy(ATTACK)
+    tiny_run["encoder"] = {"source": "file", "path": encoder}
     return tiny_run
 
 
@@ -202,7 +203,7 @@ def test_a_broken_model_file_is_named_before_any_training(
     encoder, names = case(tmp_path)
     out = tmp_path / "out"
     cfg = write_yaml(attack_config(tiny_run, encoder))
-    line = assert_user_error(*cli("run", cfg, "--out", out)[::2], "attack.encoder", *names)
+    line = assert_user_error(*cli("run", cfg, "--out", out)[::2], "encoder:", *names)
     assert len(line) < 700  # no dump of every state-dict key
     assert not (out / "results.json").exists()
     assert trained_stages(cache_dir) == [] and not (cache_dir / "attack").exists()
@@ -220,11 +221,12 @@ def test_a_pickle_payload_in_a_pt_checkpoint_never_runs(
 def test_a_pt_is_read_as_itself_beside_a_saved_encoder_of_its_name(tmp_path):
     stem = write_encoder(tmp_path / "enc")
     torch.manual_seed(1)
-    given = BadEncoderConfig.model_validate(ATTACK | {"encoder": str(stem) + ".pt"})
+    given = EncoderSource(source="file", path=str(stem) + ".pt")
     other = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in load_file(
         stem.with_suffix(".safetensors")).items()}  # fmt: skip
     torch.save(other, stem.with_suffix(".pt"))
-    model, source = given.given_encoder(BackboneConfig(width=0.125), 1, torch.device("cpu"))
-    assert source.endswith("enc.pt")
+    loaded = load_source(given)
+    assert loaded.record["path"].endswith("enc.pt") and loaded.record["layout"] == "sslpoison"
+    model = loaded.encoder
     for k, v in model.state_dict().items():
         assert torch.equal(v, other[k]), k

@@ -22,12 +22,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveInt, model_validator
+from pydantic_core import PydanticCustomError
 
 from sslpoison.attacks.base import Attacked, EncoderAttack
 from sslpoison.configbase import Config, CountOrShare
@@ -35,9 +36,6 @@ from sslpoison.data.augment import ViewAugment, to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.features import extract_features
-from sslpoison.models import load_encoder
-from sslpoison.models.backbone import BackboneConfig, build_encoder
-from sslpoison.models.io import is_saved_encoder, load_weights
 from sslpoison.poisoning import BackdoorTarget
 from sslpoison.train.engine import FitResult, TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
@@ -83,10 +81,9 @@ class BadEncoderConfig(EncoderAttack):
     """The ``attack:`` section for BadEncoder.
 
     ``shadow``: the shadow set, a count or share of the pre-training images (seeded).
-    ``targets``: each one a class of a dataset of ``eval.datasets``. ``encoder``: attack this
-    encoder instead of the pre-training stage's: a saved sslpoison encoder, or a plain state
-    dict (``.safetensors``, or ``.pt``/``.pth`` read with ``weights_only``) mapped onto
-    ``pretrain.backbone`` by ``key_map``.
+    ``targets``: each one a class of a dataset of ``eval.datasets``. To attack an encoder
+    trained elsewhere, give it in the experiment's top-level ``encoder:`` section
+    (:class:`~sslpoison.models.sources.EncoderSource`).
     """
 
     name: Literal["badencoder"] = "badencoder"
@@ -96,8 +93,20 @@ class BadEncoderConfig(EncoderAttack):
     lambda2: NonNegativeFloat = 1.0
     center: bool = True
     train: TrainConfig = Field(default_factory=_paper_train)
-    encoder: str | None = None
-    key_map: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, raw: Any) -> Any:
+        """``attack.encoder`` / ``attack.key_map`` moved to the top-level ``encoder:``."""
+        if isinstance(raw, dict):
+            for key in ("encoder", "key_map"):
+                if key in raw:
+                    raise PydanticCustomError(
+                        "moved",
+                        f"attack.{key} moved to the top-level encoder: section, e.g. "
+                        "encoder: {source: file, path: FILE, key_map: {...}}",
+                    )
+        return raw
 
     def check(self, experiment: ExperimentConfig) -> None:
         for i, t in enumerate(self.targets):
@@ -121,21 +130,6 @@ class BadEncoderConfig(EncoderAttack):
         if any(t.choice == "typical" for t in targets):
             z_shadow = extract_features(encoder, shadow.images)
         return [choose_references(t, encoder, z_shadow, seed + i) for i, t in enumerate(targets)]
-
-    def given_encoder(
-        self, backbone: BackboneConfig, channels: int, device: torch.device
-    ) -> tuple[nn.Module, str] | None:
-        """``encoder``: a saved sslpoison encoder, or a plain state dict mapped onto
-        ``backbone`` through ``key_map``; None when no encoder is given."""
-        if self.encoder is None:
-            return None
-        try:
-            if is_saved_encoder(self.encoder):
-                return load_encoder(self.encoder, device), self.encoder
-            model = build_encoder(backbone, channels)
-            return load_weights(model, self.encoder, self.key_map).to(device), self.encoder
-        except (ValueError, FileNotFoundError) as e:
-            raise ValueError(f"attack.encoder: {e}") from None
 
     def shadow_subset(self, data: ImageSet, seed: int = 0) -> ImageSet:
         """``shadow`` of the pre-training images: seeded, not stratified (no labels)."""

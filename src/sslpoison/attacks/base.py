@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 import torch.nn as nn
 
 from sslpoison.configbase import Config
@@ -41,7 +40,6 @@ from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.evaluate import Outcome
 from sslpoison.eval.rows import Row
-from sslpoison.models.backbone import BackboneConfig
 from sslpoison.poisoning import BackdoorTarget, PoisonedSet
 from sslpoison.train.engine import FitResult
 
@@ -100,13 +98,6 @@ class AttackConfig(Config, abc.ABC):
         key)."""
         return []
 
-    def given_encoder(
-        self, backbone: BackboneConfig, channels: int, device: torch.device
-    ) -> tuple[nn.Module, str] | None:
-        """An encoder the attack brings instead of the pre-training stage's, and where it came
-        from; None (the default): pre-train one."""
-        return None
-
     def measure(self, outcome: Outcome) -> Measured:
         """Metrics this attack adds to the evaluation's (none by default)."""
         return Measured()
@@ -123,6 +114,11 @@ class PretrainingDataAttack(AttackConfig, abc.ABC):
         return pretraining
 
     def check(self, experiment: ExperimentConfig) -> None:
+        if experiment.encoder is not None:
+            raise ValueError(
+                f"encoder: {self.name} poisons the pre-training data, so it needs the "
+                "pre-training stage; remove encoder: (a given encoder is already trained)"
+            )
         measured = self.measured_on(experiment.data.dataset)
         if measured not in experiment.eval.datasets:
             raise ValueError(

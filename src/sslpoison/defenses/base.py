@@ -7,7 +7,9 @@ trains through the one engine (:func:`sslpoison.train.engine.fit`) and returns a
 in [0, 1] → N×D), the engine's result and a JSON-able record for the stage.
 
 Distillation defenses build their student with :func:`make_student`: a random initialisation
-of the teacher's architecture (:func:`reinitialise`, inherits no backdoor) or a copy of it.
+of the teacher's architecture (:func:`reinitialise`, inherits no backdoor), a copy of it, or
+a fresh encoder of another architecture (``student_arch``: e.g. a ResNet distilled from a
+ViT).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from pydantic import Field
 
 from sslpoison.configbase import Config, CountOrShare
 from sslpoison.data.imageset import ImageSet
+from sslpoison.models.backbone import BackboneConfig
 from sslpoison.train.engine import FitResult, TrainConfig
 from sslpoison.train.optim import OptimConfig
+from sslpoison.utils import module_device
 
 
 @dataclass
@@ -122,7 +126,9 @@ def reinitialise(module: nn.Module, seed: int) -> nn.Module:
     :class:`~sslpoison.models.resnet.ResNet`) are constants of the architecture and are kept.
 
     Note: layers get PyTorch's default init (e.g. Conv2d's Kaiming-uniform), which may differ
-    from a constructor's own init loop unless the model defines ``reset_parameters``.
+    from a constructor's own init loop unless the model defines ``reset_parameters``. A
+    module whose ``resets_all_parameters`` is true (a wrapped Hugging Face model) re-draws
+    every parameter below it with its ``reset_parameters``.
 
     Raises:
         ValueError: a parameter belongs to a module without ``reset_parameters`` (it could not
@@ -139,7 +145,8 @@ def reinitialise(module: nn.Module, seed: int) -> nn.Module:
             reset = getattr(m, "reset_parameters", None)
             if callable(reset):
                 reset()
-                covered.update(id(p) for p in m.parameters(recurse=False))
+                everything = getattr(m, "resets_all_parameters", False)
+                covered.update(id(p) for p in m.parameters(recurse=everything))
     missed = [name for name, p in fresh.named_parameters() if id(p) not in covered]
     if missed:
         raise ValueError(
@@ -155,14 +162,25 @@ STUDENT_SEED_OFFSET = 104_729
 
 
 def make_student(
-    teacher: nn.Module, init: Literal["random", "teacher"], seed: int = 0
+    teacher: nn.Module,
+    init: Literal["random", "teacher"],
+    seed: int = 0,
+    arch: BackboneConfig | None = None,
+    size: int | None = None,
 ) -> nn.Module:
-    """A trainable student of ``teacher``'s architecture, on its device, in train mode.
+    """A trainable student, on the teacher's device, in train mode.
 
     ``"random"``: :func:`reinitialise` from ``seed + STUDENT_SEED_OFFSET`` (independent of
     the teacher's weights: a backdoor is not inherited; CompRess, MIMIC). ``"teacher"``: an
     exact copy of the teacher's weights (the "plain distillation" / fine-tuning baselines).
+    ``arch``: a fresh encoder of that architecture instead (drawn from the same seed), for
+    the teacher's input (channels, ``size``-px images, its normalisation); ``init`` must then
+    be ``"random"``.
     """
+    if arch is not None:
+        if init != "random":
+            raise ValueError("student_arch: a student of its own architecture starts at random")
+        return _student_of(arch, teacher, seed + STUDENT_SEED_OFFSET, size)
     if init == "random":
         student = reinitialise(teacher, seed + STUDENT_SEED_OFFSET)
     elif init == "teacher":
@@ -172,11 +190,59 @@ def make_student(
     return student.requires_grad_(True).train()
 
 
+def arch_of(module: nn.Module) -> str:
+    """The architecture name of an encoder's card (its class name without one)."""
+    return (getattr(module, "card", None) or {}).get("arch", type(module).__name__)
+
+
+def check_student_arch(cfg: Any) -> Any:
+    """A defense config's check (a ``model_validator``): ``student_arch`` needs a student
+    that starts at random."""
+    if cfg.student_arch is not None and getattr(cfg, "student", "random") != "random":
+        raise ValueError("student_arch: a student of another architecture starts at random")
+    return cfg
+
+
+@torch.no_grad()
+def width_adapter(
+    student: nn.Module, teacher: nn.Module, clean: ImageSet, seed: int = 0
+) -> nn.Linear | None:
+    """A linear map from the student's feature width to the teacher's (seeded; trained with
+    the student and dropped afterwards), or None when they are equally wide."""
+    probe = clean.images[:2].to(module_device(teacher)).float() / 255
+    was = student.training
+    d_s, d_t = student.eval()(probe).shape[1], teacher(probe).shape[1]
+    student.train(was)
+    if d_s == d_t:
+        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Linear(d_s, d_t).to(module_device(teacher))
+
+
+def _student_of(arch: BackboneConfig, teacher: nn.Module, seed: int, size: int | None) -> nn.Module:
+    """A fresh ``arch`` encoder for the teacher's input, drawn from ``seed`` (the global RNG
+    left untouched), on the teacher's device."""
+    from sslpoison.models.backbone import build_encoder
+
+    given: dict = {}
+    if hasattr(teacher, "mean") and hasattr(teacher, "std"):
+        given = {"mean": teacher.mean.flatten().tolist(), "std": teacher.std.flatten().tolist()}
+    channels = int(getattr(teacher, "in_channels", 3))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student = build_encoder(arch, channels, size, **given)
+    return student.to(module_device(teacher)).requires_grad_(True).train()
+
+
 __all__ = [
     "Defended",
     "DefenseConfig",
+    "arch_of",
     "check_batch",
+    "check_student_arch",
     "make_student",
     "reinitialise",
     "student_training",
+    "width_adapter",
 ]

@@ -42,13 +42,28 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from sslpoison.configbase import Config
 from sslpoison.data.augment import ViewSpec, to_float, view_pipeline
 from sslpoison.data.imageset import ImageSet
-from sslpoison.defenses.base import Defended, DefenseConfig, check_batch, make_student
+from sslpoison.defenses.base import (
+    Defended,
+    DefenseConfig,
+    arch_of,
+    check_batch,
+    check_student_arch,
+    make_student,
+)
 from sslpoison.eval.features import extract_features
+from sslpoison.models.backbone import BackboneConfig
 from sslpoison.ssl.moco import enqueue, gather_keys
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
@@ -137,7 +152,9 @@ class DistillConfig(DefenseConfig):
     """The ``defense:`` section for CompRess distillation (see the module docstring).
 
     ``student``: ``"random"`` (a fresh init of the teacher's architecture, as Saha et al.) or
-    ``"teacher"`` (start from the suspect weights). ``variant``: ``"2q"`` or ``"1q"``.
+    ``"teacher"`` (start from the suspect weights). ``student_arch``: a fresh student of
+    another architecture (e.g. a ResNet distilled from a ViT; the banks hold each network's
+    own features, so their widths may differ). ``variant``: ``"2q"`` or ``"1q"``.
     ``momentum``: EMA momentum of the student copy that fills the student's queue (2q only);
     ``null`` uses the student's own features. ``bank``: queue length K, capped at the number
     of clean images. ``temperature_student`` / ``temperature_teacher``: τ_s / τ_t.
@@ -145,6 +162,7 @@ class DistillConfig(DefenseConfig):
 
     name: Literal["distill"] = "distill"
     student: Literal["random", "teacher"] = "random"
+    student_arch: BackboneConfig | None = None
     variant: Literal["2q", "1q"] = "2q"
     momentum: float | None = Field(0.999, ge=0.0, lt=1.0)
     bank: PositiveInt = 128_000
@@ -152,6 +170,10 @@ class DistillConfig(DefenseConfig):
     temperature_teacher: PositiveFloat = 0.04
     augment: DistillAugmentConfig = Field(default_factory=DistillAugmentConfig)
     train: TrainConfig = Field(default_factory=_compress_train)
+
+    @model_validator(mode="after")
+    def _student_arch(self) -> DistillConfig:
+        return check_student_arch(self)
 
     def apply(
         self,
@@ -290,7 +312,9 @@ def run_distill(
     check_batch(cfg, n)
     device = next(teacher.parameters()).device
     with frozen(teacher):
-        student = make_student(teacher, cfg.student, seed).to(device)
+        student = make_student(teacher, cfg.student, seed, cfg.student_arch, clean.image_size).to(
+            device
+        )
         images = clean.images.to(device)
         k = min(cfg.bank, n)
         pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]
@@ -324,6 +348,7 @@ def run_distill(
         )
     record: dict[str, Any] = {
         "student_init": cfg.student,
+        "student_arch": arch_of(student),
         "variant": cfg.variant,
         "bank": k,
         "clean_images": n,

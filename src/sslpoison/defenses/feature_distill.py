@@ -8,8 +8,11 @@ image, the student s is trained to point where the teacher t points,
 on the pooled backbone features (no heads). With ``student: random`` (the default) the
 student inherits none of the teacher's weights, only what the clean images reveal of its
 function; ``student: teacher`` starts from the suspect weights ("plain distillation" from the
-teacher). MIMIC (:mod:`.mimic`) adds the student's own contrastive loss and attention maps
-to this clone term.
+teacher). ``student_arch`` makes the student a fresh encoder of another architecture (a
+ResNet distilled from a ViT); when its features are narrower or wider than the teacher's, a
+linear map (trained with it, dropped afterwards) takes them to the teacher's width. MIMIC
+(:mod:`.mimic`) adds the student's own contrastive loss and attention maps to this clone
+term.
 """
 
 from __future__ import annotations
@@ -20,18 +23,22 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.defenses.base import (
     Defended,
     DefenseConfig,
+    arch_of,
     check_batch,
+    check_student_arch,
     make_student,
     student_training,
+    width_adapter,
 )
 from sslpoison.defenses.distill import DistillAugmentConfig
+from sslpoison.models.backbone import BackboneConfig
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 from sslpoison.utils import frozen
 
@@ -50,10 +57,17 @@ class FeatureDistillTask(nn.Module):
     train mode). Shapes: images B×C×H×W uint8; features B×D.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, augment: nn.Module) -> None:
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        augment: nn.Module,
+        head: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.student = student
         self.augment = augment
+        self.head = head
         self._frozen = (teacher,)
 
     def train(self, mode: bool = True) -> FeatureDistillTask:
@@ -65,7 +79,8 @@ class FeatureDistillTask(nn.Module):
         x = self.augment(to_float(images))
         with torch.no_grad():
             t = self._frozen[0](x)
-        return clone_loss(self.student(x), t)
+        s = self.student(x)
+        return clone_loss(s if self.head is None else self.head(s), t)
 
 
 class FeatureDistillConfig(DefenseConfig):
@@ -73,8 +88,13 @@ class FeatureDistillConfig(DefenseConfig):
 
     name: Literal["feature_distill"] = "feature_distill"
     student: Literal["random", "teacher"] = "random"
+    student_arch: BackboneConfig | None = None
     augment: DistillAugmentConfig = Field(default_factory=DistillAugmentConfig)
     train: TrainConfig = Field(default_factory=student_training)
+
+    @model_validator(mode="after")
+    def _student_arch(self) -> FeatureDistillConfig:
+        return check_student_arch(self)
 
     def apply(
         self,
@@ -87,9 +107,12 @@ class FeatureDistillConfig(DefenseConfig):
         check_batch(self, len(clean))
         device = next(encoder.parameters()).device
         with frozen(encoder):
-            student = make_student(encoder, self.student, seed).to(device)
+            student = make_student(
+                encoder, self.student, seed, self.student_arch, clean.image_size
+            ).to(device)
+            head = width_adapter(student, encoder, clean, seed)
             task = FeatureDistillTask(
-                student, encoder, self.augment.build(clean.image_size, clean.channels)
+                student, encoder, self.augment.build(clean.image_size, clean.channels), head
             ).to(device)
             batches = TensorBatches(
                 clean.images.to(device),
@@ -100,7 +123,8 @@ class FeatureDistillConfig(DefenseConfig):
             result = fit(
                 task, batches, self.train, seed=seed, checkpoint_dir=checkpoint_dir, desc=self.name
             )
-        return Defended(student.eval(), result, {"student_init": self.student})
+        record = {"student_init": self.student, "student_arch": arch_of(student)}
+        return Defended(student.eval(), result, record)
 
 
 __all__ = ["FeatureDistillConfig", "FeatureDistillTask", "clone_loss"]

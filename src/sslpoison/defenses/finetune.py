@@ -4,10 +4,12 @@
   default, any method of :data:`sslpoison.ssl.METHODS`) on the defender's clean images. The
   simplest mitigation, and a baseline of MIMIC's comparison.
 * ``fineprune`` — Fine-Pruning (Liu, Dolan-Gavitt, Garg, RAID 2018) without labels: the
-  channels of the last ResNet stage that are least active on the clean images (mean pooled
-  activation) are pruned — held at zero, which the encoder's card records — and the pruned
-  encoder is then fine-tuned as above. The idea: a backdoor hides in neurons that clean
-  inputs leave dormant.
+  units of the encoder's last feature layer that are least active on the clean images (mean
+  absolute pooled activation) are pruned — held at zero, which the encoder's card records —
+  and the pruned encoder is then fine-tuned as above. The last feature layer is the last
+  ResNet stage's channels, or a ViT's (CLIP ModifiedResNet's, a wrapped Hugging Face
+  model's) output features (``pruning_activity`` of the backbone). The idea: a backdoor
+  hides in neurons that clean inputs leave dormant.
 
 Both train through :func:`sslpoison.ssl.pretrain.train_backbone` (the one engine); the method's
 projection head is fresh and dropped afterwards.
@@ -24,6 +26,7 @@ import torch.nn as nn
 from pydantic import Field, model_validator
 
 from sslpoison.configbase import check_kwargs
+from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.defenses.base import (
     Defended,
@@ -31,8 +34,7 @@ from sslpoison.defenses.base import (
     check_batch,
     student_training,
 )
-from sslpoison.eval.features import extract_features
-from sslpoison.models import ResNet, build_backbone
+from sslpoison.models import backbone_parameters, build_backbone
 from sslpoison.ssl import METHODS
 from sslpoison.ssl.pretrain import AugmentConfig, PretrainConfig, train_backbone
 from sslpoison.train.engine import TrainConfig
@@ -135,29 +137,55 @@ class FinePruneConfig(FinetuneConfig):
 
 
 @torch.no_grad()
+def pruning_activity(
+    encoder: nn.Module, images: torch.Tensor, batch_size: int = 512
+) -> torch.Tensor:
+    """The mean absolute activation of each prunable unit (``encoder.pruning_activity``,
+    B×K per batch) over uint8 ``images`` (N×C×H×W): K values."""
+    device = next(encoder.parameters()).device
+    total = None
+    for chunk in images.split(batch_size):
+        a = encoder.pruning_activity(to_float(chunk.to(device))).float().abs().sum(0)
+        total = a if total is None else total + a
+    return total / len(images)
+
+
+@torch.no_grad()
 def prune_dormant(
     encoder: nn.Module, clean: ImageSet, share: float
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """A copy of ``encoder`` with the ``share`` of its last-stage channels least active on
-    ``clean`` (mean of the pooled N×D features) pruned (added to the card's ``pruned``).
+    """A copy of ``encoder`` with the ``share`` of its last feature layer's units least
+    active on ``clean`` (:func:`pruning_activity`) pruned (added to the card's ``pruned``).
 
     Returns (the pruned copy on the encoder's device, {"pruned_channels", "pruned_share"}).
 
     Raises:
-        ValueError: the encoder is not a ResNet from :func:`sslpoison.models.build_backbone`.
+        ValueError: the encoder has no prunable last feature layer (a backbone of
+            :data:`sslpoison.models.BACKBONES` taking ``pruned``, with ``pruning_activity``);
+            the message names what it is.
     """
     card = getattr(encoder, "card", None)
-    if not isinstance(encoder, ResNet) or card is None:
-        raise ValueError("fineprune: the encoder must be a ResNet built by build_backbone")
+    what = card["arch"] if card else type(encoder).__name__
+    if (
+        card is None
+        or "pruned" not in backbone_parameters(card["arch"])
+        or not callable(getattr(encoder, "pruning_activity", None))
+    ):
+        raise ValueError(
+            f"fineprune: a {what} encoder has no prunable last feature layer (ResNets, ViTs, "
+            "CLIP ModifiedResNets and Hugging Face models have one)"
+        )
     device = next(encoder.parameters()).device
     with frozen(encoder):
-        activity = extract_features(encoder, clean.images, device=device).float().mean(0)
+        activity = pruning_activity(encoder, clean.images)
     already = set(card["args"].get("pruned") or [])
     order = [c for c in activity.argsort().tolist() if c not in already]
     count = round(share * activity.numel())
     chosen = sorted(already | set(order[: max(0, count - len(already))]))
     pruned = build_backbone(card["arch"], **{**card["args"], "pruned": chosen})
     pruned.load_state_dict(encoder.state_dict())
+    if "source" in card:
+        pruned.card["source"] = card["source"]
     record = {"pruned_channels": len(chosen), "pruned_share": len(chosen) / activity.numel()}
     return pruned.to(device), record
 

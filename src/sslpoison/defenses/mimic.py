@@ -16,6 +16,13 @@ estimated before training with a Donsker–Varadhan (MINE) critic per stage:
     I_l ≈ E[T(F_l, z)] − log E[exp T(F_l, z̃)],   z̃ = z of another image (shuffled),
     w_l = base + scale · I_l / Σ_k I_k              (public code: base 1000, scale 10 000).
 
+Beyond ResNets (ours): the stage maps of a ViT are its patch tokens at the quarters of its
+depth, reshaped to B×D×g×g (``forward_stages`` of each backbone); the pooled feature is the
+encoder's own output. With ``student_arch`` the student is a fresh encoder of another
+architecture (a ResNet distilled from a ViT): attention maps of different sizes are
+average-pooled to the smaller grid before they are compared, and when the feature widths
+differ the clone term goes through a linear map (trained with the student, dropped).
+
 Facts followed from the public code (``wssun/MIMIC``: ``MIMIC.py``, ``models/AT.py``,
 ``models/scheduler.py``, ``estimator/DV.py``, ``estimator/TNet.py``): the student is Adam
 1e-3, weight decay 1e-6, batch 128; clean share 0.04; the MI is estimated on the
@@ -36,7 +43,7 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from sslpoison.configbase import Config, CountOrShare
 from sslpoison.data.augment import to_float
@@ -44,11 +51,15 @@ from sslpoison.data.imageset import ImageSet
 from sslpoison.defenses.base import (
     Defended,
     DefenseConfig,
+    arch_of,
     check_batch,
+    check_student_arch,
     make_student,
     student_training,
+    width_adapter,
 )
 from sslpoison.defenses.feature_distill import clone_loss
+from sslpoison.models.backbone import BackboneConfig
 from sslpoison.models.heads import mlp_head
 from sslpoison.ssl.pretrain import AugmentConfig
 from sslpoison.ssl.simclr import nt_xent
@@ -60,20 +71,38 @@ from sslpoison.utils import frozen
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-def attention_map(features: torch.Tensor, p: int = 2, eps: float = 1e-6) -> torch.Tensor:
-    """Σ_c |F_c|^p per position, divided by its L2 norm over the positions (+ eps).
+def attention_map(
+    features: torch.Tensor,
+    p: int = 2,
+    eps: float = 1e-6,
+    size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Σ_c |F_c|^p per position (average-pooled to ``size`` when given and different),
+    divided by its L2 norm over the positions (+ eps).
 
-    Shapes: B×C×H×W → B×(H·W) (float32 at least).
+    Shapes: B×C×H×W → B×(H·W) (float32 at least; H×W = ``size`` when given).
     """
     a = features.to(torch.promote_types(features.dtype, torch.float32))
-    a = a.abs().pow(p).sum(1).flatten(1)
+    a = a.abs().pow(p).sum(1)
+    if size is not None and tuple(a.shape[-2:]) != tuple(size):
+        a = F.adaptive_avg_pool2d(a.unsqueeze(1), size).squeeze(1)
+    a = a.flatten(1)
     return a / (a.norm(dim=1, keepdim=True) + eps)
 
 
 def attention_loss(student: torch.Tensor, teacher: torch.Tensor, p: int = 2) -> torch.Tensor:
-    """MSE between the attention maps of two B×C×H×W feature maps (channels may differ);
-    the teacher side carries no gradient."""
-    return F.mse_loss(attention_map(student, p), attention_map(teacher.detach(), p))
+    """MSE between the attention maps of two B×C×H×W feature maps (channels may differ;
+    maps of different sizes are compared on the smaller grid); the teacher side carries no
+    gradient."""
+    size = None
+    if student.shape[-2:] != teacher.shape[-2:]:
+        size = (
+            min(student.shape[-2], teacher.shape[-2]),
+            min(student.shape[-1], teacher.shape[-1]),
+        )
+    return F.mse_loss(
+        attention_map(student, p, size=size), attention_map(teacher.detach(), p, size=size)
+    )
 
 
 def dv_bound(
@@ -135,18 +164,19 @@ class MIConfig(Config):
 def stage_features(
     network: nn.Module, images: torch.Tensor, batch_size: int = 256
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The four flattened stage maps (N×(C_l·H_l·W_l) each) and the pooled representation
-    (N×D) of uint8 ``images`` (N×C×H×W), in eval mode, float32, on the network's device."""
+    """The four flattened stage maps (N×(C_l·H_l·W_l) each) and the representation (N×D,
+    the network's output) of uint8 ``images`` (N×C×H×W), in eval mode, float32, on the
+    network's device (``network.forward_stages``)."""
     device = next(network.parameters()).device
     was_training = network.training
     network.eval()
     maps: list[list[torch.Tensor]] = [[] for _ in STAGES]
     reps = []
     for chunk in images.split(batch_size):
-        outs = network.stages(to_float(chunk.to(device)))
+        outs, rep = network.forward_stages(to_float(chunk.to(device)))
         for store, out in zip(maps, outs, strict=True):
             store.append(out.float().flatten(1))
-        reps.append(F.adaptive_avg_pool2d(outs[-1], 1).flatten(1).float())
+        reps.append(rep.float())
     network.train(was_training)
     return [torch.cat(m) for m in maps], torch.cat(reps)
 
@@ -202,9 +232,11 @@ class MimicTask(nn.Module):
     train mode); the student and its projection head are trained.
 
     Args:
-        student: a ResNet (``stages()`` gives the four B×C_l×H_l×W_l maps).
-        teacher: the suspect ResNet (same stage layout; channels may differ).
+        student: an encoder whose ``forward_stages`` gives the four B×C_l×H_l×W_l maps and
+            its features.
+        teacher: the suspect encoder (likewise; channels and map sizes may differ).
         projector: D → proj_dim head for the student's contrastive loss.
+        head: a linear map from the student's feature width to the teacher's, or None.
         augment: ``ViewAugment`` giving two views of a uint8 batch.
         weights: the four attention weights w_l.
         temperature: τ of the NT-Xent term; clone: c; power: p of the attention maps.
@@ -220,9 +252,11 @@ class MimicTask(nn.Module):
         temperature: float,
         clone: float,
         power: int,
+        head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.student = student
+        self.head = head
         self.projector = projector
         self.augment = augment
         self._frozen = (teacher,)
@@ -241,15 +275,14 @@ class MimicTask(nn.Module):
         sum) and ``attention_<stage>`` (unweighted)."""
         v1, v2 = self.augment(images)
         b = v1.shape[0]
-        maps = self.student.stages(torch.cat([v1, v2]))
-        pooled = F.adaptive_avg_pool2d(maps[-1], 1).flatten(1)
+        maps, pooled = self.student.forward_stages(torch.cat([v1, v2]))
         with torch.no_grad():
-            t_maps = self._frozen[0].stages(v1)
-            t_pooled = F.adaptive_avg_pool2d(t_maps[-1], 1).flatten(1)
+            t_maps, t_pooled = self._frozen[0].forward_stages(v1)
         z = self.projector(pooled)
+        mine = pooled[:b] if self.head is None else self.head(pooled[:b])
         out = {
             "contrastive": nt_xent(z[:b], z[b:], self.temperature),
-            "clone": clone_loss(pooled[:b], t_pooled) - 1.0,  # −cos, as in the paper
+            "clone": clone_loss(mine, t_pooled) - 1.0,  # −cos, as in the paper
         }
         at = [attention_loss(s[:b], t, self.power) for s, t in zip(maps, t_maps, strict=True)]
         out |= {f"attention_{name}": a for name, a in zip(STAGES, at, strict=True)}
@@ -272,6 +305,7 @@ class MimicConfig(DefenseConfig):
 
     name: Literal["mimic"] = "mimic"
     clean: CountOrShare = 0.04
+    student_arch: BackboneConfig | None = None
     temperature: PositiveFloat = 0.5
     clone: NonNegativeFloat = 1.0
     attention_base: NonNegativeFloat = 1000.0
@@ -281,6 +315,10 @@ class MimicConfig(DefenseConfig):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     mi: MIConfig = Field(default_factory=MIConfig)
     train: TrainConfig = Field(default_factory=lambda: student_training(epochs=1000))
+
+    @model_validator(mode="after")
+    def _student_arch(self) -> MimicConfig:
+        return check_student_arch(self)
 
     def apply(
         self,
@@ -307,16 +345,24 @@ def run_mimic(
     estimates (``mi``: stage → nats), the attention weights and the last batch's loss terms.
 
     Raises:
-        ValueError: the teacher has no ``stages()`` (MIMIC needs a ResNet), or a batch is
-            larger than the clean set (naming ``defense.train.batch_size``).
+        ValueError: the teacher (or the student) gives no stage maps (``forward_stages``), or
+            a batch is larger than the clean set (naming ``defense.train.batch_size``).
     """
-    if not callable(getattr(teacher, "stages", None)):
-        raise ValueError("mimic: the suspect encoder must be a ResNet (it needs stages())")
+    if not callable(getattr(teacher, "forward_stages", None)):
+        raise ValueError(
+            f"mimic: the suspect encoder ({arch_of(teacher)}) gives no stage maps "
+            "(forward_stages), which the attention transfer needs"
+        )
     check_batch(cfg, len(clean))
     device = next(teacher.parameters()).device
     images = clean.images.to(device)
     with frozen(teacher):
-        student = make_student(teacher, "random", seed).to(device)
+        student = make_student(teacher, "random", seed, cfg.student_arch, clean.image_size).to(
+            device
+        )
+        if not callable(getattr(student, "forward_stages", None)):
+            raise ValueError(f"defense.student_arch: a {arch_of(student)} gives no stage maps")
+        head = width_adapter(student, teacher, clean, seed)
         probe = teacher if cfg.mi.network == "teacher" else student
         mi = estimate_mi(probe, images, cfg.mi, seed=seed, progress=cfg.train.progress)
         weights = attention_weights(mi, cfg.attention_base, cfg.attention_scale)
@@ -333,6 +379,7 @@ def run_mimic(
             cfg.temperature,
             cfg.clone,
             cfg.power,
+            head,
         ).to(device)
         batches = TensorBatches(
             images, batch_size=cfg.train.batch_size, drop_last=cfg.train.drop_last, seed=seed
@@ -343,6 +390,7 @@ def run_mimic(
         with torch.no_grad():
             terms = task.eval().terms(images[: cfg.train.batch_size])
     record: dict[str, Any] = {
+        "student_arch": arch_of(student),
         "mi": dict(zip(STAGES, mi, strict=True)),
         "attention_weights": dict(zip(STAGES, weights, strict=True)),
         "loss_terms": {k: round(float(v), 6) for k, v in terms.items()},

@@ -14,9 +14,11 @@ from pydantic import (
     Field,
     PositiveInt,
     SerializeAsAny,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -27,6 +29,8 @@ from sslpoison.defenses import DEFENSES, DefenseSpec
 from sslpoison.detectors import DETECTORS, DetectorSpec
 from sslpoison.errors import ConfigError
 from sslpoison.eval.downstream import EvalConfig
+from sslpoison.models.export import ExportConfig
+from sslpoison.models.sources import EncoderSource
 from sslpoison.ssl.pretrain import PretrainConfig
 from sslpoison.train.tracker import TrackerConfig
 from sslpoison.yamlio import load_yaml, read_yaml
@@ -62,10 +66,14 @@ class ExperimentConfig(Config):
     """A whole experiment: data → [poison] → pre-train → [attack] → [defend] → [detect] →
     evaluate.
 
+    ``encoder`` brings the clean encoder instead of pre-training one
+    (:class:`~sslpoison.models.sources.EncoderSource`; it takes precedence over
+    ``pretrain``, and the pre-training and downstream images are fitted to its input).
     ``attack.name`` picks the attack from :data:`sslpoison.attacks.ATTACKS` (looked up when
     the config is validated, so a registered attack is valid at once); every entry of
     ``defenses`` is applied to the attacked encoder and evaluated next to it; every entry of
-    ``detectors`` judges the clean and the attacked encoder.
+    ``detectors`` judges the clean and the attacked encoder. ``export`` writes encoders of
+    the run in other formats at its end (:class:`~sslpoison.models.export.ExportConfig`).
     """
 
     name: str = "experiment"
@@ -78,6 +86,7 @@ class ExperimentConfig(Config):
     tracker: TrackerConfig | None = None  # per-epoch losses and metrics to TensorBoard
     data: DataConfig = Field(default_factory=DataConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    encoder: EncoderSource | None = None
     attack: SerializeAsAny[AttackConfig] | None = None
     defenses: list[Annotated[DefenseSpec, Field(discriminator="name")]] = Field(
         default_factory=list
@@ -86,6 +95,18 @@ class ExperimentConfig(Config):
         default_factory=list
     )
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: list[ExportConfig] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _without_unused_sections(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``encoder`` and ``export`` only when set, so that a run's identity (a hash of its
+        config) is what it was before they existed."""
+        data = handler(self)
+        if data.get("encoder") is None:
+            data.pop("encoder", None)
+        if not data.get("export"):
+            data.pop("export", None)
+        return data
 
     @field_validator("attack", mode="wrap")
     @classmethod

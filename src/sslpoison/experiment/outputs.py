@@ -8,7 +8,9 @@ artifacts it wrote (``{name: path}``).
   trigger (``<detector>-<encoder>.png``);
 * :func:`write_attack_files` — an attack's own files (e.g. ``targeted.json``, poisons);
 * :func:`save_models` — the encoders (``encoder``, ``encoder-<defense>``) and the CLIP model
-  (``clip``), safetensors + JSON card each.
+  (``clip``), safetensors + JSON card each;
+* :func:`write_exports` — the encoders the config's ``export:`` list asks for, in other
+  formats (``export/...``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.rows import ATTACKED, CLEAN, Evaluation
 from sslpoison.experiment.plots import bar_plot, plot_confusions
 from sslpoison.models import save_encoder
+from sslpoison.models.export import ExportConfig, default_role, export_encoder
 from sslpoison.models.text import TextConfig, Tokenizer
 from sslpoison.poisoning import BackdoorTarget, PoisonedSet
 from sslpoison.ssl.clip import CLIP, save_clip
@@ -129,4 +132,24 @@ def save_models(
             continue
         stem = "encoder" if role in (CLEAN, ATTACKED) else f"encoder-{role}"
         artifacts[stem] = str(save_encoder(encoder, out / stem, **card))
+    return artifacts
+
+
+def write_exports(
+    out: Path, exports: list[ExportConfig], encoders: dict[str, nn.Module], defenses: list[str]
+) -> dict[str, str]:
+    """Each of ``exports`` (an encoder of ``encoders`` by role, by default
+    :func:`~sslpoison.models.export.default_role` of them) written under ``out``; artifacts
+    ``export:<format>`` (``export:<format>:<role>`` when a role is named)."""
+    artifacts: dict[str, str] = {}
+    for i, spec in enumerate(exports):
+        role = spec.encoder or default_role(list(encoders), defenses)
+        if role not in encoders:
+            raise ValueError(
+                f"export.{i}.encoder: no {role!r} encoder in this run (it has "
+                f"{', '.join(encoders)})"
+            )
+        written = export_encoder(encoders[role], spec.format, spec.target(out), spec.layout)
+        name = f"export:{spec.format}" + (f":{spec.encoder}" if spec.encoder else "")
+        artifacts[name] = str(written)
     return artifacts

@@ -155,20 +155,25 @@ def claim_folder(
     return moved
 
 
-def _parameters(backbone: Any, channels: int) -> int:
+def _parameters(backbone: Any, channels: int, size: int | None = None) -> int:
     """The parameter count of ``backbone`` (built on the meta device: no memory, no time)."""
     from sslpoison.models.backbone import build_encoder
 
     with torch.device("meta"):
-        model = build_encoder(backbone, channels)
+        model = build_encoder(backbone, channels, size)
     return sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
 
 
-def needed_bytes(cfg: Any, channels: int) -> tuple[int, int]:
+def needed_bytes(
+    cfg: Any, channels: int, size: int | None = None, params: int | None = None
+) -> tuple[int, int]:
     """About how many bytes (output folder, stage cache) the run writes: every encoder it
     saves (fp32), and in the cache each trained model with a checkpoint (weights and up to
-    two optimizer buffers) while it trains."""
-    model = 4 * _parameters(cfg.pretrain.backbone, channels)
+    two optimizer buffers) while it trains. ``params``: the clean encoder's parameter count
+    when it is given (else that of ``pretrain.backbone``)."""
+    if params is None:
+        params = _parameters(cfg.pretrain.backbone, channels, size)
+    model = 4 * params
     defended = sum(2 if getattr(d, "control", False) else 1 for d in cfg.defenses)
     encoders = 1 + (cfg.attack is not None) + defended
     slack = 4 << 20  # JSON, plots, features
@@ -207,9 +212,12 @@ def check_counts(cfg: Any, data: ImageSet) -> None:
         )
 
 
-def preflight(cfg: Any, out: Path, data: ImageSet, downstream: Downstream) -> None:
+def preflight(
+    cfg: Any, out: Path, data: ImageSet, downstream: Downstream, params: int | None = None
+) -> None:
     """Every check of the module doc, before any training (``cfg``: the experiment's
-    :class:`~sslpoison.experiment.config.ExperimentConfig`)."""
+    :class:`~sslpoison.experiment.config.ExperimentConfig`; ``params``: the parameter count
+    of a given clean encoder)."""
     check_counts(cfg, data)
     for name in cfg.eval.datasets:  # the files first, then what is taken of them
         downstream.split(name, "train")
@@ -219,6 +227,6 @@ def preflight(cfg: Any, out: Path, data: ImageSet, downstream: Downstream) -> No
         downstream.test(name)
     cache = writable_folder(cfg.resolved_cache_dir(), "stage cache (cache_dir / $SSLPOISON_CACHE)")
     out = writable_folder(out, "--out")
-    out_need, cache_need = needed_bytes(cfg, data.channels)
+    out_need, cache_need = needed_bytes(cfg, data.channels, data.image_size, params)
     check_free_space({out: ("--out", out_need), cache: ("stage cache", cache_need)})
     claim_folder(out, "run", cfg.name, run_identity(cfg.model_dump(mode="json")))

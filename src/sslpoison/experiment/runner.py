@@ -25,6 +25,7 @@ from sslpoison.attacks import AttackConfig, EncoderAttack, Hook, Measured, strik
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.registry import DatasetNotFound, locate_dataset
 from sslpoison.defenses import DefenseConfig
+from sslpoison.defenses.base import reinitialise
 from sslpoison.detectors import DetectorConfig
 from sslpoison.errors import start_warnings
 from sslpoison.eval.downstream import Downstream
@@ -38,6 +39,7 @@ from sslpoison.experiment.outputs import (
     save_models,
     write_attack_files,
     write_backdoor_artifacts,
+    write_exports,
     write_summary,
 )
 from sslpoison.experiment.preflight import preflight
@@ -54,6 +56,8 @@ from sslpoison.experiment.stages import (
 )
 from sslpoison.experiment.store import store_finished_run
 from sslpoison.models.backbone import BackboneConfig, build_encoder
+from sslpoison.models.hf import PairedCLIP
+from sslpoison.models.sources import LoadedEncoder, load_source
 from sslpoison.models.text import Tokenizer
 from sslpoison.poisoning import BackdoorTarget, PoisonedSet
 from sslpoison.ssl.clip import CLIP
@@ -101,11 +105,59 @@ def prepare_attack(
 
 
 def random_encoder(
-    backbone: BackboneConfig, channels: int, seed: int, device: torch.device
+    backbone: BackboneConfig,
+    channels: int,
+    seed: int,
+    device: torch.device,
+    size: int | None = None,
 ) -> nn.Module:
     """The untrained baseline: ``backbone`` drawn from ``seed`` (the global RNG's)."""
     torch.manual_seed(seed)
-    return build_encoder(backbone, channels).to(device)
+    return build_encoder(backbone, channels, size).to(device)
+
+
+def given_encoder(cfg: ExperimentConfig, device: torch.device) -> LoadedEncoder | None:
+    """The clean encoder of ``cfg.encoder`` (None without one), loaded before anything is
+    written; says so when it overrides a ``pretrain:`` section the config sets."""
+    if cfg.encoder is None:
+        return None
+    if "pretrain" in cfg.model_fields_set:
+        log.info("encoder: given, so it takes precedence over the pretrain: section (not run)")
+    try:
+        return load_source(cfg.encoder, device)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        raise ConfigError(f"encoder: {e}") from None
+
+
+def fitted_shape(cfg: ExperimentConfig, given: LoadedEncoder | None) -> dict[str, int | None]:
+    """The side and channels the pre-training (and so the downstream) images are fitted to:
+    the given encoder's input (a ``data.size`` or ``data.channels`` set otherwise is an
+    error naming it), else ``data.size`` and ``data.channels``."""
+    if given is None:
+        return {"size": cfg.data.size, "channels": cfg.data.channels}
+    wanted = {"size": given.input.size, "channels": given.input.channels}
+    for key, value in wanted.items():
+        mine = getattr(cfg.data, key)
+        if value is not None and mine is not None and mine != value:
+            raise ConfigError(
+                f"data.{key}: {mine}, but the encoder takes {value} (the images are fitted to "
+                "the encoder's input: leave data.{key} out)".replace("{key}", key)
+            )
+    return {"size": wanted["size"] or cfg.data.size, "channels": wanted["channels"]}
+
+
+def zero_shot_models(
+    given: LoadedEncoder | None, encoders: dict[str, nn.Module]
+) -> dict[str, tuple[PairedCLIP, Any]]:
+    """With a given CLIP model's text tower: the clean and the attacked image encoder, each
+    paired with it, for the zero-shot evaluation (else none)."""
+    if given is None or given.text is None:
+        return {}
+    return {
+        role: (PairedCLIP(encoders[role], given.text), given.text.tokenizer)
+        for role in (CLEAN, ATTACKED)
+        if role in encoders
+    }
 
 
 @dataclass
@@ -222,18 +274,20 @@ def _run_experiment(
     run = Run(StageCache(cfg.resolved_cache_dir()), device or resolve_device(cfg.device), cfg.seed)
     check_datasets(cfg)
     attack = cfg.attack
+    with run.timed("load_encoder"):
+        given = given_encoder(cfg, run.device)
+    shape = fitted_shape(cfg, given)
     with run.timed("load_data"):
-        data = pretraining_data(cfg.data, cfg.pretrain.image_text, cfg.seed)
+        image_text = cfg.pretrain.image_text and given is None
+        data = pretraining_data(cfg.data, image_text, cfg.seed, **shape)
     log.info("pre-training data: %s", data)
     downstream = Downstream(cfg.eval, data.image_size, data.channels, cfg.seed)  # loads lazily
     poisoned, targets = prepare_attack(attack, data, downstream, cfg.seed)
-    given = (
-        attack.given_encoder(cfg.pretrain.backbone, data.channels, run.device) if attack else None
-    )
     if dist.rank() == 0:  # every input readable, every output writable: before any training
-        preflight(cfg, Path(out_dir), data, downstream)
-    if given is not None:  # the attack brings the clean encoder
-        run.encoders[CLEAN], run.stages["pretrain"] = given[0], {"given": given[1]}
+        params = None if given is None else sum(p.numel() for p in given.encoder.parameters())
+        preflight(cfg, Path(out_dir), data, downstream, params)
+    if given is not None:  # the clean encoder is given: no pre-training
+        run.encoders[CLEAN], run.stages["pretrain"] = given.encoder, {"given": given.record}
     else:
         run.artifacts["stage_cache"] = run.pretrain(CLEAN, "pretrain", cfg.pretrain, data)
     if poisoned is not None:  # the same pre-training on the poisoned set
@@ -255,14 +309,19 @@ def _run_experiment(
                 run.encoders[CLEAN], downstream, cfg.seed
             )
     features = FeatureCache(run.cache.root / "features")
+    clips = {**run.clips, **zero_shot_models(given, run.encoders)}
     outcome = Outcome(
-        data, poisoned, downstream, poisoned_downstream, run.encoders, run.clips, cfg.eval,
+        data, poisoned, downstream, poisoned_downstream, run.encoders, clips, cfg.eval,
         features, cfg.seed,
     )  # fmt: skip
     with run.timed("eval"):
-        baseline = partial(
-            random_encoder, cfg.pretrain.backbone, data.channels, cfg.seed, run.device
-        )
+        if given is not None:  # the same architecture, untrained
+            baseline = partial(reinitialise, given.encoder, cfg.seed)
+        else:
+            baseline = partial(
+                random_encoder, cfg.pretrain.backbone, data.channels, cfg.seed, run.device,
+                data.image_size,
+            )  # fmt: skip
         count_fp = attack is not None and attack.reports_fp
         evaluation = evaluate(outcome, targets, random_init=baseline, count_fp=count_fp)
         measured = attack.measure(outcome) if attack else Measured()
@@ -299,6 +358,8 @@ def write_run(
     keep_clean = ATTACKED not in run.encoders  # else it stays in the stage cache
     card = {"input": shape, "config": config}
     run.artifacts |= save_models(out, run.encoders, run.clips, cfg.pretrain.text, card, keep_clean)
+    defended = [d.name for d in cfg.defenses]
+    run.artifacts |= write_exports(out, cfg.export, run.encoders, defended)
     run.timings["total"] = round(time.perf_counter() - run.started, 3)
     about = provenance(run.device, run.stages, cfg.seed)
     results = Results(

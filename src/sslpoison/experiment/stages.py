@@ -53,13 +53,20 @@ def key_slice(cfg: Config, device: torch.device, exclude: Any = None) -> dict[st
     return cfg.model_dump(mode="json", exclude=exclude, context={STAGE_KEY: device})
 
 
-def pretraining_data(data: DataConfig, image_text: bool, seed: int = 0) -> ImageSet:
-    """The pre-training images (``data.subset`` of them, named ``data.dataset``); for CLIP
-    (``image_text``) with their captions — the dataset's own, or a seeded caption template
-    per image filled with its class name."""
-    images = load_fitted(
-        data.dataset, "train", data.size, data.channels, data.root, data.allow_empty_classes
-    )
+def pretraining_data(
+    data: DataConfig,
+    image_text: bool,
+    seed: int = 0,
+    size: int | None = None,
+    channels: int | None = None,
+) -> ImageSet:
+    """The pre-training images (``data.subset`` of them, named ``data.dataset``), fitted to
+    ``size``×``size`` and ``channels`` (default: ``data.size``, ``data.channels``; a given
+    encoder's input); for CLIP (``image_text``) with their captions — the dataset's own, or
+    a seeded caption template per image filled with its class name."""
+    size = data.size if size is None else size
+    channels = data.channels if channels is None else channels
+    images = load_fitted(data.dataset, "train", size, channels, data.root, data.allow_empty_classes)
     if data.subset is not None:
         what = f"the {data.dataset} train split"
         checked_count("data.subset", data.subset, len(images), what, allowed=data.allow_smaller)

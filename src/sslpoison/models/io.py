@@ -183,6 +183,8 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> nn.Mod
     card = read_card(path)
     model = build_from_card(card, meta)
     load_state_into(model, check_finite(read_safetensors(weights), weights), weights)
+    if isinstance(card.get("source"), dict):  # where it came from, for export
+        model.card["source"] = dict(card["source"])
     return model.to(device)
 
 
@@ -234,29 +236,3 @@ def remap_keys(state: dict[str, torch.Tensor], key_map: dict[str, str]) -> dict[
         if key:
             out[key] = value
     return out
-
-
-def load_weights(model: nn.Module, path: str | Path, key_map: dict[str, str]) -> nn.Module:
-    """Load a plain checkpoint into ``model`` through ``key_map``; every key must match.
-
-    Raises:
-        ModelFileError: (a ValueError) listing the missing and unexpected keys (after
-            mapping) or a shape mismatch, so the map can be fixed.
-    """
-    state = remap_keys(read_state_dict(path), key_map)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ModelFileError(
-            f"{path}: keys do not match the backbone after key_map; "
-            f"missing {missing[:6]}{' …' if len(missing) > 6 else ''}, "
-            f"unexpected {unexpected[:6]}{' …' if len(unexpected) > 6 else ''}"
-        )
-    for k, v in state.items():
-        if v.shape != own[k].shape:
-            raise ModelFileError(
-                f"{path}: {k} has shape {tuple(v.shape)}, the backbone wants {tuple(own[k].shape)}"
-            )
-    model.load_state_dict(state, strict=True)
-    return model

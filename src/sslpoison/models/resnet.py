@@ -74,9 +74,14 @@ class ResNet(nn.Module):
         in_channels: 1 for grayscale, 3 for RGB.
         stem: ``"cifar"`` or ``"imagenet"``.
         stem_stride: stride of the CIFAR stem's conv (1 or 2).
+        stem_padding: padding of the stem's conv (default 1 for the CIFAR stem, 3 for the
+            ImageNet one; solo-learn's CIFAR models pad their 3×3 stem by 2).
         mean, std: per-channel normalisation applied to the [0, 1] input.
         pruned: output channels of the last stage held at zero (fine-pruning, Liu et al.,
             RAID 2018); stored in the encoder's card, so a pruned encoder reloads pruned.
+        head: a projection head kept from a checkpoint, applied to the pooled feature: its
+            layers in order, each ``["linear", in, out, bias]``, ``["bn", dim]`` or
+            ``["relu"]`` (see :func:`build_head`); None: no head.
 
     Shapes: ``forward``: B×C×H×W float in [0, 1] → B×``feature_dim``.
     """
@@ -88,9 +93,11 @@ class ResNet(nn.Module):
         in_channels: int = 3,
         stem: str = "cifar",
         stem_stride: int = 1,
+        stem_padding: int | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
         pruned: list[int] | None = None,
+        head: list[list] | None = None,
     ) -> None:
         super().__init__()
         if depth not in DEPTHS:
@@ -108,15 +115,16 @@ class ResNet(nn.Module):
             raise ValueError(f"mean/std need {in_channels} values, got {len(mean)}/{len(std)}")
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=True)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=True)
+        pad = (1 if stem == "cifar" else 3) if stem_padding is None else stem_padding
         if stem == "cifar":
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, planes[0], 3, stem_stride, 1, bias=False),
+                nn.Conv2d(in_channels, planes[0], 3, stem_stride, pad, bias=False),
                 nn.BatchNorm2d(planes[0]),
                 nn.ReLU(inplace=True),
             )
         else:
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, planes[0], 7, 2, 3, bias=False),
+                nn.Conv2d(in_channels, planes[0], 7, 2, pad, bias=False),
                 nn.BatchNorm2d(planes[0]),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, 2, 1),
@@ -130,7 +138,8 @@ class ResNet(nn.Module):
                 cin = p * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.feature_dim = cin
+        self.head = build_head(head, cin) if head else None
+        self.feature_dim = head_dim(head, cin)
         self.in_channels = in_channels
         keep = torch.ones(1, cin, 1, 1)
         if pruned:
@@ -154,5 +163,47 @@ class ResNet(nn.Module):
             outs[-1] = outs[-1] * self.keep.to(outs[-1].dtype)
         return outs
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pruning_activity(self, x: torch.Tensor) -> torch.Tensor:
+        """B×C: the pooled activations of the last stage's channels, what ``pruned`` masks."""
         return torch.flatten(F.adaptive_avg_pool2d(self.stages(x)[-1], 1), 1)
+
+    def pool(self, last: torch.Tensor) -> torch.Tensor:
+        """The global average of the last stage's map (then the head, if any): B×D."""
+        pooled = torch.flatten(F.adaptive_avg_pool2d(last, 1), 1)
+        return pooled if self.head is None else self.head(pooled)
+
+    def forward_stages(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(the four stage maps, the B×``feature_dim`` features), in one pass."""
+        maps = self.stages(x)
+        return maps, self.pool(maps[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.stages(x)[-1])
+
+
+def build_head(spec: list[list], in_dim: int) -> nn.Sequential:
+    """The head a spec describes (an ``nn.Sequential``, so layer ``i`` is ``head.i`` as in
+    the checkpoint it was read from): ``["linear", in, out, bias]``, ``["bn", dim]``,
+    ``["relu"]``."""
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for entry in spec:
+        kind = entry[0] if entry else None
+        if kind == "linear" and len(entry) == 4:
+            if int(entry[1]) != dim:
+                raise ValueError(f"resnet head: a linear layer takes {entry[1]}, gets {dim}")
+            layers.append(nn.Linear(int(entry[1]), int(entry[2]), bias=bool(entry[3])))
+            dim = int(entry[2])
+        elif kind == "bn" and len(entry) == 2:
+            layers.append(nn.BatchNorm1d(int(entry[1])))
+        elif kind == "relu" and len(entry) == 1:
+            layers.append(nn.ReLU(inplace=True))
+        else:
+            raise ValueError(f"resnet head: unknown layer {entry!r}")
+    return nn.Sequential(*layers)
+
+
+def head_dim(spec: list[list] | None, in_dim: int) -> int:
+    """The output width of a head spec on ``in_dim`` features (``in_dim`` without one)."""
+    linears = [e for e in spec or [] if e and e[0] == "linear"]
+    return int(linears[-1][2]) if linears else in_dim

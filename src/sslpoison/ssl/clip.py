@@ -162,10 +162,10 @@ class CLIPConfig(Config):
     init_temperature: PositiveFloat = 0.07
     max_logit_scale: PositiveFloat = 100.0
 
-    def build(self, tokenizer: Tokenizer, channels: int) -> CLIP:
-        """A fresh model for ``channels``-channel images and ``tokenizer``'s ids."""
+    def build(self, tokenizer: Tokenizer, channels: int, size: int | None = None) -> CLIP:
+        """A fresh model for ``channels``-channel ``size``-px images and ``tokenizer``'s ids."""
         return CLIP(
-            build_encoder(self.backbone, channels),
+            build_encoder(self.backbone, channels, size),
             self.text.build(tokenizer, self.embed_dim),
             self.init_temperature,
             self.max_logit_scale,

@@ -116,7 +116,7 @@ def pretrain(
     ``checkpoint_dir`` when a checkpoint is there.
     """
     torch.manual_seed(seed)
-    backbone = build_encoder(cfg.backbone, data.channels)
+    backbone = build_encoder(cfg.backbone, data.channels, data.image_size)
     return train_backbone(
         backbone, data, cfg, seed=seed, device=device, checkpoint_dir=checkpoint_dir
     )
@@ -183,7 +183,7 @@ def pretrain_clip(
     model_cfg = CLIPConfig(backbone=cfg.backbone, text=cfg.text, **cfg.checked_method_args())
     tokenizer = cfg.text.build_tokenizer(data.captions)
     torch.manual_seed(seed)
-    model = model_cfg.build(tokenizer, data.channels)
+    model = model_cfg.build(tokenizer, data.channels, data.image_size)
     crop = tuple(cfg.augment.crop_scale or (0.9, 1.0))
     views = None if crop == (1.0, 1.0) else clip_augment(data.image_size, data.channels, crop)
     task = CLIPTask(model, views).to(device)
