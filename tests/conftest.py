@@ -101,3 +101,77 @@ def write_config(tmp_path):
         return str(path)
 
     return write
+
+
+#: The words of :func:`write_clip_tokenizer`'s vocabulary (a caption template and the class
+#: names of the synthetic set).
+CLIP_WORDS = ["a", "photo", "of", "the", "vertical", "horizontal", "grid", "plaid", "dots"]
+CLIP_WORDS += ["checker", "diagonal", "stripes", "ring", "blob", "cross", "gradient", "noise"]
+
+
+def write_clip_tokenizer(folder) -> int:
+    """A tiny CLIP BPE tokenizer (``vocab.json`` + ``merges.txt``: letters, then merges that
+    build each of :data:`CLIP_WORDS`) saved as a Hugging Face tokenizer in ``folder``;
+    returns the vocabulary size."""
+    import json
+    from pathlib import Path
+
+    import transformers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = sorted(set("".join(CLIP_WORDS)))
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab |= {c + "</w>": len(chars) + i for i, c in enumerate(chars)}
+    merges: list[str] = []
+    for word in CLIP_WORDS:
+        tokens = [*word[:-1], word[-1] + "</w>"]
+        while len(tokens) > 1:
+            merges.append(f"{tokens[0]} {tokens[1]}")
+            vocab.setdefault(tokens[0] + tokens[1], len(vocab))
+            tokens = [tokens[0] + tokens[1], *tokens[2:]]
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    merges = list(dict.fromkeys(merges))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    tokenizer.save_pretrained(str(folder))
+    return len(vocab)
+
+
+@pytest.fixture
+def tiny_clip_folder(tmp_path_factory):
+    """``make(channels=3, size=16, text=True, seed=0) -> folder``: a Hugging Face CLIP model
+    folder written with ``save_pretrained`` (random weights: a 2-block ViT of width 32 on
+    16-px images in 4-px patches, a 24-d joint space) with its tokenizer, or a
+    CLIPVisionModelWithProjection alone (``text=False``)."""
+    transformers = pytest.importorskip("transformers")
+
+    def make(channels: int = 3, size: int = 16, text: bool = True, seed: int = 0):
+        folder = tmp_path_factory.mktemp("hf-clip")
+        vocab = write_clip_tokenizer(folder) if text else 100
+        vision = dict(
+            hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+            image_size=size, patch_size=4, num_channels=channels,
+        )  # fmt: skip
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            if text:
+                config = transformers.CLIPConfig(
+                    text_config=dict(
+                        hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, vocab_size=vocab, max_position_embeddings=16,
+                        bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1,
+                    ),
+                    vision_config=vision,
+                    projection_dim=24,
+                )  # fmt: skip
+                model = transformers.CLIPModel(config)
+            else:
+                config = transformers.CLIPVisionConfig(**vision, projection_dim=24)
+                model = transformers.CLIPVisionModelWithProjection(config)
+        model.save_pretrained(str(folder))
+        return folder
+
+    return make

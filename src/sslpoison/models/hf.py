@@ -63,12 +63,16 @@ def quiet_transformers() -> Iterator[None]:
     """transformers' load reports and progress bars off for the block (then as they were)."""
     tf = require_transformers()
     verbosity, bars = tf.logging.get_verbosity(), tf.logging.is_progress_bar_enabled()
+    hub = logging.getLogger("huggingface_hub")
+    hub_level = hub.level
     tf.logging.set_verbosity_error()
     tf.logging.disable_progress_bar()
+    hub.setLevel(logging.ERROR)
     try:
         yield
     finally:
         tf.logging.set_verbosity(verbosity)
+        hub.setLevel(hub_level)
         if bars:
             tf.logging.enable_progress_bar()
 
@@ -260,17 +264,17 @@ class HFCLIPText(nn.Module):
 
 
 class PairedCLIP(nn.Module):
-    """An image encoder and a CLIP text tower as the zero-shot evaluation's model:
-    ``encode_image`` (B×C×H×W in [0, 1] → B×D unit rows, through ``image_proj`` when the
-    encoder's output is not yet in the joint space) and ``encode_text`` (B×L → B×D unit
-    rows). The text tower is shared, never trained."""
+    """An image encoder whose output is in CLIP's joint space (``output: proj``) and a CLIP
+    text tower, as the zero-shot evaluation's model: ``encode_image`` (B×C×H×W in [0, 1] →
+    B×D unit rows) and ``encode_text`` (B×L → B×D unit rows). The text tower is shared by
+    the clean and the attacked image encoder, and never trained."""
 
-    def __init__(self, image: nn.Module, image_proj: nn.Module, text: HFCLIPText) -> None:
+    def __init__(self, image: nn.Module, text: HFCLIPText) -> None:
         super().__init__()
-        self.image, self.image_proj, self.text = image, image_proj, text
+        self.image, self.text = image, text
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_proj(self.image(images)), dim=-1)
+        return F.normalize(self.image(images), dim=-1)
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text.embed(ids), dim=-1)
@@ -296,23 +300,55 @@ def resolve_folder(path: str) -> tuple[str, bool]:
     return path, False
 
 
-def read_folder_config(folder: str, local: bool) -> dict[str, Any]:
-    """The folder's (or hub id's) model config as a dict."""
+def hub_reachable(timeout: float = 3.0) -> str | None:
+    """None when the Hugging Face hub's host answers a TCP connection within ``timeout``
+    seconds, else why not (offline mode, no name resolution, refused). Checked before a
+    download, so an offline machine fails at once instead of after the hub client's retries."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set"
+    try:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    except (ImportError, AttributeError):  # pragma: no cover - an older hub client
+        endpoint = "https://huggingface.co"
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError as e:
+        return f"{url.hostname}: {e.strerror or e}"
+    return None
+
+
+def read_folder_config(folder: str, local: bool) -> tuple[dict[str, Any], bool]:
+    """The folder's (or hub id's) model config as a dict, and whether the files are read
+    from the machine alone (a local folder, or a hub id in the local Hugging Face cache)."""
     tf = require_transformers()
     try:
         with quiet_transformers():
-            return tf.AutoConfig.from_pretrained(folder, local_files_only=local).to_dict()
+            return tf.AutoConfig.from_pretrained(folder, local_files_only=True).to_dict(), True
     except (OSError, ValueError, KeyError) as e:
         if local:
             raise ModelFileError(f"{folder}/config.json: {one_line(e, 200)}") from None
+    why = hub_reachable()
+    if why is not None:
+        raise unreachable(folder, why)
+    try:
+        with quiet_transformers():
+            return tf.AutoConfig.from_pretrained(folder).to_dict(), False
+    except (OSError, ValueError, KeyError) as e:
         raise unreachable(folder, e) from None
 
 
-def unreachable(hub_id: str, error: Exception) -> ModelFileError:
+def unreachable(hub_id: str, why: object) -> ModelFileError:
     """The one-line error for a hub id that cannot be fetched (offline, or no such model)."""
     return ModelFileMissing(
         f"{hub_id!r} is not a local folder and could not be fetched from the Hugging Face hub "
-        f"(offline? {one_line(error, 120)}); download it where the hub is reachable "
+        f"({one_line(why, 120)}); download it where the hub is reachable "
         f"(hf download {hub_id} --local-dir DIR) and give that folder"
     )
 

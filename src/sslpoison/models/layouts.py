@@ -522,9 +522,12 @@ MOCO_PREFIXES = (
 SOLO_PREFIXES = ("backbone.",)
 
 
-def _prefixed(prefixes: tuple[str, ...], *inner: Layout) -> tuple[Callable, Callable, Callable]:
+def _prefixed(
+    prefixes: tuple[str, ...], *inner: Layout, head: str | None = None
+) -> tuple[Callable, Callable, Callable]:
     """(detect, to_ours, from_ours) of a layout that holds one of ``inner`` under one of
-    ``prefixes`` (everything outside it — a momentum encoder, a queue — left out)."""
+    ``prefixes`` (everything outside it — a momentum encoder, a queue — left out), and a
+    ResNet's projection head under ``head`` beside it (solo-learn's ``projector.``)."""
 
     def within(keys: Collection[str]) -> tuple[str, Layout] | None:
         prefix = common_prefix(keys, prefixes)
@@ -536,12 +539,20 @@ def _prefixed(prefixes: tuple[str, ...], *inner: Layout) -> tuple[Callable, Call
 
     def to_ours(state: State) -> State:
         prefix, layout = within(state) or ("", inner[0])
-        return layout.to_ours(strip_prefix(state, prefix))
+        ours = layout.to_ours(strip_prefix(state, prefix))
+        if head is not None and family_of(ours) == "resnet":
+            ours |= {"head." + k: v for k, v in strip_prefix(state, head).items()}
+        return ours
 
     def from_ours(state: State) -> State:
         family = family_of(state)
         layout = next(x for x in inner if family in x.families)
-        return {prefixes[0] + k: v for k, v in layout.from_ours(state).items()}
+        ours = dict(state)
+        heads = {}
+        if head is not None and family == "resnet":
+            heads = {head + k: v for k, v in strip_prefix(state, "head.").items()}
+            ours = {k: v for k, v in state.items() if not k.startswith("head.")}
+        return {prefixes[0] + k: v for k, v in layout.from_ours(ours).items()} | heads
 
     return (lambda keys: within(keys) is not None), to_ours, from_ours
 
@@ -591,7 +602,7 @@ LAYOUTS: dict[str, Layout] = {
         "solo-learn",
         "solo-learn checkpoints (backbone., then a torchvision ResNet — its CIFAR stem pads "
         "by 2 — or a timm ViT)",
-        *_prefixed(SOLO_PREFIXES, _TORCHVISION, _TIMM),
+        *_prefixed(SOLO_PREFIXES, _TORCHVISION, _TIMM, head="projector."),
         ("resnet", "vit"),
         implied={"resnet:cifar": {"stem_padding": 2}, **_TIMM.implied},
         inputs={

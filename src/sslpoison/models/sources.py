@@ -93,8 +93,8 @@ class EncoderSource(Config):
     ``arch`` (file): a name of :data:`sslpoison.models.BACKBONES`, checked against the
     weights (default: the one they fit). ``layout`` (file): one of
     :data:`~sslpoison.models.layouts.LAYOUTS` (default: detected from the key names).
-    ``output`` (hf): ``pooled``, ``cls`` or ``proj`` (default: ``proj`` for a CLIP model,
-    its image embedding; ``pooled`` otherwise). ``head`` (file): ``keep`` or ``drop`` a
+    ``output`` (hf): ``pooled``, ``cls`` or ``proj`` (default: ``proj`` for a CLIP model or
+    a CLIP vision model with its projection — the image embedding —, ``pooled`` otherwise). ``head`` (file): ``keep`` or ``drop`` a
     projection head found in the checkpoint (default: kept for CLIP, where it is part of the
     image encoder; dropped for SSL projection heads and timm classifiers). ``input``:
     overrides of size, channels, mean and std. ``key_map`` (file): regex → replacement,
@@ -270,8 +270,12 @@ def load_file(cfg: EncoderSource) -> LoadedEncoder:
         raise ModelFileError(
             f"{path}: cannot build a {arch} with {args}: {one_line(e, 200)}"
         ) from None
+    own = model.state_dict()
     for buffer in ("mean", "std"):
-        ours[buffer] = model.state_dict()[buffer]
+        ours[buffer] = own[buffer]
+    for key in own:  # older PyTorch saved BatchNorm without its (unused here) step count
+        if key.endswith("num_batches_tracked") and key not in ours:
+            ours[key] = own[key]
     load_state_into(model, check_finite(ours, path), path)
     model.card["source"] = {"source": "file", "path": str(path), "layout": name}
     record = {"source": "file", "path": str(path), "layout": name, "arch": arch}
@@ -375,9 +379,12 @@ def load_hf(cfg: EncoderSource) -> LoadedEncoder:
 
     require_transformers()
     folder, local = resolve_folder(cfg.path)
-    config = read_folder_config(folder, local)
+    config, local = read_folder_config(folder, local)
     kind = config.get("model_type")
-    output = cfg.output or ("proj" if kind == "clip" else "pooled")
+    projects = kind == "clip" or any(
+        "WithProjection" in a for a in config.get("architectures") or []
+    )
+    output = cfg.output or ("proj" if projects else "pooled")
     if output not in OUTPUTS:  # pragma: no cover - the config's Literal
         raise ModelFileError(f"encoder.output: {output!r}")
     vision = vision_config(config)
