@@ -171,7 +171,10 @@ def tiny_clip_folder(tmp_path_factory):
             else:
                 config = transformers.CLIPVisionConfig(**vision, projection_dim=24)
                 model = transformers.CLIPVisionModelWithProjection(config)
-        model.save_pretrained(str(folder))
+        from sslpoison.models.hf import quiet_transformers
+
+        with quiet_transformers():  # no progress bars on stderr, which tests read
+            model.save_pretrained(str(folder))
         return folder
 
     return make

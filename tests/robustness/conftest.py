@@ -23,6 +23,7 @@ from sslpoison.cli import main
 CLASSES = {
     "test_data_files": "data files",
     "test_model_files": "model files",
+    "test_encoder_sources": "encoder sources",
     "test_configs": "configs",
     "test_sweeps": "sweeps",
     "test_outputs": "output folder",

@@ -392,10 +392,10 @@ def load_weights_into(encoder: HFEncoder, folder: str, local: bool) -> None:
             except TypeError:
                 kwargs.pop("add_pooling_layer", None)
                 model, info = cls.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError, RuntimeError) as e:
+    except Exception as e:  # whatever reading the folder's files raised (safetensors, torch)
         if local:
             raise ModelFileError(
-                f"{folder}: the weights cannot be loaded ({one_line(e, 300)})"
+                f"{folder}: the weights cannot be loaded ({type(e).__name__}: {one_line(e, 300)})"
             ) from None
         raise unreachable(folder, e) from None
     problems = [

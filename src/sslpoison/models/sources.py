@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from sslpoison.configbase import Config, check_kwargs
 from sslpoison.errors import ModelFileError, one_line
@@ -94,9 +94,10 @@ class EncoderSource(Config):
     weights (default: the one they fit). ``layout`` (file): one of
     :data:`~sslpoison.models.layouts.LAYOUTS` (default: detected from the key names).
     ``output`` (hf): ``pooled``, ``cls`` or ``proj`` (default: ``proj`` for a CLIP model or
-    a CLIP vision model with its projection — the image embedding —, ``pooled`` otherwise). ``head`` (file): ``keep`` or ``drop`` a
-    projection head found in the checkpoint (default: kept for CLIP, where it is part of the
-    image encoder; dropped for SSL projection heads and timm classifiers). ``input``:
+    a CLIP vision model with its projection — the image embedding —, ``pooled`` otherwise).
+    ``head`` (file): ``keep`` or ``drop`` a projection head found in the checkpoint
+    (default: kept for CLIP, where it is part of the image encoder; dropped for SSL
+    projection heads and timm classifiers). ``input``:
     overrides of size, channels, mean and std. ``key_map`` (file): regex → replacement,
     applied to every key in order before the layout (an empty result drops the key): for
     layouts without a name. ``args`` (file): architecture arguments the weights cannot tell
@@ -128,14 +129,15 @@ class EncoderSource(Config):
             raise ValueError(f"unknown layout {v!r}; known: {', '.join(LAYOUTS)}")
         return v
 
-    @model_validator(mode="after")
-    def _keys_of_the_source(self) -> EncoderSource:
-        only = {"hf": ("output",), "file": ("arch", "layout", "head", "key_map", "args")}
-        for source, keys in only.items():
-            for key in keys:
-                if source != self.source and key in self.model_fields_set:
-                    raise ValueError(f"{key}: only for source: {source} (this is {self.source})")
-        return self
+    @field_validator("output", "arch", "layout", "head", "key_map", "args", mode="after")
+    @classmethod
+    def _key_of_the_source(cls, value: Any, info: ValidationInfo) -> Any:
+        """``output`` is for ``hf`` only; the others for ``file`` only."""
+        wanted = "hf" if info.field_name == "output" else "file"
+        source = info.data.get("source")
+        if value and source is not None and source != wanted:
+            raise ValueError(f"only for source: {wanted} (this is {source})")
+        return value
 
 
 @dataclass
