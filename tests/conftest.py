@@ -161,7 +161,7 @@ def tiny_clip_folder(tmp_path_factory):
                 config = transformers.CLIPConfig(
                     text_config=dict(
                         hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, vocab_size=vocab, max_position_embeddings=16,
+                        num_attention_heads=2, vocab_size=vocab, max_position_embeddings=77,
                         bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1,
                     ),
                     vision_config=vision,

@@ -171,7 +171,7 @@ def test_openai_clip_vit_and_the_ambiguity_with_open_clip(tmp_path):
         input={"mean": [0.5] * 3, "std": [0.5] * 3},
     )
     same_features(mine.encoder, gelu)
-    with pytest.raises(ModelFileError, match="encoder.arch: vit_b_32 does not fit"):
+    with pytest.raises(ModelFileError, match=r"encoder\.arch: vit_b_32 does not fit"):
         load(path, layout="openai-clip", arch="vit_b_32")
 
 
@@ -218,7 +218,7 @@ def test_our_own_weights_without_a_card_and_the_key_map(tmp_path):
     loaded = load(path, key_map={r"^model\.": ""})
     assert loaded.record["layout"] == "sslpoison" and loaded.record["arch"] == "resnet18"
     same_features(loaded.encoder, source)
-    with pytest.raises(ModelFileError, match="encoder.arch: resnet50 does not fit .* resnet"):
+    with pytest.raises(ModelFileError, match=r"encoder\.arch: resnet50 does not fit .* resnet"):
         load(path, key_map={r"^model\.": ""}, arch="resnet50")
     # a missing tensor: the error lists it
     del state["model.layer4.1.bn2.weight"]

@@ -49,9 +49,9 @@ def test_the_backbone_config_builds_a_vit_at_the_data_size_and_keeps_old_keys():
     assert "args" not in BackboneConfig(arch="resnet10").model_dump()
     with pytest.raises(ValueError, match="takes no stem"):
         BackboneConfig(arch="vit", stem="imagenet")
-    with pytest.raises(ValueError, match="args.depth: set by the name"):
+    with pytest.raises(ValueError, match=r"args\.depth: set by the name"):
         BackboneConfig(arch="resnet18", args={"depth": 50})
-    with pytest.raises(ValueError, match="args.bogus"):
+    with pytest.raises(ValueError, match=r"args\.bogus"):
         BackboneConfig(arch="vit", args={"bogus": 1})
 
 

@@ -510,7 +510,12 @@ def _ours(state: State) -> State:
     return dict(state)
 
 
-_RESNET_IMAGENET = {"size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+#: ResNets trained on ImageNet: its normalisation; 224 px for the ImageNet (7×7) stem, the
+#: data's own size for a CIFAR (3×3) one.
+_RESNET_IMAGENET = {
+    "resnet": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+    "resnet:imagenet": {"size": 224},
+}
 _CLIP_VIT = {"act": "quick_gelu", "eps": 1e-5}
 _CLIP_INPUT = {"mean": CLIP_MEAN, "std": CLIP_STD}
 
@@ -564,7 +569,7 @@ _TORCHVISION = Layout(
     torchvision_to_ours,
     torchvision_from_ours,
     ("resnet",),
-    inputs={"resnet": _RESNET_IMAGENET},
+    inputs=_RESNET_IMAGENET,
 )
 _TIMM = Layout(
     "timm",
@@ -596,7 +601,7 @@ LAYOUTS: dict[str, Layout] = {
         *_prefixed(MOCO_PREFIXES, _TORCHVISION, _TIMM),
         ("resnet", "vit"),
         implied=_TIMM.implied,
-        inputs={"resnet": _RESNET_IMAGENET, **_TIMM.inputs},
+        inputs={**_RESNET_IMAGENET, **_TIMM.inputs},
     ),
     "solo-learn": Layout(
         "solo-learn",
@@ -607,7 +612,7 @@ LAYOUTS: dict[str, Layout] = {
         implied={"resnet:cifar": {"stem_padding": 2}, **_TIMM.implied},
         inputs={
             **_TIMM.inputs,
-            "resnet": _RESNET_IMAGENET,
+            **_RESNET_IMAGENET,
             "resnet:cifar": {"size": 32, "mean": CIFAR10_MEAN, "std": CIFAR10_STD},
         },
     ),
