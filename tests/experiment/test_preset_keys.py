@@ -4,7 +4,9 @@ orphan every cached encoder of that preset.
 
 What is pinned, per preset: ``pretrain`` (the clean pre-training), ``pretrain_poisoned`` (the
 pre-training on the set a pre-training data attack poisoned) and ``attack`` (an encoder
-attack). The attack key hashes the clean encoder's weights, which only training gives; it is
+attack). A preset that brings its clean encoder (``encoder:``) has no pre-training, and its
+attack key hashes weights that another preset makes: ``encoder`` (its section) and
+``attack_config`` (the attack's slice of the attack key) are pinned instead. The attack key hashes the clean encoder's weights, which only training gives; it is
 pinned for a stand-in clean encoder: ``pretrain.backbone`` freshly drawn after
 ``torch.manual_seed(seed)``. Keys hash the training precision, which ``amp_cpu: auto``
 resolves from the CPU; the CPU is taken to have no native bf16, on every machine.
@@ -25,10 +27,11 @@ import torch
 from sslpoison.attacks import Hook, strikes
 from sslpoison.eval.downstream import Downstream
 from sslpoison.experiment.config import ExperimentConfig, load_config
-from sslpoison.experiment.stages import attack_key, pretrain_key, pretraining_data
+from sslpoison.experiment.stages import attack_key, key_slice, pretrain_key, pretraining_data
 from sslpoison.experiment.sweep import load_sweep, run_name, sweep_configs
 from sslpoison.models.backbone import build_encoder
 from sslpoison.train import precision
+from sslpoison.utils import stable_hash
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 
@@ -37,6 +40,11 @@ def preset_keys(cfg: ExperimentConfig, loaded: dict | None = None) -> dict[str, 
     """The stage keys of ``cfg`` on a CPU (see the module doc); ``loaded`` memoises the
     pre-training data between presets that share it."""
     device = torch.device("cpu")
+    if cfg.encoder is not None:
+        keys = {"encoder": stable_hash(cfg.encoder.model_dump(mode="json"))}
+        if cfg.attack is not None:
+            keys["attack_config"] = stable_hash(key_slice(cfg.attack, device))
+        return keys
     loaded = {} if loaded is None else loaded
     which = (cfg.data.model_dump_json(), cfg.pretrain.image_text, cfg.seed)
     if which not in loaded:
