@@ -4,12 +4,13 @@ orphan every cached encoder of that preset.
 
 What is pinned, per preset: ``pretrain`` (the clean pre-training), ``pretrain_poisoned`` (the
 pre-training on the set a pre-training data attack poisoned) and ``attack`` (an encoder
-attack). A preset that brings its clean encoder (``encoder:``) has no pre-training, and its
-attack key hashes weights that another preset makes: ``encoder`` (its section) and
-``attack_config`` (the attack's slice of the attack key) are pinned instead. The attack key hashes the clean encoder's weights, which only training gives; it is
+attack). The attack key hashes the clean encoder's weights, which only training gives; it is
 pinned for a stand-in clean encoder: ``pretrain.backbone`` freshly drawn after
-``torch.manual_seed(seed)``. Keys hash the training precision, which ``amp_cpu: auto``
-resolves from the CPU; the CPU is taken to have no native bf16, on every machine.
+``torch.manual_seed(seed)``. A preset that brings its clean encoder (``encoder:``) has no
+pre-training, and its attack key hashes weights that another preset makes: ``encoder`` (its
+section) and ``attack_config`` (the attack's slice of the attack key) are pinned instead.
+Keys hash the training precision, which ``amp_cpu: auto`` resolves from the CPU; the CPU is
+taken to have no native bf16, on every machine.
 
 After changing a preset on purpose, print the new table and paste it over :data:`PINNED`::
 
