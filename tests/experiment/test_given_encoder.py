@@ -154,6 +154,8 @@ def test_defenses_decree_and_inspect_on_a_given_vit(
              "train": student},
             {"name": "feature_distill", "clean": 64, "student_arch": resnet, "train": student},
             {"name": "fineprune", "clean": 64, "prune": 0.25, "train": student},
+            {"name": "distill", "clean": 64, "bank": 64, "student_arch": resnet, "train": student},
+            {"name": "finetune", "clean": 64, "train": student},
         ],
         detectors=[{"name": "decree", "clean": 64, "train": {**student, "epochs": 2}}],
     )  # fmt: skip
@@ -164,6 +166,8 @@ def test_defenses_decree_and_inspect_on_a_given_vit(
     assert stages["defense:mimic"]["student_arch"] == "resnet10"
     assert stages["defense:feature_distill"]["student_arch"] == "resnet10"
     assert stages["defense:fineprune"]["pruned_channels"] == 8  # a quarter of 32 features
+    assert stages["defense:distill"]["student_dim"] == 64  # the ResNet's, against the ViT's 32
+    assert stages["defense:distill"]["teacher_dim"] == 32 and "defense:finetune" in stages
     assert "flagged" in stages["detect:decree:attacked"]
     # the defended encoder exported in the layout the ViT came in: OpenAI CLIP's names
     capsys.readouterr()

@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeFloat, PositiveInt, model_validator
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    PositiveInt,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from sslpoison.attacks.base import Attacked, EncoderAttack
@@ -37,7 +45,7 @@ from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.features import extract_features
 from sslpoison.poisoning import BackdoorTarget
-from sslpoison.train.engine import FitResult, TensorBatches, TrainConfig, fit
+from sslpoison.train.engine import STAGE_KEY, FitResult, TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
 from sslpoison.triggers import PatchTrigger, TriggerConfig
 
@@ -93,6 +101,18 @@ class BadEncoderConfig(EncoderAttack):
     lambda2: NonNegativeFloat = 1.0
     center: bool = True
     train: TrainConfig = Field(default_factory=_paper_train)
+
+    @model_serializer(mode="wrap")
+    def _retired_keys_in_stage_keys(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        """In a stage cache key (``context={STAGE_KEY: device}``) the dump still holds the
+        retired ``encoder`` and ``key_map`` at their old defaults, so that the attack stages
+        cached before they moved to ``encoder:`` keep their keys."""
+        data = handler(self)
+        if (info.context or {}).get(STAGE_KEY) is not None:
+            data |= {"encoder": None, "key_map": {}}
+        return data
 
     @model_validator(mode="before")
     @classmethod
