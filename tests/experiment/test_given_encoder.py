@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import TINY_BADENCODER
 from sslpoison.cli import main
 from sslpoison.models import build_backbone
 from sslpoison.models.layouts import LAYOUTS
@@ -23,23 +24,11 @@ pytest.importorskip("transformers")
 #: A CLIP-style ViT (so that it exports as a transformers CLIPVisionModel).
 VIT_ARGS = {"patch_size": 4, "depth": 2, "heads": 2, "ln_pre": True, "patch_bias": False}
 #: conftest's tiny BadEncoder, with the larger steps a ViT needs.
-ATTACK = {
-    "name": "badencoder",
-    "shadow": 256,
-    "lambda2": 2.0,
-    "targets": [
-        {
-            "dataset": "synthetic",
-            "target_class": "vertical",
-            "trigger": {"size": 5, "position": [10, 10]},
-        }
-    ],
+ATTACK = TINY_BADENCODER | {
     "train": {
-        "epochs": 10,
-        "batch_size": 16,
-        "progress": False,
-        "optimizer": {"name": "adam", "lr": 6e-3, "weight_decay": 0.0, "warmup_epochs": 0.0},
-    },
+        **TINY_BADENCODER["train"],
+        "optimizer": {"name": "adam", "lr": 6e-3, "weight_decay": 0.0},
+    }
 }
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sslpoison.models.inputs import CLIP_MEAN, CLIP_STD, per_channel
+from sslpoison.models.inputs import CLIP_MEAN, CLIP_STD, register_normalisation
 
 
 class Bottleneck(nn.Module):
@@ -120,12 +120,7 @@ class ModifiedResNet(nn.Module):
             raise ValueError(f"modified_resnet layers must be 4 positive counts, got {layers}")
         if image_size % 32:
             raise ValueError(f"modified_resnet image_size {image_size} is not a multiple of 32")
-        mean = mean if mean is not None else per_channel(CLIP_MEAN, in_channels)
-        std = std if std is not None else per_channel(CLIP_STD, in_channels)
-        if len(mean) != in_channels or len(std) != in_channels:
-            raise ValueError(f"mean/std need {in_channels} values, got {len(mean)}/{len(std)}")
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=True)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=True)
+        register_normalisation(self, in_channels, mean, std, CLIP_MEAN, CLIP_STD)
         w = base_width
         self.conv1 = nn.Conv2d(in_channels, w // 2, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(w // 2)

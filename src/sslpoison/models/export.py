@@ -35,7 +35,7 @@ from sslpoison.configbase import Config
 from sslpoison.errors import UserError
 from sslpoison.models.hf import HFEncoder, quiet_transformers, require_transformers
 from sslpoison.models.io import save_encoder
-from sslpoison.models.layouts import LAYOUTS, family_of
+from sslpoison.models.layouts import LAYOUTS, family_of, known_layout
 from sslpoison.models.vit import VisionTransformer
 from sslpoison.utils import atomic_write_json, atomic_write_via
 
@@ -64,12 +64,7 @@ class ExportConfig(Config):
     encoder: str | None = None
     layout: str | None = None
 
-    @field_validator("layout")
-    @classmethod
-    def _known_layout(cls, v: str | None) -> str | None:
-        if v is not None and v not in LAYOUTS:
-            raise ValueError(f"unknown layout {v!r}; known: {', '.join(LAYOUTS)}")
-        return v
+    _known_layout = field_validator("layout")(known_layout)
 
     def target(self, run_dir: Path) -> Path:
         default = {

@@ -28,7 +28,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sslpoison.errors import ModelFileError, ModelFileMissing, UserError, one_line
-from sslpoison.models.inputs import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, per_channel
+from sslpoison.models.inputs import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    register_normalisation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +156,7 @@ class HFEncoder(nn.Module):
         default_mean, default_std = DEFAULT_NORMALISATION.get(
             str(config.get("model_type")), (IMAGENET_MEAN, IMAGENET_STD)
         )
-        mean = mean if mean is not None else per_channel(default_mean, self.in_channels)
-        std = std if std is not None else per_channel(default_std, self.in_channels)
-        if len(mean) != self.in_channels or len(std) != self.in_channels:
-            raise ValueError(f"mean/std need {self.in_channels} values, got {len(mean)}/{len(std)}")
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=True)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=True)
+        register_normalisation(self, self.in_channels, mean, std, default_mean, default_std)
         self.feature_dim = self._feature_dim(vision)
         keep = torch.ones(self.feature_dim)
         if pruned:

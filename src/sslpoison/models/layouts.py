@@ -190,8 +190,9 @@ def drop_head(state: State, family: str) -> State:
 # ---- renaming -----------------------------------------------------------------------------
 
 
-def rename(state: State, rules: list[tuple[str, str]]) -> State:
-    """Each key through the regex ``rules`` (all applied in order, ``re.sub``)."""
+def rename(state: State, rules: list[tuple[str, Any]]) -> State:
+    """Each key through the regex ``rules`` (all applied in order, ``re.sub``; a replacement
+    is a string or a function of the match)."""
     out = {}
     for key, value in state.items():
         for pattern, repl in rules:
@@ -396,36 +397,36 @@ def hf_clip_to_ours(state: State) -> State:
     return out
 
 
+#: Our ViT's names → transformers' CLIP vision tower's (the packed q/k/v and the projection
+#: are split / renamed by :func:`hf_clip_from_ours` itself).
+_HF_CLIP_FROM_OURS = [
+    (r"^cls_token$", "embeddings.class_embedding"),
+    (r"^patch_embed\.", "embeddings.patch_embedding."),
+    (r"^pos_embed$", "embeddings.position_embedding.weight"),
+    (r"^ln_pre\.", "pre_layrnorm."),
+    (r"^ln_post\.", "post_layernorm."),
+    (r"^blocks\.(\d+)\.ln_1\.", r"encoder.layers.\1.layer_norm1."),
+    (r"^blocks\.(\d+)\.ln_2\.", r"encoder.layers.\1.layer_norm2."),
+    (r"^blocks\.(\d+)\.attn\.out_proj\.", r"encoder.layers.\1.self_attn.out_proj."),
+    (r"^blocks\.(\d+)\.mlp\.", r"encoder.layers.\1.mlp."),
+]
+
+
 def hf_clip_from_ours(state: State, prefix: str = "vision_model.") -> State:
     """Our ViT in the names of a Hugging Face ``CLIPVisionModel`` checkpoint (``prefix`` +
     the tower; ``visual_projection.weight`` beside it when the ViT has a projection)."""
     out: State = {}
-    reverse = [
-        (r"^cls_token$", "embeddings.class_embedding"),
-        (r"^patch_embed\.", "embeddings.patch_embedding."),
-        (r"^pos_embed$", "embeddings.position_embedding.weight"),
-        (r"^ln_pre\.", "pre_layrnorm."),
-        (r"^ln_post\.", "post_layernorm."),
-        (r"^blocks\.(\d+)\.ln_1\.", r"encoder.layers.\1.layer_norm1."),
-        (r"^blocks\.(\d+)\.ln_2\.", r"encoder.layers.\1.layer_norm2."),
-        (r"^blocks\.(\d+)\.attn\.out_proj\.", r"encoder.layers.\1.self_attn.out_proj."),
-        (r"^blocks\.(\d+)\.mlp\.", r"encoder.layers.\1.mlp."),
-    ]
+    rest: State = {}
     for key, value in state.items():
-        if key in _TV_BUFFERS:
-            continue
         if m := re.match(r"^blocks\.(\d+)\.attn\.in_proj_(weight|bias)$", key):
             for name, part in zip("qkv", value.chunk(3), strict=True):
-                out[f"{prefix}encoder.layers.{m.group(1)}.self_attn.{name}_proj.{m.group(2)}"] = (
-                    part.contiguous()
-                )
+                layer = f"{prefix}encoder.layers.{m.group(1)}.self_attn.{name}_proj"
+                out[f"{layer}.{m.group(2)}"] = part.contiguous()
         elif key.startswith("proj."):
             out["visual_projection." + key[len("proj.") :]] = value
-        else:
-            for pattern, repl in reverse:
-                key = re.sub(pattern, repl, key)
-            out[prefix + key] = value
-    return out
+        elif key not in _TV_BUFFERS:
+            rest[key] = value
+    return out | {prefix + k: v for k, v in rename(rest, _HF_CLIP_FROM_OURS).items()}
 
 
 # BadEncoder's CIFAR/STL SimCLR models: ``f.f.<i>`` is torchvision's resnet children without
@@ -442,7 +443,7 @@ _BADENCODER_TO_TV = [
 _BADENCODER_FROM_TV = [
     (r"^conv1\.", "f.f.0."),
     (r"^bn1\.", "f.f.1."),
-    (r"^layer(\d)\.", lambda m: f"f.f.{int(m.group(1)) + 2}."),  # type: ignore[list-item]
+    (r"^layer(\d)\.", lambda m: f"f.f.{int(m.group(1)) + 2}."),
     (r"^fc\.", "g."),
 ]
 
@@ -462,12 +463,7 @@ def badencoder_from_ours(state: State) -> State:
     tv = torchvision_from_ours(state)
     if "fc.weight" in tv:  # the head is a Sequential in their model
         tv = {re.sub(r"^fc\.", "fc.0.", k): v for k, v in tv.items()}
-    out = {}
-    for key, value in tv.items():
-        for pattern, repl in _BADENCODER_FROM_TV:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
-    return out
+    return rename(tv, _BADENCODER_FROM_TV)
 
 
 # ---- the registry -------------------------------------------------------------------------
@@ -668,6 +664,13 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 
+def known_layout(name: str | None) -> str | None:
+    """``name`` when it is one of :data:`LAYOUTS` (or None); ValueError listing them."""
+    if name is not None and name not in LAYOUTS:
+        raise ValueError(f"unknown layout {name!r}; known: {', '.join(LAYOUTS)}")
+    return name
+
+
 def detect_layouts(keys: Collection[str]) -> list[str]:
     """Every layout whose ``detect`` accepts ``keys`` (a prefixed layout before the layout it
     wraps: their keys never both match)."""
@@ -713,6 +716,7 @@ __all__ = [
     "detect_layouts",
     "drop_head",
     "family_of",
+    "known_layout",
     "layout_defaults",
     "read_args",
     "read_head",

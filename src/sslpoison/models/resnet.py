@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sslpoison.models.inputs import register_normalisation
+
 DEPTHS = {
     10: ("basic", (1, 1, 1, 1)),
     18: ("basic", (2, 2, 2, 2)),
@@ -109,12 +111,7 @@ class ResNet(nn.Module):
         kind, counts = DEPTHS[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
         planes = [max(1, round(p * width)) for p in (64, 128, 256, 512)]
-        mean = mean if mean is not None else [0.5] * in_channels
-        std = std if std is not None else [0.25] * in_channels
-        if len(mean) != in_channels or len(std) != in_channels:
-            raise ValueError(f"mean/std need {in_channels} values, got {len(mean)}/{len(std)}")
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=True)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=True)
+        register_normalisation(self, in_channels, mean, std, [0.5], [0.25])
         pad = (1 if stem == "cifar" else 3) if stem_padding is None else stem_padding
         if stem == "cifar":
             self.stem = nn.Sequential(

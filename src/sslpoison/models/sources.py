@@ -51,6 +51,7 @@ from sslpoison.models.layouts import (
     LayoutError,
     detect_layout,
     drop_head,
+    known_layout,
     layout_defaults,
     read_args,
 )
@@ -122,12 +123,7 @@ class EncoderSource(Config):
             raise ValueError(f"unknown architecture {v!r}; known: {known}")
         return v
 
-    @field_validator("layout")
-    @classmethod
-    def _known_layout(cls, v: str | None) -> str | None:
-        if v is not None and v not in LAYOUTS:
-            raise ValueError(f"unknown layout {v!r}; known: {', '.join(LAYOUTS)}")
-        return v
+    _known_layout = field_validator("layout")(known_layout)
 
     @field_validator("output", "arch", "layout", "head", "key_map", "args", mode="after")
     @classmethod

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sslpoison.models.inputs import register_normalisation
+
 #: The MLP activations by name.
 ACTIVATIONS = ("gelu", "quick_gelu")
 
@@ -156,12 +158,7 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"vit pool must be 'cls' or 'mean', got {pool!r}")
         if min(width, depth, heads, patch_size) < 1:
             raise ValueError("vit width, depth, heads and patch_size must be positive")
-        mean = mean if mean is not None else [0.5] * in_channels
-        std = std if std is not None else [0.5] * in_channels
-        if len(mean) != in_channels or len(std) != in_channels:
-            raise ValueError(f"mean/std need {in_channels} values, got {len(mean)}/{len(std)}")
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=True)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=True)
+        register_normalisation(self, in_channels, mean, std, [0.5], [0.5])
         self.grid = image_size // patch_size
         self.image_size, self.patch_size, self.pool = image_size, patch_size, pool
         self.patch_embed = nn.Conv2d(in_channels, width, patch_size, patch_size, bias=patch_bias)
