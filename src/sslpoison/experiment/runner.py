@@ -32,7 +32,7 @@ from sslpoison.eval.evaluate import Outcome, evaluate
 from sslpoison.eval.features import FeatureCache
 from sslpoison.eval.rows import ATTACKED, CLEAN, ON_CLEAN, Evaluation, Row
 from sslpoison.experiment.cache import StageCache
-from sslpoison.experiment.config import ConfigError, ExperimentConfig
+from sslpoison.experiment.config import GROUPS, ConfigError, ExperimentConfig, StageGroup
 from sslpoison.experiment.outputs import (
     Detection,
     save_models,
@@ -110,12 +110,13 @@ def random_encoder(
 
 @dataclass
 class Run:
-    """One run as it goes: the stage cache, the device, the seed, and what each stage made
-    (``encoders`` and ``clips`` by role) and did (``stages``, ``timings``, ``artifacts``)."""
+    """One run as it goes: the stage cache, the device, the seed of each stage group
+    (:class:`~sslpoison.experiment.config.StageSeeds`), and what each stage made (``encoders``
+    and ``clips`` by role) and did (``stages``, ``timings``, ``artifacts``)."""
 
     cache: StageCache
     device: torch.device
-    seed: int
+    seeds: dict[StageGroup, int]
     encoders: dict[str, nn.Module] = field(default_factory=dict)
     clips: dict[str, tuple[CLIP, Tokenizer]] = field(default_factory=dict)
     stages: dict[str, Any] = field(default_factory=dict)
@@ -142,12 +143,19 @@ class Run:
         self.stages[name] = {**record, "cached": cached}
         return out, record
 
+    @property
+    def seed(self) -> int:
+        """The seed of what the attacker, defender and detectors do (the ``attack`` group)."""
+        return self.seeds["attack"]
+
     def pretrain(
         self, role: str, name: str, cfg: PretrainConfig, data: ImageSet, about: Any = None
     ) -> str:
-        """Pre-train the ``role`` encoder (and CLIP model) on ``data`` as stage ``name``;
-        returns the stage's cache folder."""
-        args = (cfg, data, self.seed, self.cache, self.device, about)
+        """Pre-train the ``role`` encoder (and CLIP model) on ``data`` as stage ``name``; the
+        clean one with the ``pretrain`` group's seed, the one on poisoned data with the
+        ``attack`` group's. Returns the stage's cache folder."""
+        seed = self.seeds["pretrain" if role == CLEAN else "attack"]
+        args = (cfg, data, seed, self.cache, self.device, about)
         out, record = self.stage(name, pretrain_stage, *args)
         if cfg.image_text:
             self.clips[role], out = out, out[0].backbone
@@ -219,14 +227,15 @@ def _run_experiment(
     device: torch.device | None,
     training_done: Callable[[], bool] | None,
 ) -> Results | None:
-    run = Run(StageCache(cfg.resolved_cache_dir()), device or resolve_device(cfg.device), cfg.seed)
+    seeds = {group: cfg.seed_of(group) for group in GROUPS}
+    run = Run(StageCache(cfg.resolved_cache_dir()), device or resolve_device(cfg.device), seeds)
     check_datasets(cfg)
     attack = cfg.attack
     with run.timed("load_data"):
-        data = pretraining_data(cfg.data, cfg.pretrain.image_text, cfg.seed)
+        data = pretraining_data(cfg.data, cfg.pretrain.image_text, seeds["pretrain"])
     log.info("pre-training data: %s", data)
-    downstream = Downstream(cfg.eval, data.image_size, data.channels, cfg.seed)  # loads lazily
-    poisoned, targets = prepare_attack(attack, data, downstream, cfg.seed)
+    downstream = Downstream(cfg.eval, data.image_size, data.channels, seeds["eval"])  # lazily
+    poisoned, targets = prepare_attack(attack, data, downstream, seeds["attack"])
     given = (
         attack.given_encoder(cfg.pretrain.backbone, data.channels, run.device) if attack else None
     )
@@ -252,16 +261,16 @@ def _run_experiment(
     if strikes(attack, Hook.DOWNSTREAM_DATA):
         with run.timed("poison_downstream"):
             poisoned_downstream = attack.poison_train_sets(
-                run.encoders[CLEAN], downstream, cfg.seed
+                run.encoders[CLEAN], downstream, seeds["attack"]
             )
     features = FeatureCache(run.cache.root / "features")
     outcome = Outcome(
         data, poisoned, downstream, poisoned_downstream, run.encoders, run.clips, cfg.eval,
-        features, cfg.seed,
+        features, seeds["eval"],
     )  # fmt: skip
     with run.timed("eval"):
         baseline = partial(
-            random_encoder, cfg.pretrain.backbone, data.channels, cfg.seed, run.device
+            random_encoder, cfg.pretrain.backbone, data.channels, seeds["pretrain"], run.device
         )
         count_fp = attack is not None and attack.reports_fp
         evaluation = evaluate(outcome, targets, random_init=baseline, count_fp=count_fp)
@@ -288,7 +297,7 @@ def write_run(
     )
     if cfg.attack is not None:
         run.artifacts |= write_backdoor_artifacts(
-            out, targets, outcome.poisoned, evaluation, outcome.downstream, cfg.seed
+            out, targets, outcome.poisoned, evaluation, outcome.downstream, run.seeds["eval"]
         )
         panels = defense_panels(rows, probe) if cfg.defenses else None
         summary = format_summary(cfg.name, tables)
@@ -300,7 +309,7 @@ def write_run(
     card = {"input": shape, "config": config}
     run.artifacts |= save_models(out, run.encoders, run.clips, cfg.pretrain.text, card, keep_clean)
     run.timings["total"] = round(time.perf_counter() - run.started, 3)
-    about = provenance(run.device, run.stages, cfg.seed)
+    about = provenance(run.device, run.stages, cfg.seed, run.seeds)
     results = Results(
         rows, config, run.timings, run.artifacts, run.stages, tables, about, run.warnings
     )
