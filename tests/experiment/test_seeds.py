@@ -294,3 +294,17 @@ def test_each_effect_is_judged_against_its_controls():
     assert found["distill/d/asr", "distill_on_clean/d/asr"]["verdict"] == "effect"
     one = control_verdicts({0: rows(0.9, 0.01, 0.3, 40)})
     assert {c["verdict"] for c in one} == {"untested (n < 2)"}
+
+
+def test_a_pre_trained_encoder_is_judged_against_its_baselines():
+    def rows(acc: float, random_init: float) -> list[Row]:
+        return [
+            Row("d", CLEAN, "linear", "acc", acc, "d/linear_acc"),
+            Row("d", "random_init", "linear", "acc", random_init, "d/random_init/linear_acc"),
+        ]
+
+    per_seed = {0: rows(0.85, 0.80), 1: rows(0.86, 0.79), 2: rows(0.84, 0.81)}
+    (verdict,) = control_verdicts(per_seed)
+    assert (verdict["effect"], verdict["control"]) == ("d/linear_acc", "d/random_init/linear_acc")
+    assert verdict["what"] == "the same probe on the untrained network"
+    assert verdict["verdict"] == "effect"  # 0.05 > 2·√(0.01² + 0.01²) = 0.028

@@ -13,7 +13,9 @@ not have acted, when the run has them:
   (``<defense>_on_clean``, ``control: true``);
 * an indiscriminate attack's accuracy drop — the drop that as many **clean duplicates** with
   their true labels (the poisons' unmodified base images) cause through the same victim and
-  countermeasure (``acc_drop_null``).
+  countermeasure (``acc_drop_null``);
+* a pre-trained encoder's accuracy (a run without an attack) — the same probe on the
+  untrained network (``random_init``) and on raw pixels (``pixels``): what pre-training adds.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from sslpoison.eval.rows import ATTACKED, CLEAN, ON_CLEAN, Row
 #: A row's identity: (dataset, encoder, probe, metric, target, setting).
 RowId = tuple[str | None, str, str, str, str | None, str | None]
 
-#: Encoders that are baselines of an unattacked evaluation.
-BASELINES = ("random_init", "pixels")
+#: Encoders that are baselines of an unattacked evaluation, and what they are.
+BASELINE_NAMES = {"random_init": "the untrained network", "pixels": "raw pixels"}
+BASELINES = tuple(BASELINE_NAMES)
 #: Metrics whose base rate is the same number through the clean encoder.
 BASE_RATE = ("asr", "fp", "zs_asr", "targeted_success")
 #: Metric → its other-trigger control on the same encoder.
@@ -72,6 +75,10 @@ def null_controls(ids: Iterable[RowId]) -> list[Pairing]:
             wanted.append((f"{e}{ON_CLEAN}", m, "the defense on the clean encoder"))
         if e == CLEAN and m == DROP:
             wanted.append((CLEAN, DROP_NULL, "as many clean duplicates, true labels"))
+        if e == CLEAN and m == "acc" and s is None:
+            wanted += [
+                (b, "acc", f"the same probe on {what}") for b, what in BASELINE_NAMES.items()
+            ]
         for encoder, metric, what in wanted:
             control = (d, encoder, p, metric, t, s)
             if control in present:
