@@ -60,6 +60,9 @@ from sslpoison.triggers import PatchTrigger, other_patterns
 
 log = logging.getLogger(__name__)
 
+#: The metrics of each encoder the log line shows.
+SHOWN = ("acc", "asr", "fp", "asr_other_trigger", "fp_other_trigger")
+
 
 def metric_key(encoder: str, dataset: str, metric: str, target: str | None = None) -> str:
     """The flat key of ``metric`` ('acc', 'asr', 'fp', 'top_class', ...) of one encoder on one
@@ -225,7 +228,7 @@ def evaluate_backdoor(
             shown = {
                 r.metric: round(r.value, 4)
                 for r in rows
-                if r.probe == first and not r.target and r.metric in ("acc", "asr", "fp")
+                if r.probe == first and not r.target and r.metric in SHOWN
             }
             log.info("%s encoder on %s: %s", role, name, shown)
             out.rows += rows

@@ -160,7 +160,8 @@ def format_aggregate(
 @dataclass
 class SeedResults:
     """The aggregate of a run over seeds: what ``OUT/results.json`` holds (:meth:`as_json`),
-    the ``tables`` of ``summary.md`` and the ``artifacts`` (each seed's folder)."""
+    the ``tables`` of ``summary.md`` and the ``artifacts`` (each seed's folder, below
+    ``out``)."""
 
     config: dict[str, Any]
     seeds: list[int]
@@ -171,6 +172,7 @@ class SeedResults:
     timings: dict[str, Any]
     runs: dict[str, str]
     tables: list[str] = field(default_factory=list)
+    out: Path = Path()
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -179,7 +181,7 @@ class SeedResults:
 
     @property
     def artifacts(self) -> dict[str, str]:
-        return {f"seed {s}": folder for s, folder in self.runs.items()}
+        return {f"seed {s}": str(self.out / folder) for s, folder in self.runs.items()}
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -213,6 +215,7 @@ def aggregate_folder(
         controls=control_verdicts(rows),
         timings={"total": round(sum(totals.values()), 3), "seeds": totals},
         runs={str(s): seed_folder(s) for s in per_seed},
+        out=out,
     )
     seeds = ", ".join(map(str, result.seeds))
     head = f"{len(result.seeds)} seeds ({seeds}); vary: {', '.join(result.vary)}"
