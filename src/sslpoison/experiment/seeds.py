@@ -9,7 +9,8 @@ the results store like any run — then writes the aggregate into ``OUT``:
   ``aggregate`` (``{key: {"mean", "std", "n", "values"}}``, std the sample standard deviation,
   n − 1; ``values`` in seed order), ``seeds``, ``vary``, ``runs`` (seed → folder),
   ``missing`` (keys some seeds lack, and which), ``controls`` (each effect beside its null
-  control with the verdict of :func:`~sslpoison.experiment.stats.versus_control`), ``test``
+  control: keys, spreads, difference, threshold, ``verdict`` — ``effect``, ``within noise``
+  or ``untested (n < 2)`` — of :func:`~sslpoison.experiment.stats.versus_control`), ``test``
   (that verdict's test), ``config`` and ``timings`` (``total``: the seeds' run times summed);
 * ``summary.md``: the effects against their null controls, then every metric as mean ± std.
 
@@ -105,6 +106,7 @@ def control_verdicts(per_seed: Mapping[int, Sequence[Row]]) -> list[dict[str, An
                 "threshold": verdict.threshold,
                 "k": verdict.k,
                 "verdict": verdict.word,
+                "text": verdict.text(),
             }
         )
     return out
@@ -121,16 +123,8 @@ def format_controls(controls: Sequence[dict[str, Any]]) -> str | None:
         "|---|---|---|---|---|---|",
     ]
     for c in controls:
-        e, k = c["effect_spread"], c["control_spread"]
-        delta = f"Δ {c['difference']:.4g}"
-        if c["threshold"] is not None:
-            delta += (
-                f" {'>' if c['verdict'] == 'effect' else '≤'} {c['k']:g}·σ {c['threshold']:.4g}"
-            )
-        lines.append(
-            f"| {c['effect']} | {_shown(e)} | {c['control']} | {_shown(k)} | {c['what']} | "
-            f"{c['verdict']} ({delta}) |"
-        )
+        e, k = _shown(c["effect_spread"]), _shown(c["control_spread"])
+        lines.append(f"| {c['effect']} | {e} | {c['control']} | {k} | {c['what']} | {c['text']} |")
     return "\n".join(lines)
 
 
