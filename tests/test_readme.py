@@ -44,6 +44,9 @@ def test_the_python_example_attacks_defends_and_evaluates(capsys):
         "synthetic/asr",
         "distill/synthetic/ba",
         "distill/synthetic/asr",
+        "synthetic/asr_other_trigger",  # the null control: another trigger, same place
+        "synthetic/asr_other_trigger_b",
+        "distill/synthetic/asr_other_trigger",
         *(f"synthetic/{m}_b" for m in per_encoder),
         *(f"synthetic/{m}" for m in per_encoder),
         *(f"distill/synthetic/{m}" for m in per_encoder),

@@ -1,4 +1,5 @@
-"""Patch triggers: exact placement, untouched pixels elsewhere, blending, clear refusals."""
+"""Patch triggers: exact placement, untouched pixels elsewhere, blending, clear refusals, the
+unseen patterns of a null control."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sslpoison.triggers import PatchTrigger, TriggerConfig
+from sslpoison.triggers import PatchTrigger, TriggerConfig, other_patterns
 
 
 def _images(n: int = 6, c: int = 1, size: int = 16) -> torch.Tensor:
@@ -78,3 +79,24 @@ def test_bad_trigger_config_values_name_the_key():
         TriggerConfig(size=1.5)
     with pytest.raises(ValueError, match="box"):
         TriggerConfig(box=(0.8, 0.2))
+
+
+def test_other_patterns_keep_the_size_and_place_but_never_the_pattern():
+    cfg = TriggerConfig(kind="noise", size=4, box=(0.25, 0.75), seed=5, alpha=0.8)
+    others = other_patterns(cfg, 3)
+    assert [o.seed for o in others] == [6, 7, 8]  # never the trigger's own seed
+    assert all((o.kind, o.size, o.box, o.alpha) == ("noise", 4, cfg.box, 0.8) for o in others)
+    trigger = PatchTrigger(cfg, 1, 16)
+    images = torch.zeros(20, 1, 16, 16, dtype=torch.uint8)
+    _, corners = trigger.apply(images, torch.Generator().manual_seed(3))
+    for o in others:
+        other = PatchTrigger(o, 1, 16)
+        assert other.side == trigger.side and not torch.equal(other.pattern, trigger.pattern)
+        _, placed = other.apply(images, torch.Generator().manual_seed(3))
+        assert torch.equal(placed, corners)  # the same seed places them where the trigger was
+    solid = TriggerConfig(kind="solid", size=5, position=(22, 22))
+    assert [(o.kind, o.seed, o.position) for o in other_patterns(solid, 2)] == [
+        ("noise", 0, (22, 22)),
+        ("noise", 1, (22, 22)),
+    ]
+    assert other_patterns(cfg, 0) == []

@@ -1,8 +1,8 @@
 """The command line: thin — parse, process-level set-up (threads, process group), call the
 library, print what it wrote.
 
-``sslpoison run CONFIG.yaml [--set key=value ...] [--out DIR]``,
-``sslpoison sweep SWEEP.yaml [--set key=value ...] [--out DIR]``,
+``sslpoison run CONFIG.yaml [--set key=value ...] [--seeds 0,1,2] [--out DIR]``,
+``sslpoison sweep SWEEP.yaml [--set key=value ...] [--seeds 0,1,2] [--out DIR]``,
 ``sslpoison datasets [--check NAME]``, ``sslpoison fetch NAME``; the results store's
 ``sslpoison runs [import DIR...]`` and ``sslpoison report`` (:mod:`sslpoison.cli_runs`);
 ``sslpoison encoder inspect SOURCE...`` and ``sslpoison export RUN_DIR ...``
@@ -46,13 +46,27 @@ def launch(cfg: ExperimentConfig, out: Path) -> Results | None:
     return run_experiment(cfg, out, device=device, training_done=dist.leave_group)
 
 
+def seed_overrides(seeds: str | None) -> list[str]:
+    """``--seeds 0,1,2`` as the override ``seeds=[0, 1, 2]`` (none without it)."""
+    from sslpoison.errors import ConfigError
+
+    if seeds is None:
+        return []
+    try:
+        values = [int(s) for s in seeds.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r}: expected integers separated by commas") from None
+    return [f"seeds={values}"]
+
+
 def _run(args: argparse.Namespace) -> int:
     from sslpoison.experiment.config import load_config
+    from sslpoison.experiment.seeds import run_config
     from sslpoison.utils import safe_name
 
-    cfg = load_config(args.config, args.set or [])
+    cfg = load_config(args.config, [*(args.set or []), *seed_overrides(args.seeds)])
     out = Path(args.out) if args.out else Path("runs") / safe_name(cfg.name)
-    results = launch(cfg, out)
+    results = run_config(cfg, out, run=launch)
     if results is not None:
         print("\n\n".join(results.tables))
         print(f"results: {out / 'results.json'}")
@@ -67,7 +81,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     sweep, base = load_sweep(args.sweep)
     out = Path(args.out) if args.out else Path("runs") / safe_name(sweep.name)
-    run_sweep(sweep, base, out, args.set or [], run=launch)
+    run_sweep(sweep, base, out, [*(args.set or []), *seed_overrides(args.seeds)], run=launch)
     table = out / "sweep.md"
     if table.exists():
         print(table.read_text(), end="")
@@ -131,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set pretrain.train.epochs=2",
     )
+    run.add_argument(
+        "--seeds",
+        metavar="S,S,...",
+        help="run once per seed into OUT/seed-<s>/ and aggregate (mean ± std) into OUT",
+    )
     run.add_argument("--out", help="output folder (default runs/<name>)")
     run.set_defaults(func=_run)
     sw = sub.add_parser(
@@ -138,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("sweep", help="sweep YAML: base config, grid, metrics (see configs/)")
     sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every run")
+    sw.add_argument("--seeds", metavar="S,S,...", help="run every cell over these seeds")
     sw.add_argument("--out", help="output folder (default runs/<sweep name>)")
     sw.set_defaults(func=_sweep)
     ds = sub.add_parser(

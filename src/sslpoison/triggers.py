@@ -51,6 +51,19 @@ class TriggerConfig(Config):
         return self
 
 
+def other_patterns(cfg: TriggerConfig, count: int) -> list[TriggerConfig]:
+    """``count`` triggers like ``cfg`` — same size, opacity, position or box — whose pattern
+    it never had: seeded noise patches, seeds ``cfg.seed + 1`` … ``cfg.seed + count`` for a
+    noise trigger (its own is ``cfg.seed``), ``cfg.seed`` … ``cfg.seed + count − 1`` for a
+    solid or image one. The null control of a backdoor: the attacked encoder should not
+    answer them."""
+    first = cfg.seed + 1 if cfg.kind == "noise" else cfg.seed
+    return [
+        cfg.model_copy(update={"kind": "noise", "image": None, "seed": first + i})
+        for i in range(count)
+    ]
+
+
 class PatchTrigger:
     """A patch trigger for C×H×W images of one size.
 

@@ -1,5 +1,5 @@
 """Indiscriminate downstream poisoning: poison counts, untouched clean points, budgets, the
-countermeasures, the fine-tune victim, and a run end to end."""
+countermeasures, the fine-tune victim, the null control, and a run end to end."""
 
 from __future__ import annotations
 
@@ -10,12 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sslpoison.attacks import ATTACKS
+from sslpoison.attacks import ATTACKS, Outcome
 from sslpoison.cli import main
 from sslpoison.data.synthetic import synthetic
 from sslpoison.defenses.sanitizers import SANITIZERS
+from sslpoison.eval import accuracy
 from sslpoison.eval import finetune as finetune_module
+from sslpoison.eval.downstream import Downstream, EvalConfig, train_predictor
+from sslpoison.eval.features import FeatureCache, extract_features
 from sslpoison.eval.finetune import finetune
+from sslpoison.eval.rows import CLEAN
 from sslpoison.models import build_backbone
 from sslpoison.train.engine import TrainConfig
 
@@ -192,3 +196,29 @@ def test_feature_targeted_runs_end_to_end(tmp_path, tiny_experiment, write_confi
     assert (out / "poisons-synthetic.png").exists()
     summary = (out / "summary.md").read_text()
     assert "poisoned" in summary and "finetune" in summary and "sphere" in summary
+
+
+def test_the_null_control_adds_the_poisons_base_images_with_their_true_labels(encoder, train):
+    cfg = EvalConfig(
+        datasets=["synthetic"], labelled=128, test_subset=128, probes=["linear"], baselines=[],
+        probe={"l2_grid": [1e-3]},
+    )  # fmt: skip
+    downstream = Downstream(cfg, 16, 1)
+    attack = attack_of("label_flip", epsilon=0.5, flip="random", countermeasures=[{"name": "knn"}])
+    poisoned = attack.poison_train_sets(encoder, downstream, seed=0)
+    outcome = Outcome(
+        train, None, downstream, poisoned, {CLEAN: encoder}, {}, cfg, FeatureCache(), seed=0
+    )
+    rows = attack.measure(outcome).rows
+    m = {r.key: r.value for r in rows}
+    # By hand: the clean set plus its base images, unmodified, with their true labels.
+    clean, test = downstream.train("synthetic"), downstream.test("synthetic")
+    base = poisoned["synthetic"].crafted.base
+    f, y = extract_features(encoder, clean.images), clean.labels
+    predict = train_predictor("linear", torch.cat([f, f[base]]), torch.cat([y, y[base]]), 4, cfg)
+    acc_null = accuracy(predict(extract_features(encoder, test.images)), test.labels)
+    assert m["synthetic/acc_drop_null"] == pytest.approx(m["synthetic/acc_clean"] - acc_null)
+    assert m["synthetic/acc_drop"] > m["synthetic/acc_drop_null"] + 0.05  # 64 flipped labels
+    assert {"synthetic/acc_drop_null_knn", "synthetic/acc_drop_knn"} <= set(m)
+    nulls = [r for r in rows if r.metric == "acc_drop_null"]
+    assert {(r.probe, r.setting) for r in nulls} == {("linear", None), ("linear", "knn")}

@@ -52,3 +52,22 @@ def test_mlp_probe_learns_a_non_linear_rule():
     linear = train_probe(x[:600], y[:600], 2, "linear", cfg)
     acc = lambda p: (p.predict(x[600:]) == y[600:]).float().mean().item()  # noqa: E731
     assert acc(mlp) > 0.9 and acc(linear) < 0.7
+
+
+def test_l2_normalisation_matches_a_plain_computation():
+    x, y = _blobs()
+    x = x + 3.0  # away from the origin, where the norm would be ill-defined
+    cfg = ProbeConfig(normalize="l2", l2_grid=[1e-3])
+    probe = train_probe(x, y, 3, "linear", cfg)
+    z = x / x.norm(dim=1, keepdim=True)  # each vector to unit length ...
+    mean, std = z.mean(0), (z.var(0) + 1e-5).sqrt()  # ... then standardised (CompRess's)
+    torch.testing.assert_close(probe.mean, mean)
+    torch.testing.assert_close(probe.std, std)
+    head = fit_logistic((z - mean) / std, y, 3, 1e-3, cfg.max_iter)
+    with torch.no_grad():
+        torch.testing.assert_close(probe(x), head((z - mean) / std), atol=1e-4, rtol=1e-4)
+    scale = torch.rand(len(x), 1, generator=torch.Generator().manual_seed(1)) * 10 + 0.1
+    assert torch.equal(probe.predict(x * scale), probe.predict(x))  # blind to each norm
+    plain = train_probe(x, y, 3, "linear", ProbeConfig(l2_grid=[1e-3]))  # the default: none
+    torch.testing.assert_close(plain.mean, x.mean(0))
+    torch.testing.assert_close(plain.std, x.std(0))

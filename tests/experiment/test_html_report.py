@@ -93,6 +93,9 @@ def test_the_page_is_self_contained_and_shows_each_section(tmp_path, make_run):
     assert ">Detectors<" in page and ">backdoored<" in page
     assert "hand-sweep: against attack.lambda2" in page
     assert "0.8400 ± 0.0400" in page  # MIMIC's accuracy over three seeds
+    # ASR beside ASR-B over the three seeds, with the verdict and its test.
+    assert ">Effects against their null controls<" in page
+    assert "effect: Δ 0.8500 &gt; 2·σ 0.0000" in page and "one-sided" in page
     assert "0.0500" in page  # CA − BA of the attacked encoder
     assert page.count('<table class="sortable">') >= 4
     assert '"lambda2": 3.0' in html.unescape(page) and page.count("<pre>") == 7

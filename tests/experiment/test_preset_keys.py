@@ -38,8 +38,9 @@ CONFIGS = Path(__file__).parents[2] / "configs"
 
 
 def preset_keys(cfg: ExperimentConfig, loaded: dict | None = None) -> dict[str, str]:
-    """The stage keys of ``cfg`` on a CPU (see the module doc); ``loaded`` memoises the
-    pre-training data between presets that share it."""
+    """The stage keys of ``cfg`` on a CPU (see the module doc), each stage with its group's
+    seed (``cfg.seed_of``: ``seed`` unless ``stage_seeds`` pins it); ``loaded`` memoises
+    the pre-training data between presets that share it."""
     device = torch.device("cpu")
     if cfg.encoder is not None:
         keys = {"encoder": stable_hash(cfg.encoder.model_dump(mode="json"))}
@@ -47,34 +48,35 @@ def preset_keys(cfg: ExperimentConfig, loaded: dict | None = None) -> dict[str, 
             keys["attack_config"] = stable_hash(key_slice(cfg.attack, device))
         return keys
     loaded = {} if loaded is None else loaded
-    which = (cfg.data.model_dump_json(), cfg.pretrain.image_text, cfg.seed)
+    seed, attack_seed, eval_seed = (cfg.seed_of(g) for g in ("pretrain", "attack", "eval"))
+    which = (cfg.data.model_dump_json(), cfg.pretrain.image_text, seed)
     if which not in loaded:
-        loaded[which] = pretraining_data(cfg.data, cfg.pretrain.image_text, cfg.seed)
+        loaded[which] = pretraining_data(cfg.data, cfg.pretrain.image_text, seed)
     data, attack = loaded[which], cfg.attack
-    keys = {"pretrain": pretrain_key(cfg.pretrain, data, cfg.seed, device)}
+    keys = {"pretrain": pretrain_key(cfg.pretrain, data, seed, device)}
     if strikes(attack, Hook.PRETRAINING_DATA):
-        downstream = Downstream(cfg.eval, data.image_size, data.channels, cfg.seed)
-        poisoned = attack.poison_pretraining(data, downstream, cfg.seed)
-        keys["pretrain_poisoned"] = pretrain_key(cfg.pretrain, poisoned.data, cfg.seed, device)
+        downstream = Downstream(cfg.eval, data.image_size, data.channels, eval_seed)
+        poisoned = attack.poison_pretraining(data, downstream, attack_seed)
+        keys["pretrain_poisoned"] = pretrain_key(cfg.pretrain, poisoned.data, attack_seed, device)
     if strikes(attack, Hook.ENCODER):
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         stand_in = build_encoder(cfg.pretrain.backbone, data.channels)
-        shadow = attack.shadow_subset(data, seed=cfg.seed)
+        shadow = attack.shadow_subset(data, seed=attack_seed)
         downstream = loaded.setdefault(
-            ("downstream", cfg.eval.model_dump_json(), data.image_size, data.channels, cfg.seed),
-            Downstream(cfg.eval, data.image_size, data.channels, cfg.seed),
+            ("downstream", cfg.eval.model_dump_json(), data.image_size, data.channels, eval_seed),
+            Downstream(cfg.eval, data.image_size, data.channels, eval_seed),
         )
-        targets = attack.backdoor_targets(data, downstream, cfg.seed)
+        targets = attack.backdoor_targets(data, downstream, attack_seed)
         # What the stand-in prepares (BadEncoder: the references) does not depend on the
         # triggers: memoised, sweep runs over triggers share it.
         dumped = attack.model_dump(mode="json", exclude={"targets": {"__all__": {"trigger"}}})
-        which = ("prepared", json.dumps(dumped, sort_keys=True), data.name, cfg.seed)
+        which = ("prepared", json.dumps(dumped, sort_keys=True), data.name, seed, attack_seed)
         if which not in loaded:
-            prepared = attack.prepare_targets(stand_in, shadow, targets, cfg.seed)
+            prepared = attack.prepare_targets(stand_in, shadow, targets, attack_seed)
             loaded[which] = [(t.references, t.reference_indices) for t in prepared]
         for t, (references, indices) in zip(targets, loaded[which], strict=True):
             t.references, t.reference_indices = references, indices
-        keys["attack"] = attack_key(attack, stand_in, shadow, targets, cfg.seed, device)
+        keys["attack"] = attack_key(attack, stand_in, shadow, targets, attack_seed, device)
     return keys
 
 
@@ -102,6 +104,9 @@ def all_preset_keys(configs: Path = CONFIGS) -> dict[str, dict[str, str]]:
 #: images the clean encoder chooses, and ``reference_choice`` joined the config.
 PINNED = {
     "cpu-badencoder-fmnist": {"pretrain": "7b1af3e0c00a31a4", "attack": "343e8557fbf96b0a"},
+    "cpu-badencoder-given": {"encoder": "704cf8d8bba46420", "attack_config": "eeaadfea41872681"},
+    "cpu-defenses-given": {"encoder": "bed39bdaee13c746", "attack_config": "eeaadfea41872681"},
+    "cpu-vit-simclr-fmnist": {"pretrain": "39cd495dcff21915"},
     "cpu-badencoder-targets-sweep/00-kind=solid,position=_22,_22_,target_class=T-shirt_top": {
         "pretrain": "7b1af3e0c00a31a4",
         "attack": "ea2db9f2d6da67d3",

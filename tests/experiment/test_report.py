@@ -121,3 +121,31 @@ def test_baseline_rows_are_keyed_by_probe_and_baseline(tiny_set):
         ("pixels", "synthetic/knn_acc_pixels"),
     ]
     assert rows[0].value == rows[1].value  # the same encoder twice
+
+
+def test_the_null_controls_stand_beside_their_effects():
+    rows = rows_of(
+        ("clean", "a", "acc", 0.9),
+        ("clean", "a", "asr", 0.01),
+        ("clean", "a", "asr_other_trigger", 0.02),
+        ("clean", "a", "fp", 3),
+        ("clean", "a", "fp_other_trigger", 4.5),
+        ("attacked", "a", "acc", 0.89),
+        ("attacked", "a", "asr", 0.97),
+        ("attacked", "a", "asr_other_trigger", 0.05),
+        ("attacked", "a", "fp", 40),
+        ("attacked", "a", "fp_other_trigger", 2.0),
+        ("kd_on_clean", "a", "acc", 0.85),
+        ("kd_on_clean", "a", "asr", 0.03),
+        ("kd", "a", "acc", 0.86),
+        ("kd", "a", "asr", 0.04),
+    )
+    lines = format_backdoor_table(rows, "mlp").splitlines()
+    head = ["dataset", "encoder", "acc", "ASR", "other", "FP", "FP", "other", "clean", "time"]
+    assert lines[0].split() == [*head, "s"]
+    assert lines[2].split() == ["a", "clean", "0.9000", "0.0100", "0.0200", "3", "4.5", "-", "-"]
+    assert lines[3].split()[2:7] == ["0.8900", "0.9700", "0.0500", "40", "2.0"]
+    assert [line.split()[1] for line in lines[4:6]] == ["kd", "kd_on_clean"]  # side by side
+    control = next(line for line in lines if line.startswith("a, kd_on_clean:"))
+    assert "accuracy cost CA − acc 0.0500, ASR 0.0300" in control
+    assert sum("unseen triggers" in line for line in lines) == 1

@@ -8,7 +8,9 @@ encoder and a head fine-tuned together.
 ``tgda``, ``feature_targeted``): a subclass only crafts the poisons (:meth:`craft`). The base
 appends them to the training set and measures them (:meth:`measure`): for each victim and
 each countermeasure (:mod:`sslpoison.defenses.sanitizers`), the accuracy of the same recipe
-trained on the clean set and on clean ∪ poisons, on the same test set.
+trained on the clean set and on clean ∪ poisons, on the same test set — and, as its null
+control, on clean ∪ as many clean duplicates: the poisons' base images, unmodified, with
+their true labels (``acc_drop_null``).
 """
 
 from __future__ import annotations
@@ -160,6 +162,13 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
         change = crafted.images.to(base.device).float() / 255 - base
         rows.add("poison_linf", change.flatten(1).abs().amax(1).mean().item())
         rows.add("poison_l2", change.flatten(1).norm(dim=1).mean().item())
+        # The null control: as many clean duplicates (the base images, true labels).
+        base_at = crafted.base.to(f_clean.device)
+        f_null = torch.cat([f_clean, f_clean[base_at]])
+        y_null = torch.cat([y_clean, y_clean[base_at]])
+        victims = ["linear"] * ("linear" in self.victims) + ["features"] * (
+            crafted.features is not None
+        )  # the features victim's null is the linear one's: a duplicate keeps its features
         acc_clean = linear(f_clean, y_clean)
         if "linear" in self.victims:
             rows.accuracies("linear", None, acc_clean, linear(f_all, y_all))
@@ -167,6 +176,8 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
             f_feat = torch.cat([f_clean, crafted.features.to(f_clean)])
             y_feat = torch.cat([y_clean, crafted.labels.to(y_clean.device)])
             rows.accuracies("features", None, acc_clean, linear(f_feat, y_feat))
+        if victims:
+            rows.null(victims, None, acc_clean, linear(f_null, y_null))
         for cm in self.countermeasures:
             kept_clean = cm.keep(standardised(f_clean), y_clean)
             acc = linear(f_clean[kept_clean], y_clean[kept_clean])
@@ -179,11 +190,17 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
                 rows.accuracies(victim, cm.name, acc, linear(f[kept], y[kept]))
                 rows.add("removed_poisons", int((~kept[n:]).sum()), victim, cm.name)
                 rows.add("removed_clean", int((~kept[:n]).sum()), victim, cm.name)
+            kept = cm.keep(standardised(f_null), y_null)
+            acc_null = linear(f_null[kept], y_null[kept])
+            rows.null([victim for victim, _, _ in sets], cm.name, acc, acc_null)
         if "finetune" in self.victims:
             seed, cfg = outcome.seed, self.finetune
             acc_c = finetune_accuracy(encoder, clean, test, cfg, seed)
             acc_p = finetune_accuracy(encoder, poisoned.data, test, cfg, seed)
             rows.accuracies("finetune", None, acc_c, acc_p)
+            duplicated = clean.subset(torch.cat([torch.arange(n), crafted.base.cpu()]))
+            acc_n = finetune_accuracy(encoder, duplicated, test, cfg, seed)
+            rows.null(["finetune"], None, acc_c, acc_n)
         return rows.rows
 
 
@@ -219,6 +236,14 @@ class Rows:
         self.add("acc_clean", clean, victim, countermeasure)
         self.add("acc_poisoned", poisoned, victim, countermeasure)
         self.add("acc_drop", accuracy_drop(clean, poisoned), victim, countermeasure)
+
+    def null(
+        self, victims: list[str], countermeasure: str | None, clean: float, duplicated: float
+    ) -> None:
+        """``acc_drop_null`` of each of ``victims`` under one countermeasure: the accuracy
+        trained clean minus trained on clean ∪ the clean duplicates."""
+        for victim in victims:
+            self.add("acc_drop_null", accuracy_drop(clean, duplicated), victim, countermeasure)
 
 
 def poison_writers(

@@ -15,6 +15,14 @@ others get a ``_<probe>`` suffix):
 - attacked encoder: ``<dataset>/ba``, ``<dataset>/asr``, ``<dataset>/fp_poisoned``;
 - defended encoder ``d``: ``d/<dataset>/ba``, ``d/<dataset>/asr``, ``d/<dataset>/fp``.
 
+The null control of a backdoor (``eval.other_triggers`` unseen noise patterns, default 3, of
+each trigger's size and placement, :func:`~sslpoison.triggers.other_patterns`; the same
+placements as the trigger's): ``asr_other_trigger``, the mean ASR over those patterns, and
+with ``count_fp`` ``fp_other_trigger``, their mean FP (a float) — keys as above
+(``<dataset>/asr_other_trigger``, clean encoder ``<dataset>/asr_other_trigger_b`` and
+``<dataset>/fp_other_trigger_clean``, defended ``d/<dataset>/asr_other_trigger``). A backdoor
+is specific to its trigger when its ASR clears these, not only ASR-B.
+
 Where the triggered images go, whatever the target: ``top_class`` (the class most triggered
 non-target test images are predicted as, an index) and ``top_share`` (their share); and,
 for targets with reference images (BadEncoder), ``ref_target``: the share of the references
@@ -48,9 +56,12 @@ from sslpoison.eval.metrics import (
 )
 from sslpoison.eval.rows import ATTACKED, CLEAN, Evaluation, Row
 from sslpoison.poisoning import BackdoorTarget
-from sslpoison.triggers import PatchTrigger
+from sslpoison.triggers import PatchTrigger, other_patterns
 
 log = logging.getLogger(__name__)
+
+#: The metrics of each encoder the log line shows.
+SHOWN = ("acc", "asr", "fp", "asr_other_trigger", "fp_other_trigger")
 
 
 def metric_key(encoder: str, dataset: str, metric: str, target: str | None = None) -> str:
@@ -59,7 +70,10 @@ def metric_key(encoder: str, dataset: str, metric: str, target: str | None = Non
     if target is not None:
         dataset = f"{dataset}/{target}"
     if encoder == CLEAN:
-        names = {"acc": "ca", "asr": "asr_b", "fp": "fp_clean"}
+        names = {
+            "acc": "ca", "asr": "asr_b", "fp": "fp_clean",
+            "fp_other_trigger": "fp_other_trigger_clean",
+        }  # fmt: skip
         return f"{dataset}/{names.get(metric, f'{metric}_b')}"
     if encoder == ATTACKED:
         names = {"acc": "ba", "fp": "fp_poisoned"}
@@ -85,6 +99,18 @@ def triggered_copy(data: ImageSet, trigger: PatchTrigger, seed: int = 0) -> Imag
     """``data`` with the trigger pasted into every image (seeded placement)."""
     images, _ = trigger.apply(data.images, torch.Generator().manual_seed(seed))
     return data.with_images(images, name=f"{data.name}+trigger")
+
+
+def other_triggered(
+    data: ImageSet, trigger: PatchTrigger, count: int, seed: int = 0
+) -> list[ImageSet]:
+    """``data`` with each of ``count`` unseen patterns of ``trigger``'s size and placement
+    pasted in (:func:`~sslpoison.triggers.other_patterns`; the placements are the trigger's:
+    the same ``seed``)."""
+    return [
+        triggered_copy(data, PatchTrigger(c, trigger.channels, trigger.image_size), seed)
+        for c in other_patterns(trigger.cfg, count)
+    ]
 
 
 def collapse_note(
@@ -132,6 +158,7 @@ def evaluate_backdoor(
         train, test = downstream.train(name), downstream.test(name)
         mine = by_dataset.get(name, [])
         triggered = [triggered_copy(test, t.trigger, seed) for t in mine]
+        others = [other_triggered(test, t.trigger, cfg.other_triggers, seed) for t in mine]
         log.info("backdoor evaluation on %s: %d labelled, %d test", name, len(train), len(test))
         conf: dict = {"classes": list(test.classes), "clean": {}, "triggered": {}}
         for role, encoder in encoders.items():
@@ -140,6 +167,7 @@ def evaluate_backdoor(
             f_test = cache.get(encoder, test)
             y_test = test.labels.to(f_test.device)
             f_trig = [cache.get(encoder, t) for t in triggered]
+            f_others = [[cache.get(encoder, o) for o in sets] for sets in others]
             f_refs = [
                 None if t.references is None else extract_features(encoder, t.references)
                 for t in mine
@@ -153,14 +181,25 @@ def evaluate_backdoor(
                 rows.append(backdoor_row(**at, metric="acc", value=accuracy(pred, y_test)))
                 if i == 0:
                     conf["clean"][role] = confusion_matrix(pred, y_test, test.num_classes).tolist()
-                rates, fps = [], 0
-                for t, f, f_ref in zip(mine, f_trig, f_refs, strict=True):
+                rates, fps, other_rates, other_fps = [], 0, [], 0.0
+                for t, f, f_ref, f_other in zip(mine, f_trig, f_refs, f_others, strict=True):
                     pred_t = predict(f)
                     rates.append(attack_success_rate(pred_t, y_test, t.target_class))
                     fps += false_positives(pred_t, y_test, t.target_class)
                     one = {**at, "target": t.class_name if len(mine) > 1 else None}
                     if len(mine) > 1:
                         rows.append(backdoor_row(**one, metric="asr", value=rates[-1]))
+                    if f_other:
+                        preds = [predict(fo) for fo in f_other]
+                        rate = [attack_success_rate(p, y_test, t.target_class) for p in preds]
+                        other_rates.append(sum(rate) / len(rate))
+                        fp = [false_positives(p, y_test, t.target_class) for p in preds]
+                        other_fps += sum(fp) / len(fp)
+                        if len(mine) > 1:
+                            value = other_rates[-1]
+                            rows.append(
+                                backdoor_row(**one, metric="asr_other_trigger", value=value)
+                            )
                     top, share = top_prediction(pred_t, y_test, t.target_class)
                     rows.append(backdoor_row(**one, metric="top_class", value=top))
                     rows.append(backdoor_row(**one, metric="top_share", value=share))
@@ -180,11 +219,16 @@ def evaluate_backdoor(
                     rows.append(backdoor_row(**at, metric="asr", value=sum(rates) / len(rates)))
                     if count_fp:
                         rows.append(backdoor_row(**at, metric="fp", value=fps))
+                if other_rates:
+                    mean = sum(other_rates) / len(other_rates)
+                    rows.append(backdoor_row(**at, metric="asr_other_trigger", value=mean))
+                    if count_fp:
+                        rows.append(backdoor_row(**at, metric="fp_other_trigger", value=other_fps))
             first = cfg.probes[0]
             shown = {
                 r.metric: round(r.value, 4)
                 for r in rows
-                if r.probe == first and not r.target and r.metric in ("acc", "asr", "fp")
+                if r.probe == first and not r.target and r.metric in SHOWN
             }
             log.info("%s encoder on %s: %s", role, name, shown)
             out.rows += rows

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveInt
 
 from sslpoison.configbase import Config, CountOrShare, checked_count
 from sslpoison.data.imageset import ImageSet
@@ -45,6 +45,11 @@ class EvalConfig(Config):
     allowed, with a warning); ``allow_empty_classes`` — a class folder without images;
     ``allow_split_mismatch`` — a test split whose images differ in size (or channels) from
     the train split's (both are resized to the encoder's input).
+
+    ``other_triggers``: how many unseen noise patterns of each backdoor trigger's size and
+    placement measure the backdoor's null control on every encoder (``asr_other_trigger``,
+    ``fp_other_trigger``: their mean; 0: none; each costs one feature pass over the test set
+    per encoder).
     """
 
     datasets: list[str] = Field(default_factory=lambda: ["fashion-mnist"], min_length=1)
@@ -56,6 +61,7 @@ class EvalConfig(Config):
     )
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     knn: KNNConfig = Field(default_factory=KNNConfig)
+    other_triggers: NonNegativeInt = 3
     roots: dict[str, str] = Field(default_factory=dict)
     allow_smaller: bool = False
     allow_empty_classes: bool = False

@@ -73,7 +73,9 @@ def evaluate(
         )
         evaluation = Evaluation(rows)
     if clips and set(clips) == set(encoders) & {CLEAN, ATTACKED}:
-        evaluation.rows += evaluate_zero_shot(clips, targets, downstream, seed=seed)
+        evaluation.rows += evaluate_zero_shot(
+            clips, targets, downstream, seed=seed, other_triggers=cfg.other_triggers
+        )
     return evaluation
 
 

@@ -1,6 +1,11 @@
 """Probes trained on frozen (cached) features: linear and 2-layer MLP classifiers.
 
-Features are standardised with the training set's mean and std.
+Features are standardised with the training set's mean and std (``normalize: none``, the
+default), or first L2-normalised per vector and then standardised with the normalised
+training set's mean and variance (``normalize: l2``): the linear evaluation of Saha et al.
+(CVPR 2022), inherited from CompRess (Abbasi Koohpayegani et al., NeurIPS 2020) — their
+``Normalize`` then ``FullBatchNorm`` with 1/√(var + 1e-5), var of the normalised train
+features. The scaling alone can move a backdoor's FP several-fold.
 
 * ``linear``: multinomial logistic regression solved to convergence (full-batch L-BFGS),
   its L2 strength chosen from ``l2_grid`` on a held-out share of the labelled set, then refit
@@ -29,9 +34,13 @@ from sslpoison.train.optim import OptimConfig
 class ProbeConfig(Config):
     """How probes are trained.
 
+    ``normalize``: the features' scaling before either probe (see the module doc): ``none``
+    (standardise) or ``l2`` (L2-normalise each vector, then standardise; Saha et al.'s).
     Linear: ``l2_grid`` (penalty λ·‖W‖² added to the mean cross-entropy), ``val_share`` of the
     labelled set held out to choose λ, ``max_iter`` L-BFGS iterations. MLP: the rest.
     """
+
+    normalize: Literal["none", "l2"] = "none"
 
     l2_grid: list[NonNegativeFloat] = Field(
         default_factory=lambda: [1e-2, 1e-3, 1e-4, 1e-5], min_length=1
@@ -48,16 +57,20 @@ class ProbeConfig(Config):
 
 
 class Probe(nn.Module):
-    """Standardise → classifier. ``forward(features) -> logits`` (B×D → B×classes)."""
+    """[L2-normalise →] standardise → classifier. ``forward(features) -> logits`` (B×D →
+    B×classes)."""
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, head: nn.Module) -> None:
+    def __init__(
+        self, mean: torch.Tensor, std: torch.Tensor, head: nn.Module, l2: bool = False
+    ) -> None:
         super().__init__()
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.head = head
+        self.l2 = l2
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head((features - self.mean) / self.std)
+        return self.head(scaled(features, self.mean, self.std, self.l2))
 
     @torch.no_grad()
     def predict(self, features: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
@@ -68,6 +81,31 @@ class Probe(nn.Module):
 def standardiser(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension mean and std (clamped away from 0) of N×D features."""
     return features.mean(0), features.std(0).clamp_min(1e-6)
+
+
+#: Added to the variance of L2-normalised features (CompRess's ``FullBatchNorm``).
+L2_VAR_EPS = 1e-5
+
+
+def feature_scaling(
+    features: torch.Tensor, normalize: Literal["none", "l2"] = "none"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-dimension mean and std (D each) a probe standardises with, from its N×D train
+    features: :func:`standardiser`'s, or for ``l2`` those of the L2-normalised features
+    (std = √(sample var + :data:`L2_VAR_EPS`))."""
+    if normalize == "none":
+        return standardiser(features)
+    var, mean = torch.var_mean(F.normalize(features, dim=1), dim=0)
+    return mean, (var + L2_VAR_EPS).sqrt()
+
+
+def scaled(
+    features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, l2: bool = False
+) -> torch.Tensor:
+    """N×D features [L2-normalised per vector, then] standardised with ``mean`` and ``std``."""
+    if l2:
+        features = F.normalize(features, dim=1)
+    return (features - mean) / std
 
 
 def fit_logistic(
@@ -133,10 +171,11 @@ def select_l2(
 def _linear_probe(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeConfig, seed: int
 ) -> Probe:
-    mean, std = standardiser(features)
-    x = (features - mean) / std
-    l2 = select_l2(x, labels, num_classes, cfg, seed)
-    return Probe(mean, std, fit_logistic(x, labels, num_classes, l2, cfg.max_iter)).eval()
+    mean, std = feature_scaling(features, cfg.normalize)
+    x = scaled(features, mean, std, cfg.normalize == "l2")
+    lam = select_l2(x, labels, num_classes, cfg, seed)
+    head = fit_logistic(x, labels, num_classes, lam, cfg.max_iter)
+    return Probe(mean, std, head, cfg.normalize == "l2").eval()
 
 
 class _ProbeTask(nn.Module):
@@ -151,7 +190,7 @@ class _ProbeTask(nn.Module):
 def _mlp_probe(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeConfig, seed: int
 ) -> Probe:
-    mean, std = standardiser(features)
+    mean, std = feature_scaling(features, cfg.normalize)
     torch.manual_seed(seed)
     head = nn.Sequential(
         nn.Linear(features.shape[1], cfg.hidden),
@@ -159,7 +198,7 @@ def _mlp_probe(
         nn.Dropout(cfg.dropout),
         nn.Linear(cfg.hidden, num_classes),
     )
-    probe = Probe(mean, std, head).to(features.device)
+    probe = Probe(mean, std, head, cfg.normalize == "l2").to(features.device)
     batch = min(cfg.batch_size, features.shape[0])
     steps_per_epoch = features.shape[0] // batch
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))

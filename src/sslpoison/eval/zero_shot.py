@@ -8,6 +8,8 @@ Each model classifies a dataset's test images by its class-prompt ensemble
 - ``<dataset>/zs_acc``: zero-shot accuracy on the clean test images;
 - ``<dataset>/zs_asr``: share of triggered non-target test images classified as the target
   (the backdoor; see :func:`sslpoison.eval.metrics.attack_success_rate`);
+- ``<dataset>/zs_asr_other_trigger``: the same, mean over ``other_triggers`` unseen noise
+  patterns of the trigger's size and placement (the backdoor's null control);
 - ``<dataset>/targeted_success``: share of targeted trials whose test image is classified as
   its adversarial label; ``<dataset>/targeted_success_probe`` the same through the first probe
   of ``eval.probes`` trained on the image tower's features of clean labelled images.
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from sslpoison.eval.backdoor import triggered_copy
+from sslpoison.eval.backdoor import other_triggered, triggered_copy
 from sslpoison.eval.downstream import Downstream, EvalConfig, train_predictor
 from sslpoison.eval.features import FeatureCache
 from sslpoison.eval.metrics import accuracy, attack_success_rate
@@ -47,15 +49,18 @@ def evaluate_zero_shot(
     downstream: Downstream,
     *,
     seed: int = 0,
+    other_triggers: int = 0,
 ) -> list[Row]:
-    """``zs_acc`` and (for each dataset with a backdoor target) ``zs_asr`` of every model on
-    every dataset of ``downstream`` (its test sets, as the probes'). ``models`` maps
-    ``"clean"`` / ``"attacked"`` to (model, tokenizer)."""
+    """``zs_acc`` and (for each dataset with a backdoor target) ``zs_asr`` — and with
+    ``other_triggers`` its null control ``zs_asr_other_trigger`` — of every model on every
+    dataset of ``downstream`` (its test sets, as the probes'). ``models`` maps ``"clean"`` /
+    ``"attacked"`` to (model, tokenizer)."""
     rows: list[Row] = []
     for name in downstream.datasets:
         test = downstream.test(name)
         mine = [t for t in targets if t.dataset == name]
         triggered = [triggered_copy(test, t.trigger, seed) for t in mine]
+        others = [other_triggered(test, t.trigger, other_triggers, seed) for t in mine]
         for role, (model, tokenizer) in models.items():
             weights = zero_shot_classifier(model, tokenizer, test.classes)
             pred = zero_shot_predict(model, weights, test.images)
@@ -72,6 +77,17 @@ def evaluate_zero_shot(
             asr = sum(rates) / len(rates) if rates else None
             if asr is not None:
                 rows.append(Row(name, role, ZERO_SHOT, "zs_asr", asr, zs_key(role, name, "zs_asr")))
+            other = []
+            for t, sets in zip(mine, others, strict=True):
+                if sets:
+                    preds = [zero_shot_predict(model, weights, o.images) for o in sets]
+                    labels = test.labels.cpu()
+                    rates_o = [attack_success_rate(p, labels, t.target_class) for p in preds]
+                    other.append(sum(rates_o) / len(rates_o))
+            if other:
+                metric = "zs_asr_other_trigger"
+                value = sum(other) / len(other)
+                rows.append(Row(name, role, ZERO_SHOT, metric, value, zs_key(role, name, metric)))
             log.info(
                 "%s CLIP on %s: zero-shot accuracy %.4f%s",
                 role,

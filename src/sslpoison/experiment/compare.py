@@ -4,18 +4,17 @@ tell groups apart named, chosen metrics as mean ± std (``sslpoison runs --compa
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sslpoison.eval.controls import BASELINES
 from sslpoison.eval.downstream import EvalConfig
 from sslpoison.eval.rows import Row
 from sslpoison.eval.zero_shot import ZERO_SHOT
+from sslpoison.experiment.stats import format_spread, mean_std, spread
 from sslpoison.experiment.store import StoredRun, without_seeds
 
-#: Encoders that are baselines of an unattacked evaluation, not models under test.
-BASELINES = ("random_init", "pixels")
 #: At most this many differing settings are named in a group's label.
 LABEL_SETTINGS = 3
 
@@ -49,14 +48,6 @@ def headline_keys(runs: Sequence[StoredRun]) -> list[str]:
         probe = first_probe(run.config)
         keys |= dict.fromkeys(r.key for r in run.rows if is_headline(r, probe))
     return list(keys)
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (None for a single value)."""
-    m = sum(values) / len(values)
-    if len(values) < 2:
-        return m, None
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -179,14 +170,7 @@ def format_cell(values: Sequence[float | int], digits: int = 4) -> str:
     """``mean ± std`` (``mean`` alone for one value, ``-`` for none) to ``digits`` places;
     counts (integers) as integers (one count when all are equal), their mean ± std to one
     place."""
-    if not values:
-        return "-"
-    integer = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
-    m, s = mean_std(values)
-    if s is None or (integer and s == 0):
-        return f"{m:.0f}" if integer else f"{m:.{digits}f}"
-    d = 1 if integer else digits
-    return f"{m:.{d}f} ± {s:.{d}f}"
+    return format_spread(spread(values), digits) if values else "-"
 
 
 def format_comparison(table: Comparison) -> str:

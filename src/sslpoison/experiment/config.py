@@ -39,7 +39,41 @@ from sslpoison.yamlio import load_yaml, read_yaml
 TAGS = frozenset(DEFENSES) | frozenset(DETECTORS)
 
 
-__all__ = ["ConfigError", "DataConfig", "ExperimentConfig", "load_config"]
+__all__ = [
+    "GROUPS",
+    "ConfigError",
+    "DataConfig",
+    "ExperimentConfig",
+    "StageGroup",
+    "StageSeeds",
+    "load_config",
+]
+
+#: The stage groups whose seed a repetition over ``seeds`` can vary (see :class:`StageSeeds`).
+StageGroup = Literal["pretrain", "attack", "eval"]
+GROUPS: tuple[StageGroup, ...] = ("pretrain", "attack", "eval")
+
+
+class StageSeeds(Config):
+    """The seed of a stage group, where it is not the experiment's ``seed`` (None: ``seed``).
+
+    * ``pretrain``: the clean pre-training — its ``data.subset`` draw, initialisation,
+      augmentations and batches — and the untrained ``random_init`` baseline;
+    * ``attack``: everything the attacker, the defender and the detectors draw or train: the
+      poison choice and the pre-training on the poisoned set (its initialisation and batches
+      too), an encoder attack's shadow images, references and training, the downstream
+      poisons, each defense (unless it sets its own ``seed``; its control too) and detector;
+    * ``eval``: the evaluation — the labelled train subsets and ``test_subset`` draws, the
+      probes (their held-out split, initialisation, batches), the victims of a downstream
+      attack, the triggered test images' placements and the trigger pictures.
+
+    ``seeds`` + ``vary`` write this section into each repetition's config: the groups that do
+    not vary keep the experiment's ``seed``.
+    """
+
+    pretrain: int | None = None
+    attack: int | None = None
+    eval: int | None = None
 
 
 class DataConfig(Config):
@@ -78,6 +112,11 @@ class ExperimentConfig(Config):
 
     name: str = "experiment"
     seed: int = 0
+    # repeat the whole experiment once per seed, into OUT/seed-<s>/, then aggregate
+    seeds: list[int] | None = Field(None, min_length=1)
+    # the stage groups a repetition's seed varies; the others keep `seed` (see StageSeeds)
+    vary: list[StageGroup] = Field(default_factory=lambda: list(GROUPS), min_length=1)
+    stage_seeds: StageSeeds | None = None  # a group's own seed (None: `seed`)
     device: str = "auto"
     threads: PositiveInt | None = None  # CPU threads, set by `sslpoison run`; None: default
     cache_dir: str | None = None  # stage cache; default $SSLPOISON_CACHE or ~/.cache/sslpoison
@@ -143,6 +182,18 @@ class ExperimentConfig(Config):
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
         self.pretrain.checked_method_args()
+        for key in ("seeds", "vary"):
+            values = getattr(self, key) or []
+            for i, v in enumerate(values):
+                if v in values[:i]:
+                    raise ValueError(f"{key}.{i}: {v!r} is listed twice")
+        if self.seeds is not None and self.stage_seeds is not None:
+            for group in self.vary:
+                if getattr(self.stage_seeds, group) is not None:
+                    raise ValueError(
+                        f"stage_seeds.{group}: pinned, but vary lists {group!r}: a repetition "
+                        f"over seeds could not vary it (drop one of the two)"
+                    )
         if self.attack is not None:
             self.attack.check(self)
         if self.pretrain.image_text:
@@ -164,6 +215,11 @@ class ExperimentConfig(Config):
                 if n in names[:i]:
                     raise ValueError(f"{section}.{i}.name: {n!r} is listed twice")
         return self
+
+    def seed_of(self, group: StageGroup) -> int:
+        """The seed of stage group ``group``: ``stage_seeds.<group>``, else ``seed``."""
+        pinned = getattr(self.stage_seeds, group) if self.stage_seeds is not None else None
+        return self.seed if pinned is None else pinned
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir:

@@ -6,6 +6,10 @@ The page has one section per attack (``none`` for runs without one), each with:
   for the clean encoder, BA otherwise), accuracy drop (CA − BA; an indiscriminate attack's
   own ``acc_drop``), ASR (ASR-B for the clean encoder), FP, zero-shot accuracy and ASR,
   targeted success, the poisoning numbers — as mean ± std over the seeds of each setting;
+* **Effects against their null controls**: each effect (ASR, FP, accuracy drop, a defended
+  encoder's ASR) beside its null control (ASR-B, unseen triggers, clean duplicates, the
+  defense on the clean encoder) over the seeds of each setting, with the verdict of
+  :func:`~sslpoison.experiment.stats.versus_control` and the test it applies;
 * **Defenses compared**: accuracy against ASR (scatter plot, error bars over seeds), with
   the clean images each defense used and its wall time;
 * **Sweeps**: for settings of one preset that differ in a numeric key, the headline numbers
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sslpoison.attacks import ATTACKS
+from sslpoison.eval.controls import null_controls
 from sslpoison.eval.rows import ATTACKED, CLEAN
 from sslpoison.eval.zero_shot import ZERO_SHOT
 from sslpoison.experiment.compare import (
@@ -45,6 +50,7 @@ from sslpoison.experiment.report_figures import (
     file_uri,
     sweep_figure,
 )
+from sslpoison.experiment.stats import TEST, versus_control
 from sslpoison.experiment.store import StoredRun
 from sslpoison.utils import atomic_write_text
 
@@ -65,10 +71,14 @@ TITLES = {
 COLUMNS = (
     ("acc", "accuracy"),
     ("drop", "acc. drop"),
+    ("acc_drop_null", "acc. drop, null control"),
     ("asr", "ASR"),
+    ("asr_other_trigger", "ASR, other triggers"),
     ("fp", "FP"),
+    ("fp_other_trigger", "FP, other triggers"),
     ("zs_acc", "zero-shot acc."),
     ("zs_asr", "zero-shot ASR"),
+    ("zs_asr_other_trigger", "zero-shot ASR, other triggers"),
     ("targeted_success", "targeted success"),
     ("acc_clean", "acc. trained clean"),
     ("acc_poisoned", "acc. trained poisoned"),
@@ -227,6 +237,27 @@ def encoders_section(groups: Sequence[Group]) -> str:
     body = table([*headers, *(h for _, h in columns)], out)
     body += f"<p class=note>{esc(' '.join(notes))}</p>"
     return fold("Encoders", body, open_=len(out) <= FOLD_AFTER)
+
+
+def controls_section(groups: Sequence[Group]) -> str | None:
+    """Each effect beside its null control (:func:`~sslpoison.eval.controls.null_controls`),
+    mean ± std over the seeds of each setting, and the verdict."""
+    lines = []
+    for g in groups:
+        found = g.rows(lambda row, run: True)
+        for pair in null_controls(found):
+            effect, control = found[pair.effect], found[pair.control]
+            e, c = [r.value for r in effect], [r.value for r in control]
+            verdict = versus_control(e, c)
+            cells = [effect[0].key, number_td(e), control[0].key, number_td(c), pair.what]
+            lines.append([group_td(g), str(len(g.runs)), *cells, verdict.text()])
+    if not lines:
+        return None
+    headers = ["setting", "runs", "effect", "mean ± std", "null control", "mean ± std"]
+    headers += ["control is", "verdict"]
+    note = f"<p class=note>test: {esc(TEST)}; untested with fewer than two seeds.</p>"
+    body = table(headers, lines) + note
+    return fold("Effects against their null controls", body, open_=len(lines) <= FOLD_AFTER)
 
 
 def defense_cost(run: StoredRun, encoder: str) -> dict[str, float]:
@@ -418,6 +449,7 @@ def attack_section(attack: str | None, runs: Sequence[StoredRun]) -> str:
     )
     parts = [
         encoders_section(groups),
+        controls_section(groups),
         defenses_section(groups, attack),
         sweeps_section(groups),
         detectors_section(groups),

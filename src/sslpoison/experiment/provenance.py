@@ -67,11 +67,17 @@ def overall_precision(used: dict[str, str]) -> str | None:
     return kinds[0] if len(kinds) == 1 else ("mixed" if kinds else None)
 
 
-def provenance(device: torch.device, stages: dict[str, Any], seed: int) -> dict[str, Any]:
+def provenance(
+    device: torch.device,
+    stages: dict[str, Any],
+    seed: int,
+    stage_seeds: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """The run's provenance: package version, git commit (when run from a checkout), Python
     and torch versions, device, torch's CPU capability, the precision (one value when every
-    stage used the same, else ``mixed``; per stage in ``precisions``), the seed and the time
-    it finished (UTC, ISO 8601)."""
+    stage used the same, else ``mixed``; per stage in ``precisions``), the seed (and, where
+    a stage group's differs from it, ``stage_seeds``: each group's) and the time it finished
+    (UTC, ISO 8601)."""
     used = precisions(stages)
     return {
         "package": "sslpoison",
@@ -84,6 +90,7 @@ def provenance(device: torch.device, stages: dict[str, Any], seed: int) -> dict[
         "precision": overall_precision(used),
         "precisions": used,
         "seed": seed,
+        **({"stage_seeds": stage_seeds} if set((stage_seeds or {}).values()) - {seed} else {}),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 

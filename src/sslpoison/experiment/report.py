@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sslpoison.eval.rows import ATTACKED, CLEAN, Row, metrics_of
+from sslpoison.eval.rows import ATTACKED, CLEAN, ON_CLEAN, Row, metrics_of
 from sslpoison.eval.zero_shot import ZERO_SHOT
 
-#: One row of the backdoor table: (dataset, encoder, {"acc", "asr", "fp"} → value or None).
+#: One row of the backdoor table: (dataset, encoder, {metric of :data:`BACKDOOR_METRICS` →
+#: value or None}).
 TableRow = tuple[str, str, dict[str, float | int | None]]
+#: The backdoor table's metrics: accuracy, ASR, FP and their other-trigger null controls.
+BACKDOOR_METRICS = ("acc", "asr", "fp", "asr_other_trigger", "fp_other_trigger")
 
 
 def format_metrics(rows: Sequence[Row]) -> str:
@@ -31,20 +34,24 @@ def format_metrics(rows: Sequence[Row]) -> str:
 
 
 def backdoor_rows(rows: Sequence[Row], probe: str) -> list[TableRow]:
-    """(dataset, encoder, {"acc", "asr", "fp"}) for every encoder a backdoor evaluation
-    measured with ``probe`` (the first of ``eval.probes``): per dataset (sorted) ``clean``
-    (CA, ASR-B, FP), ``attacked`` (BA, ASR, FP), then each defense (sorted by name)."""
+    """(dataset, encoder, {metric: value}) of :data:`BACKDOOR_METRICS` for every encoder a
+    backdoor evaluation measured with ``probe`` (the first of ``eval.probes``): per dataset
+    (sorted) ``clean`` (CA, ASR-B, FP), ``attacked`` (BA, ASR, FP), then each defense (by
+    name), each followed by its control on the clean encoder."""
     found = {
         (r.dataset, r.encoder, r.metric): r.value
         for r in rows
-        if r.probe == probe and r.target is None and r.metric in ("acc", "asr", "fp")
+        if r.probe == probe and r.target is None and r.metric in BACKDOOR_METRICS
     }
     datasets = sorted({d for d, e, m in found if e == ATTACKED and m == "acc"})
-    defenses = sorted({e for d, e, m in found if e not in (CLEAN, ATTACKED) and m == "acc"})
+    defenses = sorted(
+        {e for d, e, m in found if e not in (CLEAN, ATTACKED) and m == "acc"},
+        key=lambda e: (e.removesuffix(ON_CLEAN), e.endswith(ON_CLEAN)),
+    )
     out = []
     for d in datasets:
         for encoder in (CLEAN, ATTACKED, *defenses):
-            values = {m: found.get((d, encoder, m)) for m in ("acc", "asr", "fp")}
+            values = {m: found.get((d, encoder, m)) for m in BACKDOOR_METRICS}
             if values["acc"] is not None:
                 out.append((d, encoder, values))
     return out
@@ -62,36 +69,59 @@ def _defense_cost(encoder: str, stages: dict[str, Any] | None) -> tuple[str, str
 def format_backdoor_table(
     rows: Sequence[Row], probe: str, stages: dict[str, Any] | None = None
 ) -> str | None:
-    """dataset | encoder | accuracy | ASR [| FP] [| clean images | time] for every encoder of
-    a backdoor evaluation (``probe``'s numbers), else None. Accuracy is CA for the clean
-    encoder and BA for the others; the clean encoder's ASR is ASR-B. With defenses,
-    ``stages`` (the run's stage records) gives each defense's clean images and wall time
-    (training, MI estimation included; the original run's when the stage came from the
-    cache)."""
+    """dataset | encoder | accuracy | ASR [| ASR other] [| FP [| FP other]] [| clean images |
+    time] for every encoder of a backdoor evaluation (``probe``'s numbers), else None.
+    Accuracy is CA for the clean encoder and BA for the others; the clean encoder's ASR is
+    ASR-B; "other": the null control with unseen triggers. With defenses, ``stages`` (the
+    run's stage records) gives each defense's clean images and wall time (training, MI
+    estimation included; the original run's when the stage came from the cache), and a
+    defense's control on the clean encoder gets a line: its accuracy cost and ASR."""
     table = backdoor_rows(rows, probe)
     if not table:
         return None
-    with_fp = any(v["fp"] is not None for _, _, v in table)
+    has = {m: any(v[m] is not None for _, _, v in table) for m in BACKDOOR_METRICS}
     with_cost = any(e not in (CLEAN, ATTACKED) for _, e, _ in table)
     dw = max(len("dataset"), *(len(d) for d, _, _ in table))
     ew = max(len("encoder"), *(len(e) for _, e, _ in table))
-    head = f"{'dataset':<{dw}}  {'encoder':<{ew}}  {'acc':>6}  {'ASR':>6}"
-    head += f"  {'FP':>6}" if with_fp else ""
+    columns = [("acc", "acc"), ("asr", "ASR"), ("asr_other_trigger", "other")]
+    columns += [("fp", "FP"), ("fp_other_trigger", "FP other")]
+    columns = [(m, h) for m, h in columns if m in ("acc", "asr") or has[m]]
+    head = f"{'dataset':<{dw}}  {'encoder':<{ew}}" + "".join(f"  {h:>6}" for _, h in columns)
     head += f"  {'clean':>6}  {'time s':>6}" if with_cost else ""
     lines = [head, "-" * len(head)]
     for d, e, v in table:
-        cells = [f"{v[c]:.4f}" if v[c] is not None else "-" for c in ("acc", "asr")]
-        line = f"{d:<{dw}}  {e:<{ew}}  {cells[0]:>6}  {cells[1]:>6}"
-        if with_fp:
-            line += f"  {v['fp'] if v['fp'] is not None else '-':>6}"
+        line = f"{d:<{dw}}  {e:<{ew}}" + "".join(
+            f"  {_cell(v[m], m.startswith('fp')):>{max(6, len(h))}}" for m, h in columns
+        )
         if with_cost:
             clean, seconds = _defense_cost(e, stages)
             line += f"  {clean:>6}  {seconds:>6}"
         lines.append(line)
     lines.append("acc: CA for the clean encoder, BA otherwise; the clean encoder's ASR is ASR-B.")
+    if has["asr_other_trigger"]:
+        lines.append(
+            "other, FP other: the same encoder with unseen triggers of the same size and "
+            "place (the null control; mean over eval.other_triggers patterns)."
+        )
     if with_cost:
         lines.append("clean: clean images the defense used; time s: its wall time.")
+    ca = {d: v["acc"] for d, e, v in table if e == CLEAN}
+    for d, e, v in table:
+        if e.endswith(ON_CLEAN) and v["acc"] is not None and ca.get(d) is not None:
+            lines.append(
+                f"{d}, {e}: {e.removesuffix(ON_CLEAN)} applied to the clean encoder (its "
+                f"control): accuracy cost CA − acc {ca[d] - v['acc']:.4f}, ASR {_cell(v['asr'])}"
+            )
     return "\n".join(lines)
+
+
+def _cell(value: float | int | None, count: bool = False) -> str:
+    """A table cell: ``-``, a count as it is, a fraction to 4 places (a mean FP to 1)."""
+    if value is None:
+        return "-"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return f"{value:.1f}" if count else f"{value:.4f}"
 
 
 def format_detections(rows: Sequence[Row]) -> str | None:
@@ -154,6 +184,7 @@ POISONING_COLUMNS = (
     ("clean acc", "acc_clean"),
     ("poisoned", "acc_poisoned"),
     ("drop", "acc_drop"),
+    ("drop null", "acc_drop_null"),
     ("poisons out", "removed_poisons"),
     ("clean out", "removed_clean"),
 )
@@ -198,7 +229,9 @@ def format_poisoning_table(rows: Sequence[Row]) -> str | None:
             )
     lines.append(
         "victim features: the linear head on the poisoned features before inversion; drop: "
-        "accuracy trained clean minus trained poisoned (both sanitized, with a countermeasure)."
+        "accuracy trained clean minus trained poisoned (both sanitized, with a countermeasure); "
+        "drop null: the same with as many clean duplicates (the poisons' base images, true "
+        "labels) instead of the poisons — the null control."
     )
     return "\n".join(lines)
 

@@ -6,7 +6,8 @@ epoch, losses)}, "rows": [the typed rows, as dicts], "provenance": {package and 
 version, git commit, device, CPU capability, precision, seed, ...}}``, and ``"warnings": [...]``
 when there were any (what the config allowed, a damaged cache entry recomputed, an earlier run
 moved aside); ``metrics`` is made from the run's rows. Folders written before ``rows`` and
-``provenance`` existed lack them.
+``provenance`` existed lack them. The aggregate of a run over seeds has a ``results.json`` of
+its own form (:func:`is_aggregate`, :mod:`~sslpoison.experiment.seeds`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ def read_results(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         p = p / "results.json"
     return json.loads(p.read_text())
+
+
+def is_aggregate(results: dict[str, Any]) -> bool:
+    """Whether a ``results.json`` (as a dict) is the aggregate of a run over seeds
+    (:mod:`~sslpoison.experiment.seeds`), not a run: its runs are its ``seed-<s>`` folders."""
+    return isinstance(results.get("aggregate"), dict) and isinstance(results.get("seeds"), list)
 
 
 def rows_from_json(items: list[dict[str, Any]]) -> list[Row]:

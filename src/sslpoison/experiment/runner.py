@@ -33,7 +33,7 @@ from sslpoison.eval.evaluate import Outcome, evaluate
 from sslpoison.eval.features import FeatureCache
 from sslpoison.eval.rows import ATTACKED, CLEAN, ON_CLEAN, Evaluation, Row
 from sslpoison.experiment.cache import StageCache
-from sslpoison.experiment.config import ConfigError, ExperimentConfig
+from sslpoison.experiment.config import GROUPS, ConfigError, ExperimentConfig, StageGroup
 from sslpoison.experiment.outputs import (
     Detection,
     save_models,
@@ -162,12 +162,13 @@ def zero_shot_models(
 
 @dataclass
 class Run:
-    """One run as it goes: the stage cache, the device, the seed, and what each stage made
-    (``encoders`` and ``clips`` by role) and did (``stages``, ``timings``, ``artifacts``)."""
+    """One run as it goes: the stage cache, the device, the seed of each stage group
+    (:class:`~sslpoison.experiment.config.StageSeeds`), and what each stage made (``encoders``
+    and ``clips`` by role) and did (``stages``, ``timings``, ``artifacts``)."""
 
     cache: StageCache
     device: torch.device
-    seed: int
+    seeds: dict[StageGroup, int]
     encoders: dict[str, nn.Module] = field(default_factory=dict)
     clips: dict[str, tuple[CLIP, Tokenizer]] = field(default_factory=dict)
     stages: dict[str, Any] = field(default_factory=dict)
@@ -194,12 +195,19 @@ class Run:
         self.stages[name] = {**record, "cached": cached}
         return out, record
 
+    @property
+    def seed(self) -> int:
+        """The seed of what the attacker, defender and detectors do (the ``attack`` group)."""
+        return self.seeds["attack"]
+
     def pretrain(
         self, role: str, name: str, cfg: PretrainConfig, data: ImageSet, about: Any = None
     ) -> str:
-        """Pre-train the ``role`` encoder (and CLIP model) on ``data`` as stage ``name``;
-        returns the stage's cache folder."""
-        args = (cfg, data, self.seed, self.cache, self.device, about)
+        """Pre-train the ``role`` encoder (and CLIP model) on ``data`` as stage ``name``; the
+        clean one with the ``pretrain`` group's seed, the one on poisoned data with the
+        ``attack`` group's. Returns the stage's cache folder."""
+        seed = self.seeds["pretrain" if role == CLEAN else "attack"]
+        args = (cfg, data, seed, self.cache, self.device, about)
         out, record = self.stage(name, pretrain_stage, *args)
         if cfg.image_text:
             self.clips[role], out = out, out[0].backbone
@@ -271,7 +279,8 @@ def _run_experiment(
     device: torch.device | None,
     training_done: Callable[[], bool] | None,
 ) -> Results | None:
-    run = Run(StageCache(cfg.resolved_cache_dir()), device or resolve_device(cfg.device), cfg.seed)
+    seeds = {group: cfg.seed_of(group) for group in GROUPS}
+    run = Run(StageCache(cfg.resolved_cache_dir()), device or resolve_device(cfg.device), seeds)
     check_datasets(cfg)
     attack = cfg.attack
     with run.timed("load_encoder"):
@@ -279,10 +288,10 @@ def _run_experiment(
     shape = fitted_shape(cfg, given)
     with run.timed("load_data"):
         image_text = cfg.pretrain.image_text and given is None
-        data = pretraining_data(cfg.data, image_text, cfg.seed, **shape)
+        data = pretraining_data(cfg.data, image_text, seeds["pretrain"], **shape)
     log.info("pre-training data: %s", data)
-    downstream = Downstream(cfg.eval, data.image_size, data.channels, cfg.seed)  # loads lazily
-    poisoned, targets = prepare_attack(attack, data, downstream, cfg.seed)
+    downstream = Downstream(cfg.eval, data.image_size, data.channels, seeds["eval"])  # lazily
+    poisoned, targets = prepare_attack(attack, data, downstream, seeds["attack"])
     if dist.rank() == 0:  # every input readable, every output writable: before any training
         params = None if given is None else sum(p.numel() for p in given.encoder.parameters())
         preflight(cfg, Path(out_dir), data, downstream, params)
@@ -306,21 +315,21 @@ def _run_experiment(
     if strikes(attack, Hook.DOWNSTREAM_DATA):
         with run.timed("poison_downstream"):
             poisoned_downstream = attack.poison_train_sets(
-                run.encoders[CLEAN], downstream, cfg.seed
+                run.encoders[CLEAN], downstream, seeds["attack"]
             )
     features = FeatureCache(run.cache.root / "features")
     clips = {**run.clips, **zero_shot_models(given, run.encoders)}
     outcome = Outcome(
         data, poisoned, downstream, poisoned_downstream, run.encoders, clips, cfg.eval,
-        features, cfg.seed,
+        features, seeds["eval"],
     )  # fmt: skip
     with run.timed("eval"):
         if given is not None:  # the same architecture, untrained
-            baseline = partial(reinitialise, given.encoder, cfg.seed)
+            baseline = partial(reinitialise, given.encoder, seeds["pretrain"])
         else:
             baseline = partial(
-                random_encoder, cfg.pretrain.backbone, data.channels, cfg.seed, run.device,
-                data.image_size,
+                random_encoder, cfg.pretrain.backbone, data.channels, seeds["pretrain"],
+                run.device, data.image_size,
             )  # fmt: skip
         count_fp = attack is not None and attack.reports_fp
         evaluation = evaluate(outcome, targets, random_init=baseline, count_fp=count_fp)
@@ -347,7 +356,7 @@ def write_run(
     )
     if cfg.attack is not None:
         run.artifacts |= write_backdoor_artifacts(
-            out, targets, outcome.poisoned, evaluation, outcome.downstream, cfg.seed
+            out, targets, outcome.poisoned, evaluation, outcome.downstream, run.seeds["eval"]
         )
         panels = defense_panels(rows, probe) if cfg.defenses else None
         summary = format_summary(cfg.name, tables)
@@ -361,7 +370,7 @@ def write_run(
     defended = [d.name for d in cfg.defenses]
     run.artifacts |= write_exports(out, cfg.export, run.encoders, defended)
     run.timings["total"] = round(time.perf_counter() - run.started, 3)
-    about = provenance(run.device, run.stages, cfg.seed)
+    about = provenance(run.device, run.stages, cfg.seed, run.seeds)
     results = Results(
         rows, config, run.timings, run.artifacts, run.stages, tables, about, run.warnings
     )

@@ -36,7 +36,7 @@ from sslpoison.errors import UserError
 from sslpoison.eval.rows import Row
 from sslpoison.experiment.legacy_rows import reconstruct_rows
 from sslpoison.experiment.provenance import overall_precision, precisions
-from sslpoison.experiment.results import rows_from_json
+from sslpoison.experiment.results import is_aggregate, rows_from_json
 from sslpoison.utils import stable_hash
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,9 @@ CREATE INDEX IF NOT EXISTS labels_kind ON labels (kind, value);
 
 #: Top-level config keys that do not change what a run measures (left out of ``settings``).
 UNMEASURED = ("name", "threads", "cache_dir", "results_db", "tracker")
-#: Keys, at any depth, that do not change what a run measures, or that are seeds.
-UNMEASURED_ANYWHERE = ("seed", "progress", "checkpoint_every")
+#: Keys, at any depth, that do not change what a run measures, or that are seeds (a
+#: repetition's ``stage_seeds`` and the ``seeds`` it is one of too: ``vary`` stays).
+UNMEASURED_ANYWHERE = ("seed", "seeds", "stage_seeds", "progress", "checkpoint_every")
 
 
 class StoreError(UserError, RuntimeError):
@@ -211,6 +212,11 @@ def read_run(folder: str | os.PathLike) -> StoredRun:
         config, metrics = results["config"], results["metrics"]
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a results.json ({e})") from None
+    if is_aggregate(results):
+        raise ValueError(
+            f"{path}: the aggregate of a run over seeds, not a run; its runs are the "
+            f"seed-<s> folders beside it"
+        )
     stages = results.get("stages") or {}
     if "rows" in results:
         try:
@@ -458,17 +464,27 @@ def _refuse(obj: Any) -> Any:
     raise TypeError(f"not JSON: {obj!r}")
 
 
+def _is_run(path: Path) -> bool:
+    """Whether ``path`` (a ``results.json``) is a run's, not the aggregate of a run over
+    seeds (whose runs are the folders below it)."""
+    try:
+        return not is_aggregate(json.loads(path.read_bytes()))
+    except (OSError, ValueError, AttributeError):
+        return True  # read_run names what is wrong with it
+
+
 def run_folders(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """The run folders among ``paths``: each one holding a ``results.json``, and for one that
-    does not, every folder below it that does."""
+    """The run folders among ``paths``: each one holding a run's ``results.json``, and for
+    one that does not (or holds the aggregate of a run over seeds), every folder below it
+    that does. An aggregate is never a run: its seeds' folders are."""
     found: list[Path] = []
     for folder in map(Path, paths):
-        if (folder / "results.json").is_file():
+        if (folder / "results.json").is_file() and _is_run(folder / "results.json"):
             found.append(folder)
         elif folder.is_dir():
-            below = sorted(p.parent for p in folder.rglob("results.json"))
+            below = sorted(p.parent for p in folder.rglob("results.json") if _is_run(p))
             if not below:
-                raise FileNotFoundError(f"{folder}: no results.json in it or below it")
+                raise FileNotFoundError(f"{folder}: no run's results.json in it or below it")
             found += below
         else:
             raise FileNotFoundError(f"{folder}: no such folder")

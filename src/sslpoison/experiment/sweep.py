@@ -8,6 +8,7 @@ A sweep file (YAML)::
       attack.poison: [0.1, 0.25, 0.5]
       attack.trigger.size: [4, 6]
     metrics: [fashion-mnist/fp_clean, fashion-mnist/fp_poisoned]   # table columns
+    seeds: [0, 1, 2]                       # optional: every run over these seeds
     plot: {x: attack.poison, y: [fashion-mnist/fp_poisoned]}       # optional PNG
     reach: {x: attack.poison, y: fashion-mnist/fp_poisoned, at: 50}  # optional: smallest x
     heatmap: {rows: attack.trigger.size, value: fashion-mnist/fp_poisoned}  # optional
@@ -16,7 +17,10 @@ A sweep file (YAML)::
 grid keys, ``value`` in each cell — as a table in ``sweep.md`` and ``OUT/sweep-heatmap.png``.
 
 Each run writes ``OUT/<i>-<key=value,...>/results.json`` like ``sslpoison run``; the stage
-cache shares what the runs have in common (the clean encoder). ``OUT/sweep.json`` and
+cache shares what the runs have in common (the clean encoder). With ``seeds`` (or
+``sslpoison sweep --seeds``; or ``seeds`` in the base config) each run is a run over seeds
+(:mod:`~sslpoison.experiment.seeds`: ``seed-<s>/`` folders and their aggregate), and the
+table shows each metric as mean ± std. ``OUT/sweep.json`` and
 ``OUT/sweep.md`` are rewritten after every run, and a sweep started again skips the runs
 that finished.
 """
@@ -77,6 +81,7 @@ class SweepConfig(Config):
     plot: PlotSpec | None = None
     reach: ReachSpec | None = None
     heatmap: HeatmapSpec | None = None
+    seeds: list[int] | None = Field(None, min_length=1)
 
 
 def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
@@ -122,8 +127,11 @@ def sweep_configs(
 ) -> list[tuple[dict[str, Any], ExperimentConfig]]:
     """Every run's validated config, before anything runs (a bad value fails at once)."""
     runs = []
+    seeds = [f"seeds={json.dumps(sweep.seeds)}"] if sweep.seeds else []
     for combo in combinations(sweep.grid):
-        sets = [*sweep.set, *overrides, *(f"{k}={json.dumps(v)}" for k, v in combo.items())]
+        sets = [
+            *sweep.set, *seeds, *overrides, *(f"{k}={json.dumps(v)}" for k, v in combo.items())
+        ]  # fmt: skip
         try:
             runs.append((combo, load_config(base, sets)))
         except ConfigError as e:
@@ -132,15 +140,18 @@ def sweep_configs(
 
 
 def format_sweep_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A Markdown table: one row per run, the grid values then ``columns``."""
+    """A Markdown table: one row per run, the grid values then ``columns``; a run over seeds
+    gives each metric as mean ± std (its ``std``: ``{metric: std}``)."""
     head = "| " + " | ".join(columns) + " |"
     lines = [head, "|" + "---|" * len(columns)]
     for row in rows:
         cells = []
         for c in columns:
-            v = row.get(c)
+            v, std = row.get(c), (row.get("std") or {}).get(c)
             if v is None:
                 cells.append("-")
+            elif std is not None:
+                cells.append(f"{v:.4f} ± {std:.4f}")
             elif isinstance(v, float):
                 cells.append(f"{v:.1f}" if c == "minutes" else f"{v:.4f}")
             else:
@@ -228,10 +239,10 @@ def run_sweep(
     run: Callable[[ExperimentConfig, Path], Results | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every combination (skipping finished ones) with ``run(cfg, folder)`` (default
-    :func:`~sslpoison.experiment.runner.run_experiment`; the CLI passes its launcher); write
-    the table; return its rows."""
-    if run is None:
-        from sslpoison.experiment.runner import run_experiment as run
+    :func:`~sslpoison.experiment.runner.run_experiment`; the CLI passes its launcher), over
+    its seeds where it has them (:func:`~sslpoison.experiment.seeds.run_config`); write the
+    table; return its rows."""
+    from sslpoison.experiment.seeds import run_config
 
     out = Path(out_dir)
     runs = sweep_configs(sweep, base, list(overrides))
@@ -246,19 +257,25 @@ def run_sweep(
             log.info("sweep %d/%d %s: finished before, reusing", i + 1, len(runs), combo)
         else:
             log.info("sweep %d/%d %s", i + 1, len(runs), combo)
-            finished = run(cfg, folder)
+            finished = run_config(cfg, folder, run)
             if finished is None:  # a DDP rank other than 0
                 continue
             results = finished.as_json()
         metrics = results["metrics"]
         check.seen(metrics)
         shown = sweep.metrics or sorted(metrics)
+        spreads = results.get("aggregate") or {}
         rows.append(
             {
                 **combo,
                 **{k: metrics.get(k) for k in shown},
                 "minutes": round(results["timings"]["total"] / 60, 1),
                 "run": folder.name,
+                **(
+                    {"std": {k: spreads[k]["std"] for k in shown if k in spreads}}
+                    if spreads
+                    else {}
+                ),
             }
         )
         columns = [*sweep.grid, *shown, "minutes"]
