@@ -47,7 +47,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_
 from sslpoison.configbase import Config
 from sslpoison.data.augment import ViewSpec, to_float, view_pipeline
 from sslpoison.data.imageset import ImageSet
-from sslpoison.defenses.base import Defended, DefenseConfig, check_batch, make_student
+from sslpoison.defenses.base import Defended, EncoderDefense, check_batch, make_student
 from sslpoison.eval.features import extract_features
 from sslpoison.ssl.moco import enqueue, gather_keys
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
@@ -133,7 +133,7 @@ def _compress_train() -> TrainConfig:
     )
 
 
-class DistillConfig(DefenseConfig):
+class DistillConfig(EncoderDefense):
     """The ``defense:`` section for CompRess distillation (see the module docstring).
 
     ``student``: ``"random"`` (a fresh init of the teacher's architecture, as Saha et al.) or

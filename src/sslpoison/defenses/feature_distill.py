@@ -26,7 +26,7 @@ from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.defenses.base import (
     Defended,
-    DefenseConfig,
+    EncoderDefense,
     check_batch,
     make_student,
     student_training,
@@ -68,7 +68,7 @@ class FeatureDistillTask(nn.Module):
         return clone_loss(self.student(x), t)
 
 
-class FeatureDistillConfig(DefenseConfig):
+class FeatureDistillConfig(EncoderDefense):
     """The ``defense:`` section for plain feature distillation (see the module docstring)."""
 
     name: Literal["feature_distill"] = "feature_distill"
