@@ -12,20 +12,13 @@ its cluster that its sub-cluster holds (a small sub-cluster → a high score).
 
 from __future__ import annotations
 
-import logging
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-import torch.nn as nn
 from pydantic import Field, PositiveInt
 
-from sslpoison.data.imageset import ImageSet
-from sslpoison.defenses.base import FilterContext, PretrainingDataDefense
-from sslpoison.defenses.clusters import cluster_members, kmeans, suspect_features
-from sslpoison.poisoning import Filtered
-
-log = logging.getLogger(__name__)
+from sslpoison.defenses.clusters import PerClusterFilter
 
 
 def two_means(
@@ -53,7 +46,7 @@ def two_means(
     return split, float(silhouette_score(x, split, sample_size=sample, random_state=seed))
 
 
-class ActivationClusteringConfig(PretrainingDataDefense):
+class ActivationClusteringConfig(PerClusterFilter):
     """The ``defenses:`` entry for activation clustering on ``clusters`` k-means clusters of
     the suspect's features: ``dims`` components (``reduce``: ``ica`` or ``pca``), 2-means, a
     sub-cluster below ``size_threshold`` of its cluster removed when the split's silhouette
@@ -61,42 +54,23 @@ class ActivationClusteringConfig(PretrainingDataDefense):
 
     name: Literal["activation_clustering"] = "activation_clustering"
     title: ClassVar[str] = "activation clustering (Chen et al.)"
-    clusters: PositiveInt = 10
     dims: PositiveInt = 10
     reduce: Literal["ica", "pca"] = "ica"
     size_threshold: float = Field(0.35, gt=0.0, lt=1.0)
     silhouette: float | None = Field(0.1, ge=-1.0, le=1.0)
 
-    def filter(
-        self,
-        data: ImageSet,
-        suspect: nn.Module,
-        seed: int = 0,
-        *,
-        context: FilterContext | None = None,
-    ) -> Filtered:
-        features = suspect_features(suspect, data)
-        k = min(self.clusters, len(data))
-        assign, _ = kmeans(features, k, seed)
-        kept = torch.ones(len(data), dtype=torch.bool)
-        scores = torch.zeros(len(data))
-        splits = []
-        for members in cluster_members(assign.cpu(), k):
-            if members.numel() < 4:
-                splits.append(None)
-                continue
-            split, silhouette = two_means(features[members], self.dims, self.reduce, seed)
-            split = torch.from_numpy(split).long()
-            share = torch.bincount(split, minlength=2).float() / members.numel()
-            real = self.silhouette is None or silhouette >= self.silhouette
-            if real:
-                scores[members] = 1 - share[split]
-                kept[members[share[split] < self.size_threshold]] = False
-            splits.append({"smaller_share": round(float(share.min()), 4),
-                           "silhouette": round(silhouette, 4)})  # fmt: skip
-        log.info("activation clustering: %d of %d removed", int((~kept).sum()), len(data))
-        record = {"clusters": k, "splits": splits}
-        return Filtered(kept, scores, record)
+    smallest: ClassVar[int] = 4
+
+    def judge(
+        self, features: torch.Tensor, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        split, silhouette = two_means(features, self.dims, self.reduce, seed)
+        split = torch.from_numpy(split).long()
+        share = torch.bincount(split, minlength=2).float() / features.shape[0]
+        facts = {"smaller_share": round(float(share.min()), 4), "silhouette": round(silhouette, 4)}
+        if self.silhouette is not None and silhouette < self.silhouette:  # no real split
+            return torch.zeros(len(split), dtype=torch.bool), torch.zeros(len(split)), facts
+        return share[split] < self.size_threshold, 1 - share[split], facts
 
 
 __all__ = ["ActivationClusteringConfig", "two_means"]

@@ -5,14 +5,19 @@ Chen et al. work per class; PatchSearch clusters the features itself).
 
 from __future__ import annotations
 
+import abc
 import logging
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import PositiveInt
 
 from sslpoison.data.imageset import ImageSet
+from sslpoison.defenses.base import FilterContext, PretrainingDataDefense
 from sslpoison.eval.features import extract_features
+from sslpoison.poisoning import Filtered
 
 log = logging.getLogger(__name__)
 
@@ -71,4 +76,46 @@ def cluster_members(assign: torch.Tensor, k: int) -> list[torch.Tensor]:
     return list(order.split(counts))
 
 
-__all__ = ["cluster_members", "kmeans", "suspect_features"]
+class PerClusterFilter(PretrainingDataDefense, abc.ABC):
+    """A filter that works class by class, with ``clusters`` k-means clusters of the suspect's
+    features standing in for the classes: :meth:`judge` each cluster's features."""
+
+    clusters: PositiveInt = 10
+
+    #: Clusters with fewer members are kept whole and not judged.
+    smallest: ClassVar[int] = 2
+
+    @abc.abstractmethod
+    def judge(
+        self, features: torch.Tensor, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """One cluster's verdict on its n×D ``features``: (n bool, removed; n scores, larger =
+        more suspicious, comparable across clusters; JSON-able facts)."""
+
+    def filter(
+        self,
+        data: ImageSet,
+        suspect: nn.Module,
+        seed: int = 0,
+        *,
+        context: FilterContext | None = None,
+    ) -> Filtered:
+        features = suspect_features(suspect, data)
+        k = min(self.clusters, len(data))
+        assign, _ = kmeans(features, k, seed)
+        kept = torch.ones(len(data), dtype=torch.bool)
+        scores = torch.zeros(len(data))
+        facts: list[dict[str, Any] | None] = []
+        for members in cluster_members(assign.cpu(), k):
+            if members.numel() < self.smallest:
+                facts.append(None)
+                continue
+            removed, score, fact = self.judge(features[members], seed)
+            kept[members[removed]] = False
+            scores[members] = score.float()
+            facts.append({"size": members.numel(), "removed": int(removed.sum()), **fact})
+        log.info("%s: %d of %d removed", self.name, int((~kept).sum()), len(data))
+        return Filtered(kept, scores, {"clusters": k, "per_cluster": facts})
+
+
+__all__ = ["PerClusterFilter", "cluster_members", "kmeans", "suspect_features"]
