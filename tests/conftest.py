@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ from sslpoison.train import precision
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own stage cache and results store; CPU threads are kept modest;
+    """Every test gets its own stage cache and results store; CPU threads are kept modest
+    (2, or ``SSLPOISON_TEST_THREADS``);
     ``amp_cpu: auto`` resolves to fp32 on every machine (the numbers a test expects must not
     depend on whether the CPU has native bf16; tests of the precision choice patch this
     themselves)."""
@@ -22,7 +24,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     store = tmp_path_factory.mktemp("store") / "results.sqlite"
     monkeypatch.setenv("SSLPOISON_RESULTS", str(store))
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("SSLPOISON_TEST_THREADS", "2")))
 
 
 @pytest.fixture

@@ -112,3 +112,25 @@ def test_the_docs_link_only_files_of_the_repository():
             assert "://" not in target, f"{page.name}: {target}"
             path = (page.parent / target.split("#")[0]).resolve()
             assert path.is_relative_to(root) and path.exists(), f"{page.name}: {target}"
+
+
+def test_the_defense_snippet_filters_what_it_says(monkeypatch):
+    from sslpoison.data.synthetic import synthetic
+    from sslpoison.defenses import DEFENSES
+    from sslpoison.eval.metrics import filter_scores
+    from sslpoison.models import build_backbone
+
+    namespace: dict = {}
+    monkeypatch.setattr("sslpoison.defenses.DEFENSES", dict(DEFENSES))  # the snippet registers
+    (code,) = python_blocks("Adding a defense")
+    run(code, namespace)
+    data = synthetic(n=64, num_classes=4, size=16, channels=1, seed=0)
+    data.images[:3] = 255  # three blank images: the farthest from the rest
+    torch.manual_seed(0)
+    encoder = build_backbone("resnet10", width=0.125, in_channels=1)
+    filtered = namespace["FarFromTheMean"](share=0.05).filter(data, encoder)
+    assert filtered.removed == 3 and not filtered.kept[:3].any()
+    assert filter_scores(filtered.kept, filtered.scores, torch.arange(3))["poison_auroc"] == 1.0
+    from sslpoison import defenses
+
+    assert defenses.DEFENSES["far_from_mean"] is namespace["FarFromTheMean"]

@@ -5,7 +5,10 @@ reads them; both import them from here, so neither imports the other.
 
 * :class:`PoisonedSet` — a poisoned training set and exactly what was changed in it;
 * :class:`BackdoorTarget` — a class of a downstream dataset and the trigger meant to reach it;
-* :class:`TargetedTrial` — one targeted-poisoning draw: a test image and the label it should get.
+* :class:`TargetedTrial` — one targeted-poisoning draw: a test image and the label it should get;
+* :class:`Filtered` — what a defense on the pre-training data leaves: which items it kept, a
+  score per item (scored against :attr:`PoisonedSet.indices`), and the model it trained, if
+  it trained one itself.
 """
 
 from __future__ import annotations
@@ -114,4 +117,41 @@ class PoisonedSet:
         return record
 
 
-__all__ = ["BackdoorTarget", "PoisonedSet", "TargetedTrial"]
+@dataclass
+class Filtered:
+    """What a pre-training-data defense (:class:`~sslpoison.defenses.base.PretrainingDataDefense`)
+    leaves behind.
+
+    Attributes:
+        kept: N bool (CPU): the items of the pre-training set kept (pre-trained on again).
+        scores: N float (CPU): how suspicious each item is, larger = more likely a poison
+            (the ranking scored against the planted poisons: AUROC).
+        record: JSON-able facts for the stage record (clusters, thresholds, rounds, ...).
+        model: a model the defense trained itself (a training procedure such as SafeCLIP):
+            the encoder, or for image–text pre-training the (CLIP model, tokenizer) pair; None
+            (a filter): the pipeline pre-trains on the kept items with the experiment's recipe.
+        fit: the engine's result of that training, or None.
+    """
+
+    kept: torch.Tensor
+    scores: torch.Tensor
+    record: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+    fit: Any = None
+
+    def __post_init__(self) -> None:
+        if self.kept.dtype != torch.bool or self.kept.dim() != 1:
+            raise ValueError(f"Filtered.kept must be a 1-D bool tensor, got {self.kept.dtype}")
+        if self.scores.shape != self.kept.shape:
+            raise ValueError(
+                f"Filtered: {self.scores.numel()} scores for {self.kept.numel()} items"
+            )
+        self.kept, self.scores = self.kept.cpu(), self.scores.detach().float().cpu()
+
+    @property
+    def removed(self) -> int:
+        """How many items were removed."""
+        return int((~self.kept).sum())
+
+
+__all__ = ["BackdoorTarget", "Filtered", "PoisonedSet", "TargetedTrial"]

@@ -64,6 +64,31 @@ def other_patterns(cfg: TriggerConfig, count: int) -> list[TriggerConfig]:
     ]
 
 
+def paste_patches(
+    images: torch.Tensor, patches: torch.Tensor, corners: torch.Tensor, alpha: float = 1.0
+) -> torch.Tensor:
+    """A copy of ``images`` (B×C×H×W, uint8 or float in [0, 1]) with a square patch blended
+    in at each image's top-left ``corners`` (B×2): ``(1 − alpha)·image + alpha·patch``.
+
+    ``patches``: one C×s×s patch for every image, or B×C×s×s, one each (float in [0, 1]).
+    The copy has the images' dtype (uint8: rounded)."""
+    b = images.shape[0]
+    side = patches.shape[-1]
+    is_uint8 = images.dtype == torch.uint8
+    x = images.float() / 255.0 if is_uint8 else images.clone()
+    corners = corners.to(x.device)
+    offs = torch.arange(side, device=x.device)
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    ri = (corners[:, 0, None] + offs)[:, :, None]  # B×s×1
+    ci = (corners[:, 1, None] + offs)[:, None, :]  # B×1×s
+    nhwc = x.permute(0, 2, 3, 1)  # a view: writing it writes x
+    patch = patches.to(x).movedim(-3, -1)  # s×s×C or B×s×s×C
+    nhwc[bi, ri, ci] = (1.0 - alpha) * nhwc[bi, ri, ci] + alpha * patch
+    if is_uint8:
+        x = x.mul(255.0).round().clamp(0, 255).to(torch.uint8)
+    return x
+
+
 class PatchTrigger:
     """A patch trigger for C×H×W images of one size.
 
@@ -144,19 +169,7 @@ class PatchTrigger:
             )
         if corners is None:
             corners = self.corners(b, generator)
-        is_uint8 = images.dtype == torch.uint8
-        x = images.float() / 255.0 if is_uint8 else images.clone()
-        corners = corners.to(x.device)
-        offs = torch.arange(self.side, device=x.device)
-        bi = torch.arange(b, device=x.device)[:, None, None]
-        ri = (corners[:, 0, None] + offs)[:, :, None]  # B×s×1
-        ci = (corners[:, 1, None] + offs)[:, None, :]  # B×1×s
-        nhwc = x.permute(0, 2, 3, 1)  # a view: writing it writes x
-        a = self.cfg.alpha
-        nhwc[bi, ri, ci] = (1.0 - a) * nhwc[bi, ri, ci] + a * self.pattern.to(x).permute(1, 2, 0)
-        if is_uint8:
-            x = x.mul(255.0).round().clamp(0, 255).to(torch.uint8)
-        return x, corners
+        return paste_patches(images, self.pattern, corners, self.cfg.alpha), corners
 
     def save_examples(
         self, images: torch.Tensor, path: str | Path, n: int = 8, seed: int = 0

@@ -88,7 +88,9 @@ def test_a_registered_attack_is_checked_like_the_others(registered, config, writ
         load_config(write_config(config))
     config["attack"]["share"] = 0.5
     config["defenses"] = [{"name": "distill"}]
-    with pytest.raises(ConfigError, match="defenses: share_flip poisons the downstream data"):
+    with pytest.raises(
+        ConfigError, match="defenses: distill defends an encoder, but share_flip poisons the downs"
+    ):
         load_config(write_config(config))
     config["attack"]["name"] = "share_flop"
     with pytest.raises(

@@ -1,5 +1,6 @@
 """Indiscriminate downstream poisoning: poison counts, untouched clean points, budgets, the
-countermeasures, the fine-tune victim, the null control, and a run end to end."""
+fine-tune victim, the null control, and a run end to end with the countermeasures
+(downstream-data defenses, tested on their own in tests/defenses/test_sanitizers.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 from sslpoison.attacks import ATTACKS, Outcome
 from sslpoison.cli import main
 from sslpoison.data.synthetic import synthetic
-from sslpoison.defenses.sanitizers import SANITIZERS
+from sslpoison.defenses import DEFENSES
 from sslpoison.eval import accuracy
 from sslpoison.eval import finetune as finetune_module
 from sslpoison.eval.downstream import Downstream, EvalConfig, train_predictor
@@ -120,31 +121,6 @@ def test_inverted_images_without_a_budget_stay_in_range(encoder, train):
     assert distance[-1] < distance[0]
 
 
-def blobs(n_per=60, d=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.tensor(
-        [[4.0] + [0.0] * (d - 1), [0.0, 4.0] + [0.0] * (d - 2), [-4.0] + [0.0] * (d - 1)]
-    )
-    labels = torch.arange(3).repeat_interleave(n_per)
-    return centres[labels] + torch.randn(len(labels), d, generator=g), labels
-
-
-@pytest.mark.parametrize("name", ["sphere", "slab", "knn"])
-def test_each_countermeasure_removes_a_planted_cluster_of_outliers(name):
-    features, labels = blobs()
-    g = torch.Generator().manual_seed(1)
-    if name == "knn":  # label noise: class-1 labels inside class 0's blob
-        planted = torch.tensor([4.0, 0, 0, 0, 0]) + 0.5 * torch.randn(8, 5, generator=g)
-    else:  # far out along class 0's direction from the centre of all points
-        planted = torch.tensor([14.0, 0, 0, 0, 0]) + 0.3 * torch.randn(8, 5, generator=g)
-    planted_labels = torch.full((8,), 1 if name == "knn" else 0)
-    x = torch.cat([features, planted])
-    y = torch.cat([labels, planted_labels])
-    keep = SANITIZERS[name](**({"remove": 0.15} if name != "knn" else {})).keep(x, y)
-    assert not keep[-8:].any()  # every planted point removed
-    assert keep[:-8].float().mean() > 0.85  # most of the clean ones kept
-
-
 def test_the_finetune_victim_trains_through_the_one_engine(monkeypatch, encoder, train):
     calls = []
     real_fit = finetune_module.fit
@@ -173,8 +149,12 @@ def test_feature_targeted_runs_end_to_end(tmp_path, tiny_experiment, write_confi
         "epsilon": 0.05,
         "victims": ["linear", "finetune"],
         "finetune": {"epochs": 1, "batch_size": 64, "progress": False},
-        "countermeasures": [{"name": "sphere"}, {"name": "slab"}, {"name": "knn", "k": 5}],
     }
+    cfg["defenses"] = [
+        {"name": "sphere", "reference": 100},  # 100 of the 256 held-out train-split images
+        {"name": "slab"},
+        {"name": "knn", "k": 5},
+    ]
     cfg["eval"] |= {"probes": ["linear"], "baselines": []}
     out = tmp_path / "run"
     assert main(["run", write_config(cfg), "--out", str(out)]) == 0
@@ -189,6 +169,10 @@ def test_feature_targeted_runs_end_to_end(tmp_path, tiny_experiment, write_confi
     for cm in ("sphere", "slab", "knn"):
         assert 0 <= m[f"synthetic/removed_poisons_{cm}"] <= p
         assert 0 <= m[f"synthetic/removed_clean_{cm}"] <= 256
+    # k-NN relabels (Paudice et al.) rather than drops; sphere and slab relabel nothing.
+    assert m["synthetic/removed_poisons_knn"] == m["synthetic/removed_clean_knn"] == 0
+    assert 0 <= m["synthetic/relabelled_poisons_knn"] <= p
+    assert "synthetic/relabelled_poisons_sphere" not in m
     saved = load_file(str(out / "poisons-synthetic.safetensors"))
     assert saved["images"].shape == (p, 1, 16, 16) and saved["features"].shape[0] == p
     record = json.loads((out / "poison-synthetic.json").read_text())
@@ -204,11 +188,13 @@ def test_the_null_control_adds_the_poisons_base_images_with_their_true_labels(en
         probe={"l2_grid": [1e-3]},
     )  # fmt: skip
     downstream = Downstream(cfg, 16, 1)
-    attack = attack_of("label_flip", epsilon=0.5, flip="random", countermeasures=[{"name": "knn"}])
+    attack = attack_of("label_flip", epsilon=0.5, flip="random")
     poisoned = attack.poison_train_sets(encoder, downstream, seed=0)
+    knn = DEFENSES["knn"](name="knn")
     outcome = Outcome(
-        train, None, downstream, poisoned, {CLEAN: encoder}, {}, cfg, FeatureCache(), seed=0
-    )
+        train, None, downstream, poisoned, {CLEAN: encoder}, {}, cfg, FeatureCache(), seed=0,
+        downstream_defenses=[knn],
+    )  # fmt: skip
     rows = attack.measure(outcome).rows
     m = {r.key: r.value for r in rows}
     # By hand: the clean set plus its base images, unmodified, with their true labels.

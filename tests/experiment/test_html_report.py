@@ -137,3 +137,41 @@ def test_the_page_renders_in_headless_chromium_with_the_network_off(tmp_path, ma
     low, high = shot.convert("L").getextrema()
     assert high - low > 100  # text and tables, not a blank page
     assert re.search(r"screenshot: .*report\.png", done.stdout)
+
+
+def filter_rows() -> list[Row]:
+    """A hand-made SSL-Backdoor run with PatchSearch: its scores and its encoder's numbers."""
+    rows = backdoor_rows(
+        {
+            "clean": {"acc": 0.83, "asr": 0.001, "fp": 9},
+            "attacked": {"acc": 0.84, "asr": 0.01, "fp": 88},
+            "patchsearch": {"acc": 0.835, "asr": 0.002, "fp": 12},
+        },
+        probe="linear",
+    )
+    for metric, value in (("poison_precision", 0.42), ("poison_recall", 0.91),
+                          ("poison_auroc", 0.97), ("clean_removed", 0.063)):  # fmt: skip
+        rows.append(Row(None, "patchsearch", "filter", metric, value, f"patchsearch/{metric}"))
+    return rows
+
+
+def test_the_filters_have_their_own_section(tmp_path, make_run):
+    attack = {"name": "ssl_backdoor", "target_class": "vertical"}
+    folder = make_run(
+        "runs/filtered", filter_rows(), attack=attack, defenses=[{"name": "patchsearch"}],
+        eval={"datasets": ["synthetic"], "probes": ["linear"]},
+    )  # fmt: skip
+    results = (folder / "results.json").read_text()
+    (folder / "results.json").write_text(
+        results.replace('"wall_s": 60.0', '"wall_s": 60.0, "retrain_s": 100.0')
+    )
+    db = tmp_path / "store.sqlite"
+    import_runs([folder], db)
+    with ResultsStore(db, read_only=True) as store:
+        page = build_report(store.runs())
+    assert ">Filters of the pre-training data<" in page
+    assert "PatchSearch (Tejankar et al.)" in page  # the title, from the defense's class
+    for value in ("0.4200", "0.9100", "0.9700", "0.0630"):
+        assert value in page
+    assert ">Detectors<" not in page  # the filter's rows are not a detector's
+    assert ">160.0<" in page  # wall s: the filter (60) and the pre-training again (100)

@@ -352,6 +352,15 @@ PINNED = {
         "pretrain": "20cffac84e8e11f2",
         "pretrain_poisoned": "ea13f105b79a7f62",
     },
+    # The filtering presets share their encoders with the attacks' presets (issue 28).
+    "cpu-filtering-clip-fmnist": {
+        "pretrain": "20cffac84e8e11f2",
+        "pretrain_poisoned": "ea13f105b79a7f62",
+    },
+    "cpu-filtering-sslbackdoor-fmnist": {
+        "pretrain": "70e480839f1e01be",
+        "pretrain_poisoned": "34d07148fe7158dc",
+    },
     "cpu-clip-sweep/00-poison=5": {
         "pretrain": "20cffac84e8e11f2",
         "pretrain_poisoned": "ccaeab7f7678db73",

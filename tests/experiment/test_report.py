@@ -149,3 +149,30 @@ def test_the_null_controls_stand_beside_their_effects():
     control = next(line for line in lines if line.startswith("a, kd_on_clean:"))
     assert "accuracy cost CA − acc 0.0500, ASR 0.0300" in control
     assert sum("unseen triggers" in line for line in lines) == 1
+
+
+def test_the_filters_table_and_the_zero_shot_rows_of_a_defense():
+    from sslpoison.experiment.report import format_filters, summary_tables
+
+    rows = [
+        Row(None, "spectral", "filter", "poison_precision", 0.5, "spectral/poison_precision"),
+        Row(None, "spectral", "filter", "poison_recall", 0.25, "spectral/poison_recall"),
+        Row(None, "spectral", "filter", "removed", 30, "spectral/removed"),
+        Row(None, "safeclip", "filter", "clean_removed", 0.1, "safeclip/clean_removed"),
+    ]
+    lines = format_filters(rows).splitlines()
+    assert lines[0].split() == ["defense", "precision", "recall", "clean", "out", "removed"]
+    assert lines[2].split() == ["safeclip", "-", "-", "0.1000", "-"]
+    assert lines[3].split() == ["spectral", "0.5000", "0.2500", "-", "30"]
+    assert "spectral: spectral signatures (Tran et al.)" in lines
+    assert format_filters(rows[:0]) is None
+    zs = [
+        Row("d", "clean", "zero_shot", "zs_acc", 0.8, "d/zs_acc_clean"),
+        Row("d", "attacked", "zero_shot", "zs_acc", 0.79, "d/zs_acc"),
+        Row("d", "attacked", "zero_shot", "zs_asr", 0.99, "d/zs_asr"),
+        Row("d", "safeclip", "zero_shot", "zs_acc", 0.77, "safeclip/d/zs_acc"),
+        Row("d", "safeclip", "zero_shot", "zs_asr", 0.01, "safeclip/d/zs_asr"),
+    ]
+    table = format_zero_shot(zs).splitlines()
+    assert table[4].split() == ["d", "safeclip", "0.7700", "0.0100"]
+    assert any("precision" in t for t in summary_tables(rows + zs, "linear"))

@@ -14,7 +14,9 @@ The three hook points (DESIGN.md, "The data flow"), one base class each:
 (The data hooks are not both called ``poison``: SSL-Backdoor's and the CLIP backdoor's
 configs have a ``poison`` key, the amount they poison.)
 
-Every attack also carries, so that the pipeline never asks which attack it runs:
+The hook points (:class:`~sslpoison.hooks.Hook`) are shared with the defenses
+(:mod:`sslpoison.defenses.base`). Every attack also carries, so that the pipeline never asks
+which attack it runs:
 
 * :meth:`AttackConfig.check` — its checks of the experiment around it (at config load time);
 * :meth:`AttackConfig.backdoor_targets` — the (dataset, class, trigger) the evaluation
@@ -27,8 +29,6 @@ An attack is listed once, in :data:`sslpoison.attacks.ATTACKS`, under its ``name
 from __future__ import annotations
 
 import abc
-import enum
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -39,31 +39,12 @@ from sslpoison.configbase import Config
 from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.evaluate import Outcome
-from sslpoison.eval.rows import Row
+from sslpoison.hooks import Hook, Measured
 from sslpoison.poisoning import BackdoorTarget, PoisonedSet
 from sslpoison.train.engine import FitResult
 
 if TYPE_CHECKING:
     from sslpoison.experiment.config import ExperimentConfig
-
-
-class Hook(enum.Enum):
-    """Where in the pipeline an attack strikes."""
-
-    PRETRAINING_DATA = "pre-training data"
-    ENCODER = "encoder"
-    DOWNSTREAM_DATA = "downstream data"
-
-
-@dataclass
-class Measured:
-    """What an attack adds to the evaluation: rows, JSON files for the run's folder
-    (``{artifact name: (file name, JSON-able content)}``) and other files, as writers
-    (``{artifact name: write(folder) -> path}``)."""
-
-    rows: list[Row] = field(default_factory=list)
-    files: dict[str, tuple[str, Any]] = field(default_factory=dict)
-    writers: dict[str, Callable[[Path], Path]] = field(default_factory=dict)
 
 
 @dataclass
@@ -174,13 +155,6 @@ class DownstreamDataAttack(AttackConfig, abc.ABC):
     """An attack on a downstream task's labelled training data (the encoder stays clean)."""
 
     hook: ClassVar[Hook] = Hook.DOWNSTREAM_DATA
-
-    def check(self, experiment: ExperimentConfig) -> None:
-        if experiment.defenses:
-            raise ValueError(
-                f"defenses: {self.name} poisons the downstream data; there is no attacked "
-                "encoder to defend"
-            )
 
     @abc.abstractmethod
     def poison_downstream(self, encoder: nn.Module, train: ImageSet, seed: int = 0) -> PoisonedSet:

@@ -36,7 +36,6 @@ from sslpoison.data.captions import TEMPLATES
 from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.metrics import poison_rates
-from sslpoison.eval.rows import ATTACKED, CLEAN
 from sslpoison.eval.zero_shot import evaluate_targeted
 from sslpoison.poisoning import BackdoorTarget, PoisonedSet, TargetedTrial
 from sslpoison.triggers import PatchTrigger, TriggerConfig
@@ -127,10 +126,12 @@ class CLIPTargetedConfig(CLIPPoisoning):
 
     def measure(self, outcome: Outcome) -> Measured:
         """``targeted_success[_probe][_clean]``: the share of trials flipped, zero-shot and
-        by the first probe; ``targeted.json``: every trial's predictions."""
+        by the first probe, for the clean and the poisoned model and every model a defense
+        trained again (``<defense>/<dataset>/targeted_success[_probe]``); ``targeted.json``:
+        every trial's predictions."""
         rows, per_trial = evaluate_targeted(
             outcome.clips,
-            {role: outcome.encoders[role] for role in (CLEAN, ATTACKED)},
+            {role: outcome.encoders[role] for role in outcome.clips},
             outcome.poisoned.trials,
             self.measured_on(outcome.data.name),
             outcome.downstream,

@@ -7,10 +7,12 @@ encoder and a head fine-tuned together.
 :class:`IndiscriminateAttack` is the base of every such attack (``label_flip``, ``gc``,
 ``tgda``, ``feature_targeted``): a subclass only crafts the poisons (:meth:`craft`). The base
 appends them to the training set and measures them (:meth:`measure`): for each victim and
-each countermeasure (:mod:`sslpoison.defenses.sanitizers`), the accuracy of the same recipe
-trained on the clean set and on clean ∪ poisons, on the same test set — and, as its null
-control, on clean ∪ as many clean duplicates: the poisons' base images, unmodified, with
-their true labels (``acc_drop_null``).
+each countermeasure — the experiment's downstream-data defenses
+(:class:`~sslpoison.defenses.base.DownstreamDataDefense`, e.g.
+:mod:`sslpoison.defenses.sanitizers`), which the victim runs before training — the accuracy of
+the same recipe trained on the clean set and on clean ∪ poisons, on the same test set — and,
+as its null control, on clean ∪ as many clean duplicates: the poisons' base images, unmodified,
+with their true labels (``acc_drop_null``).
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from sslpoison.attacks.base import DownstreamDataAttack, Measured, Outcome
 from sslpoison.attacks.linear_victim import LinearVictim
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.pictures import save_rows
-from sslpoison.defenses.sanitizers import SanitizerSpec
+from sslpoison.defenses.base import DownstreamDataDefense
+from sslpoison.errors import warn
 from sslpoison.eval.downstream import train_predictor
 from sslpoison.eval.features import extract_features
 from sslpoison.eval.finetune import finetune_accuracy, finetune_training
 from sslpoison.eval.metrics import accuracy, accuracy_drop
-from sslpoison.eval.probes import ProbeConfig, standardiser
+from sslpoison.eval.probes import ProbeConfig
 from sslpoison.eval.rows import CLEAN, Row
 from sslpoison.poisoning import PoisonedSet
 from sslpoison.train.engine import TrainConfig
@@ -87,14 +90,13 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
     ``epsilon``: poisons per clean training point (⌈ε·N⌉ are added; the paper's 3 %).
     ``victims``: who is measured: ``linear`` (a linear probe, ``eval.probe``'s recipe, on the
     frozen features) and ``finetune`` (encoder + linear head trained together, ``finetune``'s
-    recipe). ``countermeasures``: sanitizers the linear victim runs on its training set first;
-    each is measured on its own.
+    recipe). The countermeasures the linear victim runs on its training set first are the
+    experiment's downstream-data ``defenses:``; each is measured on its own.
     """
 
     epsilon: float = Field(0.03, gt=0.0, le=1.0)
     victims: list[Victim] = Field(default_factory=lambda: ["linear"], min_length=1)
     finetune: TrainConfig = Field(default_factory=finetune_training)
-    countermeasures: list[SanitizerSpec] = Field(default_factory=list)
 
     def poison_count(self, n: int) -> int:
         """⌈ε·n⌉ poisons for a clean set of ``n``."""
@@ -178,20 +180,28 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
             rows.accuracies("features", None, acc_clean, linear(f_feat, y_feat))
         if victims:
             rows.null(victims, None, acc_clean, linear(f_null, y_null))
-        for cm in self.countermeasures:
-            kept_clean = cm.keep(standardised(f_clean), y_clean)
-            acc = linear(f_clean[kept_clean], y_clean[kept_clean])
-            rows.add("removed_unpoisoned", int((~kept_clean).sum()), "linear", cm.name)
+        for cm in outcome.downstream_defenses:
+            reference = calibration(cm, name, outcome)
+            on_clean = cm.sanitize(f_clean, y_clean, reference)
+            kept = on_clean.kept
+            acc = linear(f_clean[kept], on_clean.labels[kept])
+            rows.add("removed_unpoisoned", int((~kept).sum()), "linear", cm.name)
             sets = [("linear", f_all, y_all)]
             if crafted.features is not None:
                 sets.append(("features", f_feat, y_feat))
             for victim, f, y in sets:
-                kept = cm.keep(standardised(f), y)
-                rows.accuracies(victim, cm.name, acc, linear(f[kept], y[kept]))
+                done = cm.sanitize(f, y, reference)
+                kept, labels = done.kept, done.labels
+                rows.accuracies(victim, cm.name, acc, linear(f[kept], labels[kept]))
                 rows.add("removed_poisons", int((~kept[n:]).sum()), victim, cm.name)
                 rows.add("removed_clean", int((~kept[:n]).sum()), victim, cm.name)
-            kept = cm.keep(standardised(f_null), y_null)
-            acc_null = linear(f_null[kept], y_null[kept])
+                if cm.relabels():
+                    changed = labels != y
+                    rows.add("relabelled_poisons", int(changed[n:].sum()), victim, cm.name)
+                    rows.add("relabelled_clean", int(changed[:n].sum()), victim, cm.name)
+            on_null = cm.sanitize(f_null, y_null, reference)
+            kept = on_null.kept
+            acc_null = linear(f_null[kept], on_null.labels[kept])
             rows.null([victim for victim, _, _ in sets], cm.name, acc, acc_null)
         if "finetune" in self.victims:
             seed, cfg = outcome.seed, self.finetune
@@ -204,10 +214,25 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
         return rows.rows
 
 
-def standardised(features: torch.Tensor) -> torch.Tensor:
-    """N×D features standardised with their own mean and std (what the defender sees)."""
-    mean, std = standardiser(features.float())
-    return (features.float() - mean) / std
+def calibration(
+    defense: DownstreamDataDefense, name: str, outcome: Outcome
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The clean held-out (features R×D, labels R) ``defense`` calibrates on for dataset
+    ``name`` — its ``reference_count()`` images of the train split outside the victim's
+    labelled set, through the clean encoder — or None: it asks for none, or the scenario has
+    none (then the defense calibrates on the set itself, and the run records a warning)."""
+    count = defense.reference_count()
+    if count is None:
+        return None
+    held_out = outcome.downstream.held_out(name, count)
+    if held_out is None:
+        warn(
+            f"defenses: {defense.name} calibrates on clean held-out images, but every image of "
+            f"the {name} train split is in the labelled set: calibrated on the set itself"
+        )
+        return None
+    features = outcome.features.get(outcome.encoders[CLEAN], held_out)
+    return features, held_out.labels.to(features.device)
 
 
 class Rows:
@@ -275,4 +300,4 @@ def poison_writers(
     return {f"poisons:{name}": tensors, f"poisons_png:{name}": picture}
 
 
-__all__ = ["Crafted", "IndiscriminateAttack", "PoisonedDownstream", "Rows", "standardised"]
+__all__ = ["Crafted", "IndiscriminateAttack", "PoisonedDownstream", "Rows", "calibration"]

@@ -129,15 +129,22 @@ class ImageSet:
 
     def take(self, n: int | float, seed: int = 0, stratified: bool = True) -> ImageSet:
         """A seeded subset of ``n`` images (a count or a share), balanced over classes."""
+        index = self.take_indices(n, seed, stratified)
+        return self if index is None else self.subset(index)
+
+    def take_indices(
+        self, n: int | float, seed: int = 0, stratified: bool = True
+    ) -> torch.Tensor | None:
+        """The sorted indices :meth:`take` keeps (None: it keeps the whole set)."""
         total = len(self)
         k = round(n * total) if isinstance(n, float) else int(n)
         if k >= total:
-            return self
+            return None
         if k <= 0:
             raise ValueError(f"ImageSet {self.name!r}: asked for {n} images")
         g = torch.Generator().manual_seed(seed)
         if not stratified:
-            return self.subset(torch.randperm(total, generator=g)[:k].sort().values)
+            return torch.randperm(total, generator=g)[:k].sort().values
         labels = self.labels.cpu()
         order = torch.randperm(total, generator=g)
         # Rank each image within its class (in the random order); keep the lowest ranks.
@@ -147,7 +154,7 @@ class ImageSet:
             pos = (shuffled == c).nonzero().squeeze(1)
             rank[pos] = torch.arange(pos.numel())
         keep = order[torch.argsort(rank * total + torch.arange(total), stable=True)[:k]]
-        return self.subset(keep.sort().values)
+        return keep.sort().values
 
     def where(self, mask: torch.Tensor) -> ImageSet:
         """The images where the boolean ``mask`` (N) is true."""

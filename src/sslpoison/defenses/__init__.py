@@ -1,50 +1,80 @@
-"""Defenses: turn a suspect encoder into one without its backdoor, one file each.
+"""Defenses, one file each, by where they act in the pipeline (:mod:`.base`, DESIGN.md).
 
-The interface (:mod:`.base`): a defense is a frozen config (a :class:`DefenseConfig`, with
-``name``, ``clean`` — the count or share of clean pre-training images the defender holds —
-and ``train``) whose ``apply(encoder, clean, *, seed, checkpoint_dir) -> Defended`` trains
-through the one engine and returns the defended encoder (same input/output as the suspect
-one), the engine's result and a JSON-able record. Students of distillation defenses come from
-:func:`make_student` (a seeded :func:`reinitialise` of the teacher, or a copy of it).
+* pre-training data — ``filter(data, suspect, seed) -> Filtered``, then pre-training again on
+  what is kept: ``patchsearch`` (:mod:`.patchsearch`), ``spectral`` (:mod:`.spectral`),
+  ``activation_clustering`` (:mod:`.activation_clustering`); ``safeclip`` trains the CLIP
+  model itself (:mod:`.safeclip`).
+* encoder — ``apply(encoder, clean, *, seed, checkpoint_dir) -> Defended``: ``mimic``
+  (:mod:`.mimic`), ``distill`` (CompRess, the defense of Saha et al., :mod:`.distill`),
+  ``feature_distill`` (:mod:`.feature_distill`), ``finetune`` and ``fineprune``
+  (:mod:`.finetune`). Students of distillation defenses come from :func:`make_student`.
+* downstream data — ``sanitize(features, labels, reference) -> Sanitized``, run by the victim
+  of a downstream-data attack before it trains its head: ``sphere``, ``slab``, ``knn``
+  (:mod:`.sanitizers`).
 
-* ``mimic`` — MIMIC, mutual-information-guided distillation into a random-init student:
-  :mod:`.mimic`.
-* ``distill`` — CompRess knowledge distillation, the defense of Saha et al. (CVPR 2022):
-  :mod:`.distill`.
-* ``feature_distill`` — plain feature distillation (1 − cos to the teacher's features):
-  :mod:`.feature_distill`.
-* ``finetune`` — self-supervised fine-tuning of the suspect weights; ``fineprune`` —
-  Fine-Pruning (prune the last stage's dormant channels, then fine-tune): :mod:`.finetune`.
+An experiment's ``defenses:`` entries are each one of :data:`DEFENSES`, picked by its
+``name``; a defense registered here (``DEFENSES["mine"] = MyDefenseConfig``) is a valid entry
+at once.
 """
 
-from sslpoison.defenses.base import Defended, DefenseConfig, make_student, reinitialise
+from sslpoison.defenses.activation_clustering import ActivationClusteringConfig
+from sslpoison.defenses.base import (
+    Defended,
+    DefenseConfig,
+    DownstreamDataDefense,
+    EncoderDefense,
+    FilterContext,
+    PretrainingDataDefense,
+    Sanitized,
+    make_student,
+    reinitialise,
+)
 from sslpoison.defenses.distill import DistillConfig, compress_loss, run_distill
 from sslpoison.defenses.feature_distill import FeatureDistillConfig
 from sslpoison.defenses.finetune import FinePruneConfig, FinetuneConfig
 from sslpoison.defenses.mimic import MimicConfig
+from sslpoison.defenses.patchsearch import PatchSearchConfig
+from sslpoison.defenses.safeclip import SafeCLIPConfig
+from sslpoison.defenses.sanitizers import KNNSanitizerConfig, SlabConfig, SphereConfig
+from sslpoison.defenses.spectral import SpectralSignaturesConfig
 
-#: Every defense by its ``defense.name`` in an experiment config.
+#: Every defense by its ``name`` in an experiment's ``defenses:``: the only list of them.
 DEFENSES: dict[str, type[DefenseConfig]] = {
+    "patchsearch": PatchSearchConfig,
+    "spectral": SpectralSignaturesConfig,
+    "activation_clustering": ActivationClusteringConfig,
+    "safeclip": SafeCLIPConfig,
     "mimic": MimicConfig,
     "distill": DistillConfig,
     "feature_distill": FeatureDistillConfig,
     "finetune": FinetuneConfig,
     "fineprune": FinePruneConfig,
+    "sphere": SphereConfig,
+    "slab": SlabConfig,
+    "knn": KNNSanitizerConfig,
 }
-
-#: The type of one entry of an experiment's ``defenses:`` list (discriminated by ``name``).
-DefenseSpec = MimicConfig | DistillConfig | FeatureDistillConfig | FinetuneConfig | FinePruneConfig
 
 __all__ = [
     "DEFENSES",
+    "ActivationClusteringConfig",
     "Defended",
     "DefenseConfig",
-    "DefenseSpec",
     "DistillConfig",
+    "DownstreamDataDefense",
+    "EncoderDefense",
     "FeatureDistillConfig",
+    "FilterContext",
     "FinePruneConfig",
     "FinetuneConfig",
+    "KNNSanitizerConfig",
     "MimicConfig",
+    "PatchSearchConfig",
+    "PretrainingDataDefense",
+    "SafeCLIPConfig",
+    "Sanitized",
+    "SlabConfig",
+    "SpectralSignaturesConfig",
+    "SphereConfig",
     "compress_loss",
     "make_student",
     "reinitialise",

@@ -1,10 +1,29 @@
-"""What every defense is: a frozen config whose ``apply`` turns a suspect encoder into another.
+"""What every defense is: a frozen config that acts at one hook point of the pipeline, the
+same three points attacks strike (:class:`~sslpoison.hooks.Hook`, DESIGN.md), one base class
+each:
 
-A defense sees the suspect encoder and a small set of clean images (``clean``: a count or share
-of the pre-training set, chosen by the caller, e.g. with :meth:`DefenseConfig.clean_subset`),
-trains through the one engine (:func:`sslpoison.train.engine.fit`) and returns a
-:class:`Defended`: the new encoder (same input and output as the suspect one: N×C×H×W float
-in [0, 1] → N×D), the engine's result and a JSON-able record for the stage.
+* :class:`PretrainingDataDefense` — ``filter(data, suspect, seed) -> Filtered``: finds the
+  poisons of the pre-training set with the suspect encoder (a kept mask and a score per
+  item); the pipeline pre-trains again on what is kept, with the same recipe (PatchSearch,
+  spectral signatures, activation clustering). A defense that is a training procedure
+  (SafeCLIP) trains the model itself and hands it back in its :class:`Filtered`.
+* :class:`EncoderDefense` — ``apply(encoder, clean, *, seed, checkpoint_dir) -> Defended``:
+  turns the suspect encoder into another with a small set of clean images (distillation,
+  MIMIC, fine-tuning, ...).
+* :class:`DownstreamDataDefense` — ``sanitize(features, labels, reference) -> Sanitized``:
+  what the victim of a downstream-data attack runs on its labelled training set before
+  training its head (sphere, slab, k-NN label sanitization).
+
+Every defense also carries, so that the pipeline never asks which defense it runs:
+
+* :meth:`DefenseConfig.check` — its checks of the experiment around it (at config load time);
+* :meth:`DefenseConfig.measure` — the metrics (and files) it adds to the evaluation's (a
+  pre-training-data defense: its scores against the planted poisons);
+* :attr:`DefenseConfig.title` — how reports name it;
+* :meth:`DefenseConfig.pretraining_counts` and :meth:`DefenseConfig.saved_encoders` — what
+  the checks before training (:mod:`sslpoison.experiment.preflight`) need to know.
+
+A defense is listed once, in :data:`sslpoison.defenses.DEFENSES`, under its ``name``.
 
 Distillation defenses build their student with :func:`make_student`: a random initialisation
 of the teacher's architecture (:func:`reinitialise`, inherits no backdoor), a copy of it, or
@@ -18,7 +37,7 @@ import abc
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -26,15 +45,24 @@ from pydantic import Field
 
 from sslpoison.configbase import Config, CountOrShare
 from sslpoison.data.imageset import ImageSet
+from sslpoison.eval.evaluate import Outcome
+from sslpoison.eval.metrics import filter_scores
+from sslpoison.eval.rows import Row
+from sslpoison.hooks import Hook, Measured
 from sslpoison.models.backbone import BackboneConfig
+from sslpoison.poisoning import Filtered
 from sslpoison.train.engine import FitResult, TrainConfig
 from sslpoison.train.optim import OptimConfig
 from sslpoison.utils import module_device
 
+if TYPE_CHECKING:
+    from sslpoison.experiment.config import ExperimentConfig
+    from sslpoison.ssl.pretrain import PretrainConfig
+
 
 @dataclass
 class Defended:
-    """What a defense returns.
+    """What an encoder defense returns.
 
     Attributes:
         encoder: the defended encoder (N×C×H×W float in [0, 1] → N×D), in eval mode, on the
@@ -50,7 +78,43 @@ class Defended:
 
 
 class DefenseConfig(Config, abc.ABC):
-    """Base of every ``defense:`` section; each subclass adds ``name: Literal[...]``.
+    """Base of every entry of ``defenses:``; a subclass adds ``name: Literal[...]`` and
+    derives from the base class of its hook point, which sets :attr:`hook`."""
+
+    #: Where the defense acts (set by the hook point's base class).
+    hook: ClassVar[Hook]
+    #: How reports name the defense (its ``name`` when empty).
+    title: ClassVar[str] = ""
+
+    @property
+    def label(self) -> str:
+        """:attr:`title`, or the ``name``."""
+        return self.title or self.name
+
+    def check(self, experiment: ExperimentConfig) -> None:
+        """Raise ``ValueError`` naming the key when ``experiment`` cannot run this defense
+        (called when the config is loaded). None by default."""
+
+    def measure(self, outcome: Outcome) -> Measured:
+        """Metrics this defense adds to the evaluation's (none by default)."""
+        return Measured()
+
+    def pretraining_counts(self) -> dict[str, int | float]:
+        """The counts (or shares) of pre-training images the defense takes, by key under
+        ``defenses.N`` (checked against the set before training); none by default."""
+        return {}
+
+    def saved_encoders(self) -> int:
+        """How many encoders the defense adds to the run (for the disk-space check)."""
+        return 0
+
+
+def _attack_name(experiment: ExperimentConfig) -> str:
+    return experiment.attack.name if experiment.attack is not None else "no attack"
+
+
+class EncoderDefense(DefenseConfig, abc.ABC):
+    """A defense that turns a suspect encoder into another with a few clean images.
 
     ``clean``: how many of the pre-training set's clean images the defender holds (a count, or
     a share in (0, 1]; MIMIC and Saha et al. use ≤ 5 %). ``train``: how the defense trains
@@ -61,10 +125,30 @@ class DefenseConfig(Config, abc.ABC):
     experiment's. Sweeping it measures the defense's spread on the same (cached) encoders.
     """
 
+    hook: ClassVar[Hook] = Hook.ENCODER
+
     clean: CountOrShare = 0.05
     control: bool = False
     seed: int | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def check(self, experiment: ExperimentConfig) -> None:
+        attack = experiment.attack
+        if attack is None:
+            raise ValueError(
+                f"defenses: there is no attack section, so nothing for {self.name} to defend"
+            )
+        if attack.hook is Hook.DOWNSTREAM_DATA:
+            raise ValueError(
+                f"defenses: {self.name} defends an encoder, but {attack.name} poisons the "
+                "downstream data: there is no attacked encoder to defend"
+            )
+
+    def pretraining_counts(self) -> dict[str, int | float]:
+        return {"clean": self.clean}
+
+    def saved_encoders(self) -> int:
+        return 2 if self.control else 1
 
     def clean_subset(self, data: ImageSet, seed: int = 0) -> ImageSet:
         """The defender's ``clean`` images of ``data``: seeded, not stratified (no labels)."""
@@ -86,6 +170,154 @@ class DefenseConfig(Config, abc.ABC):
         """
 
 
+@dataclass
+class FilterContext:
+    """What the pipeline hands a pre-training-data defense besides the data and the suspect
+    encoder, for a defense that trains its own model (a plain filter ignores it).
+
+    Attributes:
+        recipe: the experiment's pre-training (method, backbone, views, training).
+        device: where to train.
+        checkpoint_dir: where to keep checkpoints (an interrupted stage resumes from them).
+        suspect_clip: for image–text pre-training, the suspect (CLIP model, tokenizer).
+    """
+
+    recipe: PretrainConfig
+    device: torch.device
+    checkpoint_dir: Path | None = None
+    suspect_clip: Any = None
+
+
+#: The ``probe`` of the rows that score a pre-training-data defense (dataset None, encoder
+#: the defense's name); reports gather a filters table from them.
+FILTER = "filter"
+#: The metrics of those rows, in the order tables show them.
+FILTER_METRICS = (
+    "poison_precision", "poison_recall", "poison_auroc", "clean_removed", "removed",
+    "filter_s", "retrain_s",
+)  # fmt: skip
+
+
+class PretrainingDataDefense(DefenseConfig, abc.ABC):
+    """A defense on the pre-training data: it finds the poisons with the suspect encoder (the
+    one pre-trained on the set as given), and the pipeline pre-trains again on what it keeps
+    with the experiment's own recipe, as a cached stage.
+
+    With a pre-training-data attack the kept set is scored against the planted poisons
+    (:meth:`measure`); without an attack it runs on the clean set, to measure its cost: the
+    clean data it removes and the accuracy after pre-training again. ``seed``: the defense's
+    own seed (clusters, samples); ``None`` takes the experiment's.
+    """
+
+    hook: ClassVar[Hook] = Hook.PRETRAINING_DATA
+
+    seed: int | None = None
+
+    def check(self, experiment: ExperimentConfig) -> None:
+        attack = experiment.attack
+        if attack is not None and attack.hook is not Hook.PRETRAINING_DATA:
+            raise ValueError(
+                f"defenses: {self.name} filters the pre-training data, but {attack.name} "
+                f"attacks the {attack.hook.value}, not the pre-training data"
+            )
+
+    def saved_encoders(self) -> int:
+        return 1
+
+    @abc.abstractmethod
+    def filter(
+        self,
+        data: ImageSet,
+        suspect: nn.Module,
+        seed: int = 0,
+        *,
+        context: FilterContext | None = None,
+    ) -> Filtered:
+        """Which of the N items of the pre-training set ``data`` to keep, and a score per
+        item (larger = more suspicious), judged with the ``suspect`` encoder (N×C×H×W float
+        in [0, 1] → N×D; for image–text pre-training its image tower). ``suspect`` is left
+        as it was given. A defense that trains its own model uses ``context`` and returns
+        the model in :attr:`Filtered.model`."""
+
+    def measure(self, outcome: Outcome) -> Measured:
+        """``<name>/poison_precision``, ``poison_recall``, ``poison_auroc`` (with a
+        pre-training-data attack), ``clean_removed`` (the share of clean items removed),
+        ``removed`` (a count), ``filter_s`` and ``retrain_s`` (wall seconds of the filter and
+        of the pre-training again; the original run's when a stage came from the cache)."""
+        filtered = outcome.filtered.get(self.name)
+        if filtered is None:
+            return Measured()
+        values: dict[str, float | int] = {}
+        poisoned = outcome.poisoned
+        if poisoned is not None and poisoned.indices.numel():
+            values |= filter_scores(filtered.kept, filtered.scores, poisoned.indices)
+        else:
+            values["clean_removed"] = filtered.removed / len(filtered.kept)
+        values["removed"] = filtered.removed
+        for what in ("filter_s", "retrain_s"):
+            if isinstance(filtered.record.get(what), (int, float)):
+                values[what] = float(filtered.record[what])
+        rows = [
+            Row(None, self.name, FILTER, metric, value, f"{self.name}/{metric}")
+            for metric, value in values.items()
+        ]
+        return Measured(rows, {f"filtered:{self.name}": (f"filtered-{self.name}.json", {
+            "kept": filtered.kept.sum().item(), "removed": filtered.removed,
+            "removed_indices": (~filtered.kept).nonzero().squeeze(1).tolist(),
+            **{k: v for k, v in filtered.record.items() if k not in ("filter_s", "retrain_s")},
+        })})  # fmt: skip
+
+
+@dataclass
+class Sanitized:
+    """What a downstream-data defense makes of a labelled training set of N points: the
+    points it keeps (N bool) and the labels they train with (N int64; relabelled points
+    differ from the given labels)."""
+
+    kept: torch.Tensor
+    labels: torch.Tensor
+
+
+class DownstreamDataDefense(DefenseConfig, abc.ABC):
+    """A countermeasure the victim of a downstream-data attack runs on its labelled training
+    set, in the encoder's feature space, before training its head. It does not know which
+    points are poisons: centroids and neighbours come from the set as given, or from a clean
+    held-out ``reference`` where the defense calibrates on one. Every downstream-data attack
+    is measured with and without each configured one."""
+
+    hook: ClassVar[Hook] = Hook.DOWNSTREAM_DATA
+
+    def check(self, experiment: ExperimentConfig) -> None:
+        attack = experiment.attack
+        if attack is None or attack.hook is not Hook.DOWNSTREAM_DATA:
+            raise ValueError(
+                f"defenses: {self.name} sanitizes a downstream training set; it needs an "
+                f"attack on the downstream data ({_attack_name(experiment)} here)"
+            )
+
+    def reference_count(self) -> int | float | None:
+        """How many clean held-out labelled images the defense calibrates on (a count, or a
+        share of the held-out images there are), or None: none, it calibrates on the set
+        itself."""
+        return None
+
+    def relabels(self) -> bool:
+        """Whether :meth:`sanitize` may change labels (rows then count the relabelled
+        points)."""
+        return False
+
+    @abc.abstractmethod
+    def sanitize(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> Sanitized:
+        """The sanitized training set: ``features`` N×D (raw encoder features; the defense
+        standardises them), ``labels`` N; ``reference``: clean held-out (features R×D, labels
+        R) to calibrate on, where the scenario gives the defender some."""
+
+
 def student_training(epochs: int = 100) -> TrainConfig:
     """Adam 1e-3, weight decay 1e-6, batch 128, constant rate: how MIMIC's public code
     trains its student; the default of MIMIC and of the baselines compared with it."""
@@ -98,7 +330,7 @@ def student_training(epochs: int = 100) -> TrainConfig:
     )
 
 
-def check_batch(cfg: DefenseConfig, n: int) -> None:
+def check_batch(cfg: EncoderDefense, n: int) -> None:
     """Raise naming ``defense.train.batch_size`` when a batch is larger than the ``n`` clean
     images (with ``drop_last`` no step would run)."""
     if cfg.train.drop_last and cfg.train.batch_size > n:
@@ -236,8 +468,15 @@ def _student_of(arch: BackboneConfig, teacher: nn.Module, seed: int, size: int |
 
 
 __all__ = [
+    "FILTER",
+    "FILTER_METRICS",
     "Defended",
     "DefenseConfig",
+    "DownstreamDataDefense",
+    "EncoderDefense",
+    "FilterContext",
+    "PretrainingDataDefense",
+    "Sanitized",
     "arch_of",
     "check_batch",
     "check_student_arch",

@@ -56,7 +56,7 @@ from sslpoison.data.augment import ViewSpec, to_float, view_pipeline
 from sslpoison.data.imageset import ImageSet
 from sslpoison.defenses.base import (
     Defended,
-    DefenseConfig,
+    EncoderDefense,
     arch_of,
     check_batch,
     check_student_arch,
@@ -148,7 +148,7 @@ def _compress_train() -> TrainConfig:
     )
 
 
-class DistillConfig(DefenseConfig):
+class DistillConfig(EncoderDefense):
     """The ``defense:`` section for CompRess distillation (see the module docstring).
 
     ``student``: ``"random"`` (a fresh init of the teacher's architecture, as Saha et al.) or

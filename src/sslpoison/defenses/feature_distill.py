@@ -29,7 +29,7 @@ from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.defenses.base import (
     Defended,
-    DefenseConfig,
+    EncoderDefense,
     arch_of,
     check_batch,
     check_student_arch,
@@ -83,7 +83,7 @@ class FeatureDistillTask(nn.Module):
         return clone_loss(s if self.head is None else self.head(s), t)
 
 
-class FeatureDistillConfig(DefenseConfig):
+class FeatureDistillConfig(EncoderDefense):
     """The ``defense:`` section for plain feature distillation (see the module docstring)."""
 
     name: Literal["feature_distill"] = "feature_distill"

@@ -30,7 +30,7 @@ from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.defenses.base import (
     Defended,
-    DefenseConfig,
+    EncoderDefense,
     check_batch,
     student_training,
 )
@@ -41,7 +41,7 @@ from sslpoison.train.engine import TrainConfig
 from sslpoison.utils import frozen
 
 
-class FinetuneConfig(DefenseConfig):
+class FinetuneConfig(EncoderDefense):
     """The ``defense:`` section for fine-tuning the suspect encoder on clean images.
 
     ``method`` / ``method_args`` / ``augment``: the self-supervised loss and its views, as in

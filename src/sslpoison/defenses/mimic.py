@@ -50,7 +50,7 @@ from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.defenses.base import (
     Defended,
-    DefenseConfig,
+    EncoderDefense,
     arch_of,
     check_batch,
     check_student_arch,
@@ -294,7 +294,7 @@ class MimicTask(nn.Module):
         return t["contrastive"] + self.clone * t["clone"] + t["attention"]
 
 
-class MimicConfig(DefenseConfig):
+class MimicConfig(EncoderDefense):
     """The ``defense:`` section for MIMIC (see the module docstring).
 
     ``temperature``: τ of the student's NT-Xent; ``clone``: weight of the clone term;

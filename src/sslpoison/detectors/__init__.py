@@ -10,17 +10,16 @@ encoder is left as it was given.
 * ``decree`` — DECREE (Feng et al., CVPR 2023): invert the smallest trigger that collapses
   the encoder's embeddings of clean images; flag when its L1 norm relative to the image area
   is below 0.1: :mod:`.decree`.
+
+An experiment's ``detectors:`` entries are each one of :data:`DETECTORS`, picked by its
+``name``; a detector registered here is a valid entry at once.
 """
 
 from sslpoison.detectors.base import Detection, DetectorConfig
 from sslpoison.detectors.decree import DecreeConfig, DecreeTask, mean_pairwise_cosine, run_decree
 
-#: Every detector by its ``detector.name`` in an experiment config.
+#: Every detector by its ``name`` in an experiment's ``detectors:``: the only list of them.
 DETECTORS: dict[str, type[DetectorConfig]] = {"decree": DecreeConfig}
-
-#: The type of one entry of an experiment's ``detectors:`` list (discriminated by ``name``;
-#: a union once there is more than one detector).
-DetectorSpec = DecreeConfig
 
 __all__ = [
     "DETECTORS",
@@ -28,7 +27,6 @@ __all__ = [
     "DecreeTask",
     "Detection",
     "DetectorConfig",
-    "DetectorSpec",
     "mean_pairwise_cosine",
     "run_decree",
 ]

@@ -87,6 +87,7 @@ class Downstream:
         self.labelled, self.test_subset, self.roots = cfg.labelled, cfg.test_subset, cfg.roots
         self._splits: dict[tuple[str, str], ImageSet] = {}
         self._train: dict[str, ImageSet] = {}
+        self._train_index: dict[str, torch.Tensor | None] = {}
         self._test: dict[str, ImageSet] = {}
 
     def split(self, name: str, split: str) -> ImageSet:
@@ -131,7 +132,9 @@ class Downstream:
                 "eval.labelled", self.labelled, len(split), what,
                 allowed=self.cfg.allow_smaller, explicit=explicit,
             )  # fmt: skip
-            train = split.take(labelled, seed=self.seed)
+            self._train_index[name] = split.take_indices(labelled, seed=self.seed)
+            index = self._train_index[name]
+            train = split if index is None else split.subset(index)
             if "knn" in self.cfg.probes:
                 explicit = "k" in self.cfg.knn.model_fields_set
                 what = f"the {name} labelled train set"
@@ -156,11 +159,26 @@ class Downstream:
             self._test[name] = test
         return self._test[name]
 
+    def held_out(self, name: str, count: int | float) -> ImageSet | None:
+        """Clean labelled images of dataset ``name``'s train split that are not among the
+        probes' labelled set (:meth:`train`): ``count`` of them (a count or a share of them;
+        seeded, class-balanced), all of them when there are fewer; None when there are none
+        (the labelled set is the whole split). What a defender calibrates on."""
+        split = self.split(name, "train")
+        self.train(name)
+        index = self._train_index.get(name)
+        if index is None:
+            return None
+        rest = torch.ones(len(split), dtype=torch.bool)
+        rest[index] = False
+        return split.where(rest).take(count, seed=self.seed + 1)
+
     def with_train(self, train: dict[str, ImageSet]) -> Downstream:
         """A copy (sharing the loaded splits) whose labelled train sets are ``train`` where
         given (by dataset name)."""
         other = copy.copy(self)
         other._train = {**self._train, **train}
+        other._train_index = {k: v for k, v in self._train_index.items() if k not in train}
         return other
 
 

@@ -4,7 +4,9 @@ features, next to the baselines measured in the same run.
 For each downstream dataset, the probes of ``EvalConfig.probes`` train on the labelled train
 features and are measured on the test features. Keys (:func:`probe_key`):
 ``<dataset>/<probe>_acc`` for the encoder, ``<dataset>/<probe>_acc_<baseline>`` for the
-baselines (``random_init``: the architecture untrained; ``pixels``: the raw images).
+baselines (``random_init``: the architecture untrained; ``pixels``: the raw images) and,
+alike, ``<dataset>/<probe>_acc_<defense>`` for an encoder pre-trained again on what a
+pre-training-data defense kept of the clean set.
 """
 
 from __future__ import annotations
@@ -35,23 +37,25 @@ def evaluate_encoder(
     cache: FeatureCache,
     random_init: nn.Module | None = None,
     seed: int = 0,
+    role: str = CLEAN,
 ) -> list[Row]:
-    """Probe accuracies of ``encoder`` (as ``clean``) and of ``cfg.baselines`` on every
-    dataset of ``downstream``."""
+    """Probe accuracies of ``encoder`` (as ``role``: ``clean``, with ``cfg.baselines`` next
+    to it; any other role alone, keyed like a baseline) on every dataset of ``downstream``."""
     rows: list[Row] = []
     for name in downstream.datasets:
         train, test = downstream.train(name), downstream.test(name)
         log.info("evaluate on %s: %d labelled, %d test images", name, len(train), len(test))
         pairs: list[tuple[str, torch.Tensor, torch.Tensor]] = [
-            (CLEAN, cache.get(encoder, train), cache.get(encoder, test))
+            (role, cache.get(encoder, train), cache.get(encoder, test))
         ]
-        if "random_init" in cfg.baselines:
+        baselines = cfg.baselines if role == CLEAN else []
+        if "random_init" in baselines:
             if random_init is None:
                 raise ValueError("evaluate_encoder: the random_init baseline needs a module")
             pairs.append(
                 ("random_init", cache.get(random_init, train), cache.get(random_init, test))
             )
-        if "pixels" in cfg.baselines:
+        if "pixels" in baselines:
             pixels = (train.images.flatten(1).float() / 255, test.images.flatten(1).float() / 255)
             pairs.append(("pixels", *pixels))
         for who, f_train, f_test in pairs:

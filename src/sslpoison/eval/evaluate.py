@@ -2,14 +2,16 @@
 
 With an attacked encoder, the backdoor evaluation (:mod:`.backdoor`: CA, BA, ASR[, FP] of
 every encoder); without one, the encoder's own evaluation next to its baselines
-(:mod:`.encoder`). When the CLIP models cover exactly those encoders (CLIP pre-training of
-the clean and of any poisoned set), their zero-shot evaluation too (:mod:`.zero_shot`).
+(:mod:`.encoder`). When the CLIP models cover the clean and any attacked encoder (CLIP
+pre-training of the clean and of any poisoned set), the zero-shot evaluation of every CLIP
+model too (:mod:`.zero_shot`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch.nn as nn
 
@@ -21,8 +23,11 @@ from sslpoison.eval.features import FeatureCache
 from sslpoison.eval.rows import ATTACKED, CLEAN, Evaluation
 from sslpoison.eval.zero_shot import evaluate_zero_shot
 from sslpoison.models.text import Tokenizer
-from sslpoison.poisoning import BackdoorTarget, PoisonedSet
+from sslpoison.poisoning import BackdoorTarget, Filtered, PoisonedSet
 from sslpoison.ssl.clip import CLIP
+
+if TYPE_CHECKING:
+    from sslpoison.defenses.base import DownstreamDataDefense
 
 
 @dataclass
@@ -36,8 +41,12 @@ class Outcome:
         downstream: the clean downstream data; ``poisoned_downstream`` the poisoned labelled
             train sets by dataset (downstream data attacks), else empty.
         encoders: every evaluated encoder by role (``clean``, ``attacked``, defenses).
-        clips: the CLIP models by role (CLIP pre-training), else empty.
+        clips: the CLIP models by role (CLIP pre-training, and the defenses that pre-train
+            CLIP again), else empty.
         cfg: the evaluation's settings (probes, ...); ``features`` its feature cache.
+        filtered: what each pre-training-data defense kept and scored, by its name.
+        downstream_defenses: the countermeasures a downstream-data attack is measured
+            against (the experiment's downstream-data defenses, in order).
     """
 
     data: ImageSet
@@ -49,6 +58,8 @@ class Outcome:
     cfg: EvalConfig
     features: FeatureCache
     seed: int = 0
+    filtered: dict[str, Filtered] = field(default_factory=dict)
+    downstream_defenses: list[DownstreamDataDefense] = field(default_factory=list)
 
 
 def evaluate(
@@ -60,7 +71,9 @@ def evaluate(
 ) -> Evaluation:
     """Rows (and confusion matrices, for a backdoor evaluation) of ``outcome.encoders``
     (``clean`` first, then ``attacked`` and defenses, if any), with ``targets``.
-    ``random_init`` builds the untrained baseline, when there is no attacked encoder."""
+    ``random_init`` builds the untrained baseline, when there is no attacked encoder (the
+    other encoders are then those pre-trained again on a filtered clean set). Zero-shot rows
+    for every CLIP model, when there is one for the clean and any attacked encoder."""
     encoders, clips, downstream = outcome.encoders, outcome.clips, outcome.downstream
     cfg, cache, seed = outcome.cfg, outcome.features, outcome.seed
     if ATTACKED in encoders:
@@ -71,8 +84,13 @@ def evaluate(
         rows = evaluate_encoder(
             encoders[CLEAN], downstream, cfg, cache=cache, random_init=random_init(), seed=seed
         )
+        for role, encoder in encoders.items():  # pre-trained again on a filtered clean set
+            if role != CLEAN:
+                rows += evaluate_encoder(
+                    encoder, downstream, cfg, cache=cache, seed=seed, role=role
+                )
         evaluation = Evaluation(rows)
-    if clips and set(clips) == set(encoders) & {CLEAN, ATTACKED}:
+    if clips and set(encoders) & {CLEAN, ATTACKED} <= set(clips):
         evaluation.rows += evaluate_zero_shot(
             clips, targets, downstream, seed=seed, other_triggers=cfg.other_triggers
         )

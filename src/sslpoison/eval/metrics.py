@@ -15,6 +15,9 @@ One vocabulary everywhere (see ``docs/algorithms.md``, "Metrics"):
   (a backdoor that collapsed onto another class shows here); :func:`top_prediction`.
 - **Accuracy drop** (indiscriminate poisoning): :func:`accuracy_drop`.
 - **Poison rate**, always both ways: :func:`poison_rates`.
+- **Filters of the pre-training data**, against the planted poisons: precision, recall,
+  AUROC of their scores and the share of clean data removed; :func:`filter_scores`,
+  :func:`auroc`.
 
 All tensor inputs are 1-D int64 (any integer dtype is accepted) class indices of equal length,
 on any device; ``labels`` is moved to the device of the predictions.
@@ -28,8 +31,10 @@ __all__ = [
     "accuracy",
     "accuracy_drop",
     "attack_success_rate",
+    "auroc",
     "confusion_matrix",
     "false_positives",
+    "filter_scores",
     "poison_rates",
     "top_prediction",
 ]
@@ -253,3 +258,59 @@ def poison_rates(
             raise ValueError(f"num_target_class must be > 0, got {num_target_class}")
         rates["rate_of_target_class"] = num_poisoned / num_target_class
     return rates
+
+
+def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` (N, larger = more likely positive) against the
+    bool mask ``positives`` (N): the probability that a random positive scores above a random
+    negative, ties counted half (the Mann–Whitney U statistic over P·Q pairs, with average
+    ranks).
+
+    Raises:
+        ValueError: shapes differ, or there are no positives or no negatives.
+    """
+    scores, positives = scores.detach().double().flatten().cpu(), positives.bool().flatten().cpu()
+    if scores.shape != positives.shape:
+        raise ValueError(f"auroc: {scores.numel()} scores for {positives.numel()} labels")
+    p = int(positives.sum())
+    q = positives.numel() - p
+    if p == 0 or q == 0:
+        raise ValueError(f"auroc needs positives and negatives, got {p} and {q}")
+    order = scores.argsort()
+    _, inverse, counts = torch.unique_consecutive(
+        scores[order], return_inverse=True, return_counts=True
+    )
+    first = counts.cumsum(0) - counts + 1  # the 1-based rank where each run of ties starts
+    ranks = torch.empty_like(scores)
+    ranks[order] = (first + (counts - 1) / 2).double()[inverse]
+    u = float(ranks[positives].sum()) - p * (p + 1) / 2
+    return u / (p * q)
+
+
+def filter_scores(
+    kept: torch.Tensor, scores: torch.Tensor, poisons: torch.Tensor
+) -> dict[str, float]:
+    """How a filter of N items did against the planted poisons.
+
+    Args:
+        kept: N bool, the items the filter kept.
+        scores: N float, its suspicion per item (larger = more likely a poison).
+        poisons: indices of the planted poisons (any order; at least one, not all N).
+
+    Returns:
+        ``poison_precision`` (poisons among the removed items; 0 when none was removed),
+        ``poison_recall`` (removed poisons among the poisons), ``poison_auroc``
+        (:func:`auroc` of the scores) and ``clean_removed`` (the share of clean items
+        removed).
+    """
+    kept = kept.bool().cpu()
+    is_poison = torch.zeros_like(kept)
+    is_poison[poisons.long().cpu()] = True
+    removed = ~kept
+    caught = int((removed & is_poison).sum())
+    return {
+        "poison_precision": caught / int(removed.sum()) if removed.any() else 0.0,
+        "poison_recall": caught / int(is_poison.sum()),
+        "poison_auroc": auroc(scores, is_poison),
+        "clean_removed": int((removed & ~is_poison).sum()) / int((~is_poison).sum()),
+    }

@@ -3,7 +3,8 @@ Carlini & Terzis, ICLR 2022).
 
 Each model classifies a dataset's test images by its class-prompt ensemble
 (:func:`sslpoison.ssl.clip.zero_shot_classifier`). Keys — no suffix for the poisoned model,
-``_clean`` for the clean one (the base rate the attack is measured against):
+``_clean`` for the clean one (the base rate the attack is measured against), and
+``<defense>/<dataset>/…`` for a model a pre-training-data defense trained:
 
 - ``<dataset>/zs_acc``: zero-shot accuracy on the clean test images;
 - ``<dataset>/zs_asr``: share of triggered non-target test images classified as the target
@@ -27,7 +28,7 @@ from sslpoison.eval.backdoor import other_triggered, triggered_copy
 from sslpoison.eval.downstream import Downstream, EvalConfig, train_predictor
 from sslpoison.eval.features import FeatureCache
 from sslpoison.eval.metrics import accuracy, attack_success_rate
-from sslpoison.eval.rows import CLEAN, Row
+from sslpoison.eval.rows import ATTACKED, CLEAN, Row
 from sslpoison.models.text import Tokenizer
 from sslpoison.poisoning import BackdoorTarget, TargetedTrial
 from sslpoison.ssl.clip import CLIP, zero_shot_classifier, zero_shot_predict
@@ -39,7 +40,10 @@ ZERO_SHOT = "zero_shot"
 
 
 def zs_key(role: str, dataset: str, metric: str) -> str:
-    """``<dataset>/<metric>`` for the poisoned model, ``…_clean`` for the clean one."""
+    """``<dataset>/<metric>`` for the poisoned model, ``…_clean`` for the clean one,
+    ``<role>/<dataset>/<metric>`` for a model a defense trained (e.g. ``safeclip``)."""
+    if role not in (CLEAN, ATTACKED):
+        return f"{role}/{dataset}/{metric}"
     return f"{dataset}/{metric}" + ("_clean" if role == CLEAN else "")
 
 
@@ -54,7 +58,7 @@ def evaluate_zero_shot(
     """``zs_acc`` and (for each dataset with a backdoor target) ``zs_asr`` — and with
     ``other_triggers`` its null control ``zs_asr_other_trigger`` — of every model on every
     dataset of ``downstream`` (its test sets, as the probes'). ``models`` maps ``"clean"`` /
-    ``"attacked"`` to (model, tokenizer)."""
+    ``"attacked"`` / a defense's name to (model, tokenizer)."""
     rows: list[Row] = []
     for name in downstream.datasets:
         test = downstream.test(name)

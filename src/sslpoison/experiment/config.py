@@ -17,6 +17,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     ValidationError,
     ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
     model_serializer,
     model_validator,
@@ -25,8 +26,8 @@ from pydantic_core import PydanticCustomError
 
 from sslpoison.attacks import ATTACKS, AttackConfig
 from sslpoison.configbase import Config, CountOrShare, format_validation_error
-from sslpoison.defenses import DEFENSES, DefenseSpec
-from sslpoison.detectors import DETECTORS, DetectorSpec
+from sslpoison.defenses import DEFENSES, DefenseConfig
+from sslpoison.detectors import DETECTORS, DetectorConfig
 from sslpoison.errors import ConfigError
 from sslpoison.eval.downstream import EvalConfig
 from sslpoison.models.export import ExportConfig
@@ -35,8 +36,37 @@ from sslpoison.ssl.pretrain import PretrainConfig
 from sslpoison.train.tracker import TrackerConfig
 from sslpoison.yamlio import load_yaml, read_yaml
 
-#: Defense and detector names, which pydantic writes into the key path of errors.
-TAGS = frozenset(DEFENSES) | frozenset(DETECTORS)
+
+def registered(value: Any, registry: dict[str, type[Config]], base: type[Config]) -> Any:
+    """``value`` (a mapping) validated as the config its ``name`` picks from ``registry``
+    (looked up when validated, so an entry registered later is valid at once); an instance of
+    ``base`` as it is."""
+    if isinstance(value, base):
+        return value
+    if not isinstance(value, dict):
+        raise PydanticCustomError("model_type", "expected a mapping of keys")
+    if "name" not in value:
+        raise PydanticCustomError(
+            "union_tag_not_found", "the key 'name' is missing", {"discriminator": "'name'"}
+        )
+    if value["name"] not in registry:
+        known = ", ".join(repr(name) for name in registry)
+        raise PydanticCustomError(
+            "union_tag_invalid", "unknown name", {"tag": value["name"], "expected_tags": known}
+        )
+    return registry[value["name"]].model_validate(value)
+
+
+#: One entry of ``defenses:``: a registered defense, by its ``name``.
+DefenseEntry = Annotated[
+    SerializeAsAny[DefenseConfig],
+    WrapValidator(lambda value, _: registered(value, DEFENSES, DefenseConfig)),
+]
+#: One entry of ``detectors:``: a registered detector, by its ``name``.
+DetectorEntry = Annotated[
+    SerializeAsAny[DetectorConfig],
+    WrapValidator(lambda value, _: registered(value, DETECTORS, DetectorConfig)),
+]
 
 
 __all__ = [
@@ -103,11 +133,17 @@ class ExperimentConfig(Config):
     ``encoder`` brings the clean encoder instead of pre-training one
     (:class:`~sslpoison.models.sources.EncoderSource`; it takes precedence over
     ``pretrain``, and the pre-training and downstream images are fitted to its input).
-    ``attack.name`` picks the attack from :data:`sslpoison.attacks.ATTACKS` (looked up when
-    the config is validated, so a registered attack is valid at once); every entry of
-    ``defenses`` is applied to the attacked encoder and evaluated next to it; every entry of
-    ``detectors`` judges the clean and the attacked encoder. ``export`` writes encoders of
-    the run in other formats at its end (:class:`~sslpoison.models.export.ExportConfig`).
+    ``attack.name`` picks the attack from :data:`sslpoison.attacks.ATTACKS`, each entry of
+    ``defenses`` its defense from :data:`sslpoison.defenses.DEFENSES` and each entry of
+    ``detectors`` its detector from :data:`sslpoison.detectors.DETECTORS` (looked up when the
+    config is validated, so a registered one is valid at once). A defense acts where its
+    hook point is: a pre-training-data defense filters the (poisoned) pre-training set and
+    the encoder pre-trained again on what it keeps is evaluated next to the others; an
+    encoder defense turns the attacked encoder into another, evaluated next to it; a
+    downstream-data defense sanitizes the labelled training sets the attack poisoned. Every
+    entry of ``detectors`` judges the clean and the attacked encoder. ``export`` writes
+    encoders of the run in other formats at its end
+    (:class:`~sslpoison.models.export.ExportConfig`).
     """
 
     name: str = "experiment"
@@ -127,12 +163,8 @@ class ExperimentConfig(Config):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     encoder: EncoderSource | None = None
     attack: SerializeAsAny[AttackConfig] | None = None
-    defenses: list[Annotated[DefenseSpec, Field(discriminator="name")]] = Field(
-        default_factory=list
-    )
-    detectors: list[Annotated[DetectorSpec, Field(discriminator="name")]] = Field(
-        default_factory=list
-    )
+    defenses: list[DefenseEntry] = Field(default_factory=list)
+    detectors: list[DetectorEntry] = Field(default_factory=list)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: list[ExportConfig] = Field(default_factory=list)
 
@@ -151,20 +183,9 @@ class ExperimentConfig(Config):
     @classmethod
     def _registered_attack(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         """``attack:`` validated as the config of the attack its ``name`` names."""
-        if value is None or isinstance(value, AttackConfig):
+        if value is None:
             return handler(value)
-        if not isinstance(value, dict):
-            raise PydanticCustomError("model_type", "expected a mapping of keys")
-        if "name" not in value:
-            raise PydanticCustomError(
-                "union_tag_not_found", "the key 'name' is missing", {"discriminator": "'name'"}
-            )
-        if value["name"] not in ATTACKS:
-            known = ", ".join(repr(name) for name in ATTACKS)
-            raise PydanticCustomError(
-                "union_tag_invalid", "unknown name", {"tag": value["name"], "expected_tags": known}
-            )
-        return ATTACKS[value["name"]].model_validate(value)
+        return registered(value, ATTACKS, AttackConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -207,8 +228,8 @@ class ExperimentConfig(Config):
                     f"pretrain.augment.{unused[0]}: CLIP pre-training only takes crop_scale "
                     f"(its captions must stay true of the image)"
                 )
-        if self.defenses and self.attack is None:
-            raise ValueError("defenses: there is no attack section, so nothing to defend")
+        for defense in self.defenses:
+            defense.check(self)
         for section in ("defenses", "detectors"):
             names = [d.name for d in getattr(self, section)]
             for i, n in enumerate(names):
@@ -296,6 +317,6 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, tags=TAGS)) from None
+        raise ConfigError(format_validation_error(e)) from None
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -11,7 +11,10 @@ The page has one section per attack (``none`` for runs without one), each with:
   defense on the clean encoder) over the seeds of each setting, with the verdict of
   :func:`~sslpoison.experiment.stats.versus_control` and the test it applies;
 * **Defenses compared**: accuracy against ASR (scatter plot, error bars over seeds), with
-  the clean images each defense used and its wall time;
+  the clean images each defense used and its wall time (zero-shot accuracy and ASR too for
+  CLIP models);
+* **Filters of the pre-training data**: each filter's precision, recall and AUROC against the
+  planted poisons, the clean data it removed and its wall time (filter, pre-training again);
 * **Sweeps**: for settings of one preset that differ in a numeric key, the headline numbers
   against it (line plots);
 * **Detectors**: each verdict, with the inverted triggers;
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from sslpoison.attacks import ATTACKS
+from sslpoison.defenses.base import FILTER, FILTER_METRICS
 from sslpoison.eval.controls import null_controls
 from sslpoison.eval.rows import ATTACKED, CLEAN
 from sslpoison.eval.zero_shot import ZERO_SHOT
@@ -43,6 +47,7 @@ from sslpoison.experiment.compare import (
     group_runs,
     mean_std,
 )
+from sslpoison.experiment.report import FILTER_COLUMNS, defense_seconds, defense_title
 from sslpoison.experiment.report_figures import (
     Point,
     Series,
@@ -264,13 +269,12 @@ def defense_cost(run: StoredRun, encoder: str) -> dict[str, float]:
     """Clean images and wall seconds of a defense's stage record (the original run's when
     the stage came from the cache)."""
     record = run.stages.get(f"defense:{encoder}") or {}
-    seconds = record.get("wall_s", record.get("seconds"))
-    found = {"clean": record.get("clean_images"), "wall": seconds}
+    found = {"clean": record.get("clean_images"), "wall": defense_seconds(record)}
     return {k: v for k, v in found.items() if isinstance(v, (int, float))}
 
 
 def defenses_section(groups: Sequence[Group], attack: str | None) -> str | None:
-    points, lines, with_fp = [], [], False
+    points, lines, with_fp, with_zs = [], [], False, False
     for g in groups:
         cells = merged(g, encoder_cells)
         defended = {
@@ -294,24 +298,28 @@ def defenses_section(groups: Sequence[Group], attack: str | None) -> str | None:
             (acc, acc_s), (asr, asr_s) = mean_std(c["acc"]), mean_std(c["asr"])
             points.append(Point(e, d, acc, asr, acc_s, asr_s))
             cost = costs.get(e, {})
+            zs = cells.get((d, e, ZERO_SHOT, None, None), {})
             lines.append(
                 [group_td(g), str(len(g.runs)), d, e]
                 + [number_td(c.get(k, [])) for k in ("acc", "asr", "fp")]
+                + [number_td(zs.get(k, [])) for k in ("zs_acc", "zs_asr")]
                 + [number_td(cost.get("clean", []), 0), number_td(cost.get("wall", []), 1)]
             )
             with_fp = with_fp or "fp" in c
+            with_zs = with_zs or "zs_asr" in zs
     if not points:
         return None
     title = f"{attack_title(attack)}: accuracy against ASR per encoder (best: bottom right)"
     headers = ["setting", "runs", "dataset", "encoder", "accuracy", "ASR", "FP"]
-    headers += ["clean images", "wall s"]
-    if not with_fp:
-        headers.pop(6)
-        lines = [line[:6] + line[7:] for line in lines]
+    headers += ["zero-shot acc.", "zero-shot ASR", "clean images", "wall s"]
+    dropped = [i for i, used in ((6, with_fp), (7, with_zs), (8, with_zs)) if not used]
+    headers = [h for i, h in enumerate(headers) if i not in dropped]
+    lines = [[cell for i, cell in enumerate(line) if i not in dropped] for line in lines]
     note = (
         "<p class=note>clean images: the clean pre-training images the defense used; wall s: "
-        "its wall time (training, and MI estimation for MIMIC; the original run's when the "
-        "stage came from the cache). clean and attacked are the references.</p>"
+        "its wall time (training, and MI estimation for MIMIC; for a filter of the pre-training "
+        "data the filter and the pre-training again on what it kept; the original run's when "
+        "the stage came from the cache). clean and attacked are the references.</p>"
     )
     listed = fold(f"{len(lines)} lines", table(headers, lines) + note, len(lines) <= FOLD_AFTER, 4)
     body = figure(defense_scatter(points, title), "accuracy against ASR") + listed
@@ -379,11 +387,46 @@ def sweeps_section(groups: Sequence[Group]) -> str | None:
     return fold("Sweeps", "".join(figures)) if figures else None
 
 
+def filters_section(groups: Sequence[Group]) -> str | None:
+    """One line per setting and filter of the pre-training data: its scores against the
+    planted poisons, the clean data it removed, its wall time (filter, pre-training again)."""
+
+    def cells(run: StoredRun) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for r in run.rows:
+            if r.probe == FILTER and r.dataset is None:
+                out.setdefault(r.encoder, {})[r.metric] = r.value
+        return out
+
+    per_group = [(g, merged(g, cells)) for g in groups]
+    used = [m for m in FILTER_METRICS if any(m in v for _, c in per_group for v in c.values())]
+    lines = []
+    for g, found in per_group:
+        for name, values in sorted(found.items()):
+            digits = [FILTER_COLUMNS[m][1] for m in used]
+            tds = [
+                number_td(values.get(m, []), d if d is not None else 0)
+                for m, d in zip(used, digits, strict=True)
+            ]
+            lines.append([group_td(g), str(len(g.runs)), name, defense_title(name), *tds])
+    if not lines:
+        return None
+    headers = ["setting", "runs", "defense", "what", *(FILTER_COLUMNS[m][0] for m in used)]
+    note = (
+        "<p class=note>precision and recall of the removed items against the planted poisons, "
+        "AUROC of the filter's scores, clean out: the share of clean items removed (without a "
+        "pre-training-data attack only this); filter s / again s: wall seconds of the filter "
+        "and of the pre-training again on what it kept. The encoder pre-trained again is in "
+        "the tables above under the defense's name.</p>"
+    )
+    return fold("Filters of the pre-training data", table(headers, lines) + note)
+
+
 def detectors_section(groups: Sequence[Group]) -> str | None:
     def cells(run: StoredRun) -> dict[tuple[str, str], dict[str, float]]:
         out: dict[tuple[str, str], dict[str, float]] = {}
         for r in run.rows:
-            if r.dataset is None:
+            if r.dataset is None and r.probe != FILTER:
                 out.setdefault((r.probe, r.encoder), {})[r.metric] = r.value
         return out
 
@@ -451,6 +494,7 @@ def attack_section(attack: str | None, runs: Sequence[StoredRun]) -> str:
         encoders_section(groups),
         controls_section(groups),
         defenses_section(groups, attack),
+        filters_section(groups),
         sweeps_section(groups),
         detectors_section(groups),
         pictures_section(groups),

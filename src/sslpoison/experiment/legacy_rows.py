@@ -13,17 +13,20 @@ from collections.abc import Iterator
 from typing import Any
 
 from sslpoison.attacks.indiscriminate import Rows as PoisoningRows
+from sslpoison.defenses import DEFENSES
 from sslpoison.detectors import DETECTORS
 from sslpoison.eval.backdoor import metric_key
 from sslpoison.eval.downstream import EvalConfig
 from sslpoison.eval.encoder import probe_key
 from sslpoison.eval.rows import ATTACKED, CLEAN, ON_CLEAN, Row
 from sslpoison.eval.zero_shot import ZERO_SHOT, zs_key
+from sslpoison.hooks import Hook
 
 #: What the indiscriminate attacks measure per dataset, victim and countermeasure.
 POISONING_METRICS = (
     "acc_clean", "acc_poisoned", "acc_drop", "removed_poisons", "removed_clean",
-    "removed_unpoisoned", "poisons", "poison_rate", "poison_linf", "poison_l2",
+    "removed_unpoisoned", "relabelled_poisons", "relabelled_clean", "poisons", "poison_rate",
+    "poison_linf", "poison_l2",
 )  # fmt: skip
 POISONING_VICTIMS = ("linear", "features", "finetune")
 
@@ -103,7 +106,13 @@ def candidate_rows(config: dict[str, Any], stages: dict[str, Any]) -> list[Row]:
         found += _backdoor(datasets, probes, encoders, targets)
         zs_datasets = [*datasets, *([attack["dataset"]] if attack.get("dataset") else [])]
         found += _zero_shot(dict.fromkeys(zs_datasets), probes[0])
+        # Countermeasures: the attack's own list (before they became defenses), or the
+        # downstream-data defenses.
         cms = [c["name"] for c in attack.get("countermeasures") or [] if isinstance(c, dict)]
+        for d in config.get("defenses") or []:
+            kind = DEFENSES.get(d.get("name")) if isinstance(d, dict) else None
+            if kind is not None and kind.hook is Hook.DOWNSTREAM_DATA:
+                cms.append(d["name"])
         found += _poisoning(datasets, cms)
     found += _encoder(datasets, probes, baselines)
     found += _detectors(config.get("detectors") or [], stages)

@@ -3,8 +3,9 @@ run never fails at its end for a reason known at its start.
 
 :func:`preflight` (called by the runner once the inputs are loaded) checks:
 
-* the counts taken from the pre-training set (``attack.shadow``, ``defenses.N.clean``,
-  ``detectors.N.clean``) against its size (see ``data.allow_smaller``);
+* the counts taken from the pre-training set (``attack.shadow``, what each defense says it
+  takes, e.g. ``defenses.N.clean``, ``detectors.N.clean``) against its size (see
+  ``data.allow_smaller``);
 * every downstream dataset: both splits load (a damaged file is named), and the probes'
   counts fit them (see :class:`~sslpoison.eval.downstream.EvalConfig`);
 * the stage cache: a folder that can be written;
@@ -174,7 +175,7 @@ def needed_bytes(
     if params is None:
         params = _parameters(cfg.pretrain.backbone, channels, size)
     model = 4 * params
-    defended = sum(2 if getattr(d, "control", False) else 1 for d in cfg.defenses)
+    defended = sum(d.saved_encoders() for d in cfg.defenses)
     encoders = 1 + (cfg.attack is not None) + defended
     slack = 4 << 20  # JSON, plots, features
     return model * encoders + slack, model * encoders * 4 + slack
@@ -203,7 +204,11 @@ def check_counts(cfg: Any, data: ImageSet) -> None:
     wanted = []
     if cfg.attack is not None and hasattr(cfg.attack, "shadow"):
         wanted.append(("attack.shadow", cfg.attack.shadow))
-    wanted += [(f"defenses.{i}.clean", d.clean) for i, d in enumerate(cfg.defenses)]
+    wanted += [
+        (f"defenses.{i}.{key}", asked)
+        for i, d in enumerate(cfg.defenses)
+        for key, asked in d.pretraining_counts().items()
+    ]
     wanted += [(f"detectors.{i}.clean", d.clean) for i, d in enumerate(cfg.detectors)]
     what = f"the pre-training set ({cfg.data.dataset})"
     for key, asked in wanted:

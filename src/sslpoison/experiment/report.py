@@ -1,8 +1,9 @@
 """Human-readable views of a run's results, made from its rows (:class:`~sslpoison.eval.rows.Row`).
 
 :func:`format_summary` is the text of ``summary.md`` and what ``sslpoison run`` prints: the
-per-encoder backdoor table (or every metric, without an attack), the zero-shot table and the
-detectors' verdicts.
+per-encoder backdoor table (or every metric, without an attack), the zero-shot table, the
+filters of the pre-training data scored against the planted poisons, and the detectors'
+verdicts.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sslpoison.defenses import DEFENSES
+from sslpoison.defenses.base import FILTER, FILTER_METRICS
 from sslpoison.eval.rows import ATTACKED, CLEAN, ON_CLEAN, Row, metrics_of
 from sslpoison.eval.zero_shot import ZERO_SHOT
 
@@ -57,12 +60,22 @@ def backdoor_rows(rows: Sequence[Row], probe: str) -> list[TableRow]:
     return out
 
 
+def defense_seconds(record: dict[str, Any]) -> float | None:
+    """A defense stage's wall seconds: the defense's own (training, or the filter) plus, for a
+    filter of the pre-training data, the pre-training again on what it kept."""
+    seconds = record.get("wall_s", record.get("seconds"))
+    if not isinstance(seconds, (int, float)):
+        return None
+    again = record.get("retrain_s")
+    return float(seconds) + (float(again) if isinstance(again, (int, float)) else 0.0)
+
+
 def _defense_cost(encoder: str, stages: dict[str, Any] | None) -> tuple[str, str]:
     """(clean images, wall seconds) of a defense's stage, as table cells ("-" otherwise)."""
     rec = (stages or {}).get(f"defense:{encoder}")
     if not rec:
         return "-", "-"
-    seconds = rec.get("wall_s", rec.get("seconds"))
+    seconds = defense_seconds(rec)
     return str(rec.get("clean_images", "-")), "-" if seconds is None else f"{seconds:.0f}"
 
 
@@ -104,7 +117,10 @@ def format_backdoor_table(
             "place (the null control; mean over eval.other_triggers patterns)."
         )
     if with_cost:
-        lines.append("clean: clean images the defense used; time s: its wall time.")
+        lines.append(
+            "clean: clean images the defense used; time s: its wall time (a filter of the "
+            "pre-training data: the filter and the pre-training again on what it kept)."
+        )
     ca = {d: v["acc"] for d, e, v in table if e == CLEAN}
     for d, e, v in table:
         if e.endswith(ON_CLEAN) and v["acc"] is not None and ca.get(d) is not None:
@@ -148,30 +164,34 @@ ZERO_SHOT_COLUMNS = (
 
 def format_zero_shot(rows: Sequence[Row]) -> str | None:
     """dataset | CLIP | zero-shot accuracy | zero-shot ASR | targeted success (zero-shot,
-    probe) for the clean and the poisoned CLIP model, else None."""
+    probe) for the clean and the poisoned CLIP model and each one a defense trained, else
+    None."""
     found = {
         (r.dataset, r.encoder, r.metric, r.probe == ZERO_SHOT): r.value
         for r in rows
         if r.metric in ("zs_acc", "zs_asr", "targeted_success")
     }
-    datasets = sorted({d for d, e, m, _ in found if e == ATTACKED and m == "zs_acc"})
+    datasets = sorted({d for d, e, m, _ in found if e != CLEAN and m == "zs_acc"})
     if not datasets:
         return None
+    others = sorted({e for _, e, m, _ in found if e not in (CLEAN, ATTACKED) and m == "zs_acc"})
+    roles = [("clean", CLEAN), ("poisoned", ATTACKED), *((e, e) for e in others)]
     used = [
         (h, m, zs)
         for h, m, zs in ZERO_SHOT_COLUMNS
-        if any((d, ATTACKED, m, zs) in found for d in datasets)
+        if any((d, r, m, zs) in found for d in datasets for _, r in roles[1:])
     ]
     dw = max(len("dataset"), *(len(d) for d in datasets))
-    head = f"{'dataset':<{dw}}  {'CLIP':<8}" + "".join(f"  {h:>9}" for h, _, _ in used)
+    cw = max(8, *(len(shown) for shown, _ in roles))
+    head = f"{'dataset':<{dw}}  {'CLIP':<{cw}}" + "".join(f"  {h:>9}" for h, _, _ in used)
     lines = [head, "-" * len(head)]
     for d in datasets:
-        for shown, role in (("clean", CLEAN), ("poisoned", ATTACKED)):
+        for shown, role in roles:
             if (d, role, "zs_acc", True) not in found:
                 continue
             cells = [found.get((d, role, m, zs)) for _, m, zs in used]
             text = "".join(f"  {v:>9.4f}" if v is not None else f"  {'-':>9}" for v in cells)
-            lines.append(f"{d:<{dw}}  {shown:<8}{text}")
+            lines.append(f"{d:<{dw}}  {shown:<{cw}}{text}")
     lines.append(
         "zero-shot with the class-prompt ensemble; zs ASR: triggered non-target test images "
         "called the target; targeted: share of trials flipped (zero-shot, and by the probe)."
@@ -236,15 +256,61 @@ def format_poisoning_table(rows: Sequence[Row]) -> str | None:
     return "\n".join(lines)
 
 
+#: The filters table's columns: (header, metric, digits; None: a count).
+FILTER_COLUMNS = dict(
+    zip(
+        FILTER_METRICS,
+        (("precision", 4), ("recall", 4), ("AUROC", 4), ("clean out", 4), ("removed", None),
+         ("filter s", 0), ("again s", 0)),
+        strict=True,
+    )
+)  # fmt: skip
+
+
+def defense_title(name: str) -> str:
+    """How reports name a defense: its class's title, or ``name`` (not registered)."""
+    kind = DEFENSES.get(name)
+    return kind.title or name if kind is not None else name
+
+
+def format_filters(rows: Sequence[Row]) -> str | None:
+    """defense | poison precision | recall | AUROC | share of clean items removed | removed |
+    filter s | pre-training again s — one line per pre-training-data defense, else None."""
+    found = {(r.encoder, r.metric): r.value for r in rows if r.probe == FILTER}
+    names = sorted({e for e, _ in found})
+    if not names:
+        return None
+    used = [m for m in FILTER_METRICS if any((e, m) in found for e in names)]
+    nw = max(len("defense"), *(len(e) for e in names))
+    head = f"{'defense':<{nw}}" + "".join(f"  {FILTER_COLUMNS[m][0]:>9}" for m in used)
+    lines = [head, "-" * len(head)]
+    for e in names:
+        cells = ""
+        for m in used:
+            v, digits = found.get((e, m)), FILTER_COLUMNS[m][1]
+            text = "-" if v is None else str(int(v)) if digits is None else f"{v:.{digits}f}"
+            cells += f"  {text:>9}"
+        lines.append(f"{e:<{nw}}{cells}")
+    lines.append(
+        "Filters of the pre-training data, against the planted poisons: precision and recall "
+        "of what they removed, AUROC of their scores, the share of clean items removed "
+        "(n/a without a pre-training-data attack: then only the clean items removed); the "
+        "encoder pre-trained again on what each kept is in the tables above under its name."
+    )
+    lines += [f"{e}: {defense_title(e)}" for e in names if defense_title(e) != e]
+    return "\n".join(lines)
+
+
 def summary_tables(
     rows: Sequence[Row], probe: str, stages: dict[str, Any] | None = None
 ) -> list[str]:
     """A run's tables: the backdoor table (``probe``'s numbers), or the poisoning table, or
-    every metric when there is neither; then the zero-shot table and the detections where
-    there are."""
+    every metric when there is neither; then the zero-shot table, the filters and the
+    detections where there are."""
     main = format_backdoor_table(rows, probe, stages) or format_poisoning_table(rows)
     tables = [main or format_metrics(rows)]
-    return tables + [t for t in (format_zero_shot(rows), format_detections(rows)) if t]
+    more = (format_zero_shot(rows), format_filters(rows), format_detections(rows))
+    return tables + [t for t in more if t]
 
 
 def format_summary(name: str, tables: Sequence[str]) -> str:

@@ -1,7 +1,10 @@
 """Runs one experiment, top to bottom as DESIGN.md's pipeline: data → [poison pre-training
-data] → pre-train → [attack the encoder] → [defend] → [detect] → downstream data → [poison
-downstream data] → evaluate → ``results.json`` (plus the artifacts: encoders, trigger
-examples, poisoned indices, confusion matrices, summary).
+data] → pre-train → [attack the encoder] → [defend: filter the pre-training data and pre-train
+again on what is kept; or defend the encoder] → [detect] → downstream data → [poison
+downstream data; measured against the downstream-data defenses] → evaluate →
+``results.json`` (plus the artifacts: encoders, trigger examples, poisoned indices, confusion
+matrices, summary). Which defense runs where follows its hook point
+(:class:`~sslpoison.hooks.Hook`), never its name.
 
 Process-level set-up (CPU threads, the ``torchrun`` process group) is the launcher's
 (:mod:`sslpoison.cli`): it hands :func:`run_experiment` the device and ``training_done``.
@@ -24,7 +27,7 @@ import torch.nn as nn
 from sslpoison.attacks import AttackConfig, EncoderAttack, Hook, Measured, strikes
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.registry import DatasetNotFound, locate_dataset
-from sslpoison.defenses import DefenseConfig
+from sslpoison.defenses import EncoderDefense, PretrainingDataDefense
 from sslpoison.defenses.base import reinitialise
 from sslpoison.detectors import DetectorConfig
 from sslpoison.errors import start_warnings
@@ -51,6 +54,7 @@ from sslpoison.experiment.stages import (
     attack_stage,
     defense_stage,
     detect_stage,
+    filter_stage,
     pretrain_stage,
     pretraining_data,
 )
@@ -59,7 +63,7 @@ from sslpoison.models.backbone import BackboneConfig, build_encoder
 from sslpoison.models.hf import PairedCLIP
 from sslpoison.models.sources import LoadedEncoder, load_source
 from sslpoison.models.text import Tokenizer
-from sslpoison.poisoning import BackdoorTarget, PoisonedSet
+from sslpoison.poisoning import BackdoorTarget, Filtered, PoisonedSet
 from sslpoison.ssl.clip import CLIP
 from sslpoison.ssl.pretrain import PretrainConfig
 from sslpoison.train import dist
@@ -175,6 +179,7 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     detections: list[Detection] = field(default_factory=list)
+    filtered: dict[str, Filtered] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     warnings: list[str] = field(default_factory=start_warnings)  # what `warn` records
 
@@ -227,7 +232,38 @@ class Run:
         self.encoders[ATTACKED], record = self.stage("attack", attack_stage, *args)
         return str(self.cache.path("attack", record["key"])), targets
 
-    def defend(self, defense: DefenseConfig, data: ImageSet) -> None:
+    def filter(
+        self,
+        defense: PretrainingDataDefense,
+        data: ImageSet,
+        poisoned: PoisonedSet | None,
+        recipe: PretrainConfig,
+    ) -> None:
+        """``defense``'s filter of the pre-training set as the suspect was pre-trained on it
+        (the poisoned set and the attacked encoder, or without an attack the clean ones),
+        then — unless the defense trained its model itself — the same pre-training on what it
+        kept, as stage ``pretrain:<name>``; the model becomes encoder (and CLIP) ``<name>``."""
+        role, name = (ATTACKED if poisoned is not None else CLEAN), defense.name
+        judged = poisoned.data if poisoned is not None else data
+        args = (defense, self.encoders[role], judged, recipe, self.seed, self.cache, self.device)
+        filtered, record = self.stage(f"defense:{name}", filter_stage, *args, self.clips.get(role))
+        filtered.record = dict(record)
+        model = filtered.model
+        if model is None:
+            about = {"filtered_by": name, "kept": int(filtered.kept.sum()), "of": len(judged)}
+            self.pretrain(name, f"pretrain:{name}", recipe, judged.where(filtered.kept), about)
+            seconds = self.stages[f"pretrain:{name}"].get("seconds")
+            if isinstance(seconds, (int, float)):
+                filtered.record["retrain_s"] = self.stages[f"defense:{name}"]["retrain_s"] = seconds
+        elif isinstance(model, tuple):  # a CLIP model and its tokenizer
+            self.clips[name], self.encoders[name] = model, model[0].backbone
+        else:
+            self.encoders[name] = model
+        filtered.record["filter_s"] = record.get("wall_s")
+        filtered.model = None  # the model lives in encoders (and clips) from here on
+        self.filtered[name] = filtered
+
+    def defend(self, defense: EncoderDefense, data: ImageSet) -> None:
         """``defense`` of the attacked encoder, as encoder ``<name>`` (and, as a control, of
         the clean one, as ``<name>_on_clean``)."""
         suspects = {defense.name: self.encoders[ATTACKED]}
@@ -246,7 +282,7 @@ class Run:
             self.detections.append((detector, role, record))
 
     def rows(self, evaluation: Evaluation, measured: Measured) -> list[Row]:
-        """Every measured row: the evaluation's, the attack's, the detectors'."""
+        """Every measured row: the evaluation's, the attack's and defenses', the detectors'."""
         detected = [row for det, role, record in self.detections for row in det.rows(role, record)]
         return evaluation.rows + measured.rows + detected
 
@@ -306,7 +342,10 @@ def _run_experiment(
     if strikes(attack, Hook.ENCODER):
         run.artifacts["attack_stage_cache"], targets = run.attack(attack, data, targets)
     for defense in cfg.defenses:
-        run.defend(defense, data)
+        if defense.hook is Hook.PRETRAINING_DATA:
+            run.filter(defense, data, poisoned, cfg.pretrain)
+        elif defense.hook is Hook.ENCODER:
+            run.defend(defense, data)
     for detector in cfg.detectors:
         run.detect(detector, data)
     if training_done is not None and not training_done():
@@ -319,9 +358,10 @@ def _run_experiment(
             )
     features = FeatureCache(run.cache.root / "features")
     clips = {**run.clips, **zero_shot_models(given, run.encoders)}
+    sanitizers = [d for d in cfg.defenses if d.hook is Hook.DOWNSTREAM_DATA]
     outcome = Outcome(
         data, poisoned, downstream, poisoned_downstream, run.encoders, clips, cfg.eval,
-        features, seeds["eval"],
+        features, seeds["eval"], run.filtered, sanitizers,
     )  # fmt: skip
     with run.timed("eval"):
         if given is not None:  # the same architecture, untrained
@@ -334,6 +374,8 @@ def _run_experiment(
         count_fp = attack is not None and attack.reports_fp
         evaluation = evaluate(outcome, targets, random_init=baseline, count_fp=count_fp)
         measured = attack.measure(outcome) if attack else Measured()
+        for defense in cfg.defenses:
+            measured += defense.measure(outcome)
     return write_run(cfg, Path(out_dir), run, outcome, targets, evaluation, measured)
 
 
@@ -347,8 +389,8 @@ def write_run(
     measured: Measured,
 ) -> Results:
     """Write the run's artifacts (with an attack: trigger examples, poisoned indices,
-    confusion matrices, ``summary.md``; the attack's own files; the models) and
-    ``results.json``; return the results."""
+    confusion matrices, ``summary.md``; the attack's and the defenses' own files; the models)
+    and ``results.json``; return the results."""
     rows, probe = run.rows(evaluation, measured), cfg.eval.probes[0]
     out.mkdir(parents=True, exist_ok=True)
     tables = summary_tables(rows, probe, run.stages) + (
@@ -358,7 +400,8 @@ def write_run(
         run.artifacts |= write_backdoor_artifacts(
             out, targets, outcome.poisoned, evaluation, outcome.downstream, run.seeds["eval"]
         )
-        panels = defense_panels(rows, probe) if cfg.defenses else None
+    if cfg.attack is not None or cfg.defenses:
+        panels = (defense_panels(rows, probe) or None) if cfg.defenses else None
         summary = format_summary(cfg.name, tables)
         run.artifacts |= write_summary(out, summary, panels, cfg.name, run.detections)
     run.artifacts |= write_attack_files(out, measured)

@@ -1,5 +1,6 @@
-"""The cached stages of an experiment, each taking its own config slice: pre-train (on clean
-or poisoned data), attack the encoder, defend it, detect a backdoor in it.
+"""The cached stages of an experiment, each taking its own config slice: pre-train (on clean,
+poisoned or filtered data), attack the encoder, filter the pre-training data, defend the
+encoder, detect a backdoor in it.
 
 Each stage's output lives in the stage cache under a key that hashes its config slice and its
 inputs (:func:`pretrain_key`, :func:`attack_key`, ...), so a sweep re-uses what did not
@@ -10,6 +11,7 @@ logic itself is :func:`cached_stage`, for every stage.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shutil
 import time
@@ -19,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors.torch import save_file
 
 from sslpoison.attacks import EncoderAttack
 from sslpoison.configbase import Config, checked_count
@@ -26,19 +29,21 @@ from sslpoison.data.captions import caption_imageset
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.pairs import UNLABELLED
 from sslpoison.data.registry import load_fitted
-from sslpoison.defenses import DefenseConfig
+from sslpoison.defenses import EncoderDefense, FilterContext, PretrainingDataDefense
 from sslpoison.detectors import DetectorConfig
+from sslpoison.errors import ConfigError
 from sslpoison.experiment.cache import StageCache, stage_key
 from sslpoison.experiment.config import DataConfig
 from sslpoison.experiment.plots import plot_trigger
 from sslpoison.models import load_encoder, save_encoder
+from sslpoison.models.io import read_safetensors
 from sslpoison.models.text import Tokenizer
-from sslpoison.poisoning import BackdoorTarget
+from sslpoison.poisoning import BackdoorTarget, Filtered
 from sslpoison.ssl.clip import CLIP, load_clip, save_clip
 from sslpoison.ssl.pretrain import PretrainConfig, pretrain, pretrain_clip
 from sslpoison.train import dist
 from sslpoison.train.engine import STAGE_KEY, FitResult
-from sslpoison.utils import module_device, module_hash, stable_hash, tensor_hash
+from sslpoison.utils import atomic_write_via, module_device, module_hash, stable_hash, tensor_hash
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +279,7 @@ def attack_stage(
 
 
 def defense_key(
-    defense: DefenseConfig, suspect: nn.Module, clean: ImageSet, seed: int, device: torch.device
+    defense: EncoderDefense, suspect: nn.Module, clean: ImageSet, seed: int, device: torch.device
 ) -> str:
     """The defense stage's key: its config but ``control`` and ``seed`` (the resolved seed is
     its own part), the suspect encoder's weights and the clean images."""
@@ -288,7 +293,7 @@ def defense_key(
 
 
 def defense_stage(
-    defense: DefenseConfig,
+    defense: EncoderDefense,
     suspect: nn.Module,
     clean_data: ImageSet,
     seed: int,
@@ -318,6 +323,97 @@ def defense_stage(
 
     card = {"defense": defense.model_dump(mode="json")}
     return encoder_stage(cache, "defense", key, device, train, card)
+
+
+def filter_key(
+    defense: PretrainingDataDefense,
+    suspect: nn.Module,
+    data: ImageSet,
+    recipe: PretrainConfig,
+    seed: int,
+    device: torch.device,
+) -> str:
+    """The filter stage's key: the defense's config but ``seed`` (the resolved seed is its own
+    part), the suspect encoder's weights, the pre-training images (and captions), the
+    pre-training recipe (a defense that trains uses it; the precision on ``device``) and the
+    seed."""
+    parts: dict[str, Any] = {"data": tensor_hash(data.images), "seed": seed}
+    if data.captions is not None:
+        parts["captions"] = stable_hash(data.captions)
+    exclude = None if recipe.image_text else {"text": True}
+    return stage_key(
+        "filter",
+        defense=key_slice(defense, device, exclude={"seed": True}),
+        suspect=module_hash(suspect),
+        recipe=key_slice(recipe, device, exclude),
+        **parts,
+    )
+
+
+def filter_stage(
+    defense: PretrainingDataDefense,
+    suspect: nn.Module,
+    data: ImageSet,
+    recipe: PretrainConfig,
+    seed: int,
+    cache: StageCache,
+    device: torch.device,
+    suspect_clip: tuple[CLIP, Tokenizer] | None = None,
+) -> StageResult:
+    """``defense``'s filter of the pre-training set ``data`` (as the ``suspect`` encoder was
+    pre-trained on it), from the cache when this exact stage ran before. The defense's seed is
+    ``defense.seed``, or the experiment's ``seed`` when that is unset.
+
+    The output is a :class:`~sslpoison.poisoning.Filtered` (with the model, for a defense that
+    trains its own); the record holds its record, the counts kept and removed and ``wall_s``.
+
+    Raises:
+        ConfigError: the filter would keep no item, or (when the pipeline pre-trains again)
+            fewer than ``pretrain.train.batch_size``.
+    """
+    seed = seed if defense.seed is None else defense.seed
+    key = filter_key(defense, suspect, data, recipe, seed, device)
+
+    def run(checkpoints: Path) -> tuple[Filtered, FitResult | None, dict[str, Any]]:
+        t0 = time.perf_counter()
+        context = FilterContext(recipe, device, checkpoints, suspect_clip)
+        filtered = defense.filter(data, suspect, seed, context=context)
+        kept, n = int(filtered.kept.sum()), len(data)
+        if kept == 0:
+            raise ConfigError(f"defenses: {defense.name} would remove all {n} pre-training items")
+        if filtered.model is None and recipe.train.drop_last and kept < recipe.train.batch_size:
+            raise ConfigError(
+                f"defenses: {defense.name} keeps {kept} of {n} pre-training items, fewer than "
+                f"pretrain.train.batch_size ({recipe.train.batch_size}) to pre-train again on"
+            )
+        facts = {"kept": kept, "removed": n - kept, "seed": seed}
+        wall = {"wall_s": round(time.perf_counter() - t0, 3)}
+        return filtered, filtered.fit, {**facts, **filtered.record, **wall}
+
+    def save(filtered: Filtered, folder: Path) -> dict[str, Any]:
+        tensors = {"kept": filtered.kept.to(torch.uint8), "scores": filtered.scores.contiguous()}
+        path = folder / "filtered.safetensors"
+        atomic_write_via(path, lambda tmp: save_file(tensors, str(tmp)))
+        card = {"defense": defense.model_dump(mode="json")}
+        if isinstance(filtered.model, tuple):
+            model, tokenizer = filtered.model
+            save_clip(model, tokenizer, recipe.text, folder / "clip", **card)
+            save_encoder(model.backbone, folder / "encoder", **card)
+        elif filtered.model is not None:
+            save_encoder(filtered.model, folder / "encoder", **card)
+        return {}
+
+    def load(folder: Path) -> Filtered:
+        tensors = read_safetensors(folder / "filtered.safetensors")
+        record = json.loads((folder / "done.json").read_text(encoding="utf-8"))
+        model: Any = None
+        if (folder / "clip.json").exists():
+            model = load_clip(folder / "clip", device)
+        elif (folder / "encoder.json").exists():
+            model = load_encoder(folder / "encoder", device)
+        return Filtered(tensors["kept"].bool(), tensors["scores"], record, model)
+
+    return cached_stage(cache, "filter", key, run, save, load)
 
 
 def detect_stage(

@@ -158,6 +158,28 @@ def train_backbone(
     return backbone, result
 
 
+def build_clip(data: ImageSet, cfg: PretrainConfig, seed: int = 0) -> tuple[CLIP, Tokenizer]:
+    """A fresh CLIP model for ``data``'s image–caption pairs, as ``pretrain.method: clip``
+    builds it: the tokenizer from ``data.captions``, the image tower ``cfg.backbone``, the
+    text tower ``cfg.text``, ``cfg.method_args`` the rest of :class:`CLIPConfig`; weights
+    drawn after ``torch.manual_seed(seed)``."""
+    if data.captions is None:
+        raise ValueError(
+            f"pretrain.method clip: the pre-training set {data.name!r} has no captions"
+        )
+    model_cfg = CLIPConfig(backbone=cfg.backbone, text=cfg.text, **cfg.checked_method_args())
+    tokenizer = cfg.text.build_tokenizer(data.captions)
+    torch.manual_seed(seed)
+    return model_cfg.build(tokenizer, data.channels, data.image_size), tokenizer
+
+
+def clip_views(data: ImageSet, cfg: PretrainConfig) -> nn.Module | None:
+    """CLIP's views for ``data`` (:func:`clip_augment` with ``cfg.augment.crop_scale``,
+    default 0.9–1), or None for crops of ``[1, 1]`` (the images as they are)."""
+    crop = tuple(cfg.augment.crop_scale or (0.9, 1.0))
+    return None if crop == (1.0, 1.0) else clip_augment(data.image_size, data.channels, crop)
+
+
 def pretrain_clip(
     data: ImageSet,
     cfg: PretrainConfig,
@@ -175,18 +197,9 @@ def pretrain_clip(
 
     Returns (the model on ``device``, its tokenizer, the engine's result).
     """
-    if data.captions is None:
-        raise ValueError(
-            f"pretrain.method clip: the pre-training set {data.name!r} has no captions"
-        )
     device = torch.device(device)
-    model_cfg = CLIPConfig(backbone=cfg.backbone, text=cfg.text, **cfg.checked_method_args())
-    tokenizer = cfg.text.build_tokenizer(data.captions)
-    torch.manual_seed(seed)
-    model = model_cfg.build(tokenizer, data.channels, data.image_size)
-    crop = tuple(cfg.augment.crop_scale or (0.9, 1.0))
-    views = None if crop == (1.0, 1.0) else clip_augment(data.image_size, data.channels, crop)
-    task = CLIPTask(model, views).to(device)
+    model, tokenizer = build_clip(data, cfg, seed)
+    task = CLIPTask(model, clip_views(data, cfg)).to(device)
     ids = tokenizer.encode(data.captions).to(device)
     batches = TensorBatches(
         data.images.to(device),
@@ -206,7 +219,9 @@ __all__ = [
     "BackboneConfig",
     "PretrainConfig",
     "PretrainTask",
+    "build_clip",
     "build_encoder",
+    "clip_views",
     "pretrain",
     "pretrain_clip",
     "train_backbone",
