@@ -28,6 +28,7 @@ from sslpoison.data.pairs import UNLABELLED
 from sslpoison.data.registry import load_fitted
 from sslpoison.defenses import DefenseConfig
 from sslpoison.detectors import DetectorConfig
+from sslpoison.errors import ConfigError
 from sslpoison.experiment.cache import StageCache, stage_key
 from sslpoison.experiment.config import DataConfig
 from sslpoison.experiment.plots import plot_trigger
@@ -54,12 +55,18 @@ def key_slice(cfg: Config, device: torch.device, exclude: Any = None) -> dict[st
 
 
 def pretraining_data(data: DataConfig, image_text: bool, seed: int = 0) -> ImageSet:
-    """The pre-training images (``data.subset`` of them, named ``data.dataset``); for CLIP
+    """The pre-training images (of ``data.classes``; ``data.subset`` of them, named
+    ``data.dataset``); for CLIP
     (``image_text``) with their captions — the dataset's own, or a seeded caption template
     per image filled with its class name."""
     images = load_fitted(
         data.dataset, "train", data.size, data.channels, data.root, data.allow_empty_classes
     )
+    if data.classes is not None:
+        try:
+            images = images.with_classes(data.classes, key="data.classes")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if data.subset is not None:
         what = f"the {data.dataset} train split"
         checked_count("data.subset", data.subset, len(images), what, allowed=data.allow_smaller)
