@@ -14,6 +14,7 @@ trained on the clean set and on clean ∪ poisons, on the same test set.
 from __future__ import annotations
 
 import abc
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,15 +31,17 @@ from sslpoison.attacks.linear_victim import LinearVictim
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.pictures import save_rows
 from sslpoison.defenses.sanitizers import SanitizerSpec
-from sslpoison.eval.downstream import train_predictor
+from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.features import extract_features
 from sslpoison.eval.finetune import finetune_accuracy, finetune_training
 from sslpoison.eval.metrics import accuracy, accuracy_drop
-from sslpoison.eval.probes import ProbeConfig, standardiser
+from sslpoison.eval.probes import Probe, ProbeConfig, select_l2, standardiser, train_probe
 from sslpoison.eval.rows import CLEAN, Row
 from sslpoison.poisoning import PoisonedSet
 from sslpoison.train.engine import TrainConfig
 from sslpoison.utils import atomic_write_via
+
+log = logging.getLogger(__name__)
 
 Victim = Literal["linear", "finetune"]
 
@@ -50,9 +53,14 @@ class Crafted:
     Attributes:
         images: P×C×H×W uint8 poisoned images.
         labels: P labels.
-        base: P indices into the clean set of the image each poison started from.
+        base: P indices of the image each poison started from: into the clean set, or, past
+            its N images, into the pre-training images the attacker drew on.
         features: P×D raw poisoned features before inversion (``feature_targeted``), or None.
         facts: JSON-able facts of the crafting (objective values, target accuracy, ...).
+        base_images: P×C×H×W uint8 images the poisons started from, when not all of them
+            are clean-set images (else None: ``clean.images[base]``).
+        target: the target head θ* of the attacks that aim at one, as a function of raw
+            features (A K×D, c K: logits A·f + c), or None.
     """
 
     images: torch.Tensor
@@ -60,6 +68,14 @@ class Crafted:
     base: torch.Tensor
     features: torch.Tensor | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    base_images: torch.Tensor | None = None
+    target: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def start_images(self, clean: ImageSet) -> torch.Tensor:
+        """P×C×H×W uint8: the images the poisons started from (``clean``: the clean set)."""
+        if self.base_images is not None:
+            return self.base_images
+        return clean.images[self.base.to(clean.device)]
 
 
 @dataclass
@@ -101,21 +117,23 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
     @abc.abstractmethod
     def craft(
         self, encoder: nn.Module, train: ImageSet, features: torch.Tensor,
-        victim: LinearVictim, seed: int = 0,
+        victim: LinearVictim, seed: int = 0, pretraining: ImageSet | None = None,
     ) -> Crafted:  # fmt: skip
         """The poisons for ``train`` (N images): ``features`` are the encoder's features of it
-        (N×D, float64), ``victim`` the linear-head victim the attacker models on them."""
+        (N×D, float64), ``victim`` the linear-head victim the attacker models on them;
+        ``pretraining``: the pre-training images, which the attacker may also draw on."""
 
     def poison_downstream(
-        self, encoder: nn.Module, train: ImageSet, seed: int = 0
-    ) -> PoisonedDownstream:
+        self, encoder: nn.Module, train: ImageSet, seed: int = 0,
+        pretraining: ImageSet | None = None,
+    ) -> PoisonedDownstream:  # fmt: skip
         """``train`` with :meth:`craft`'s poisons appended. The attacker models the victim
         with the linear probe's default recipe (it does not know the victim's settings)."""
         device = next(encoder.parameters()).device
         features = extract_features(encoder, train.images, device=device).double()
         labels = train.labels.to(device)
         victim = LinearVictim.of(features, labels, train.num_classes, ProbeConfig(), seed)
-        crafted = self.craft(encoder, train, features, victim, seed)
+        crafted = self.craft(encoder, train, features, victim, seed, pretraining)
         n, p = len(train), crafted.images.shape[0]
         data = ImageSet(
             torch.cat([train.images, crafted.images.to(train.device)]),
@@ -125,6 +143,15 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
         rates = {"rate_of_clean_set": p / n, "rate_of_set": p / (n + p)}
         indices = torch.arange(n, n + p)
         return PoisonedDownstream(data, indices, rates, list(train.classes), crafted=crafted)
+
+    def poison_train_sets(
+        self, encoder: nn.Module, downstream: Downstream, seed: int = 0,
+        pretraining: ImageSet | None = None,
+    ) -> dict[str, PoisonedSet]:  # fmt: skip
+        return {
+            name: self.poison_downstream(encoder, downstream.train(name), seed, pretraining)
+            for name in downstream.datasets
+        }
 
     def measure(self, outcome: Outcome) -> Measured:
         """Rows for every poisoned dataset ``<ds>``, each victim and countermeasure; the
@@ -147,26 +174,36 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
         f_test, y_test = cache.get(encoder, test), test.labels
         y_clean, y_all = clean.labels.to(f_clean.device), poisoned.data.labels.to(f_all.device)
 
-        def linear(features: torch.Tensor, labels: torch.Tensor) -> float:
-            predict = train_predictor(
-                "linear", features, labels, clean.num_classes, outcome.cfg, outcome.seed
-            )
-            return accuracy(predict(f_test).cpu(), y_test.cpu())
+        # The victim's λ, chosen once on the clean set (a split of its indices only) and kept
+        # for every training set below, so that appending points changes nothing else.
+        probe = victim_probe(f_clean, y_clean, clean.num_classes, outcome.cfg.probe, outcome.seed)
+        heads: dict[str, Probe] = {}
 
+        def linear(features: torch.Tensor, labels: torch.Tensor, keep: str = "") -> float:
+            fitted = train_probe(features, labels, clean.num_classes, "linear", probe, outcome.seed)
+            if keep:
+                heads[keep] = fitted
+            return accuracy(fitted.predict(f_test).cpu(), y_test.cpu())
+
+        log.info("%s: measuring the poisons (linear victim, λ %.0e)", name, probe.l2_grid[0])
         rows = Rows(name)
         rows.add("poisons", poisoned.indices.numel())
         rows.add("poison_rate", poisoned.rates["rate_of_clean_set"])
-        base = clean.images[crafted.base.to(clean.device)].float() / 255
+        base = crafted.start_images(clean).to(clean.device).float() / 255
         change = crafted.images.to(base.device).float() / 255 - base
         rows.add("poison_linf", change.flatten(1).abs().amax(1).mean().item())
         rows.add("poison_l2", change.flatten(1).norm(dim=1).mean().item())
-        acc_clean = linear(f_clean, y_clean)
+        acc_clean = linear(f_clean, y_clean, "clean")
         if "linear" in self.victims:
-            rows.accuracies("linear", None, acc_clean, linear(f_all, y_all))
+            rows.accuracies("linear", None, acc_clean, linear(f_all, y_all, "linear"))
         if crafted.features is not None:  # the poisoned features, as if an image had them
             f_feat = torch.cat([f_clean, crafted.features.to(f_clean)])
             y_feat = torch.cat([y_clean, crafted.labels.to(y_clean.device)])
-            rows.accuracies("features", None, acc_clean, linear(f_feat, y_feat))
+            rows.accuracies("features", None, acc_clean, linear(f_feat, y_feat, "features"))
+            if "linear" in self.victims:
+                rows.inversion_kept()
+        if crafted.target is not None:
+            rows.target(crafted.target, heads, f_clean, y_clean)
         for cm in self.countermeasures:
             kept_clean = cm.keep(standardised(f_clean), y_clean)
             acc = linear(f_clean[kept_clean], y_clean[kept_clean])
@@ -180,11 +217,21 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
                 rows.add("removed_poisons", int((~kept[n:]).sum()), victim, cm.name)
                 rows.add("removed_clean", int((~kept[:n]).sum()), victim, cm.name)
         if "finetune" in self.victims:
+            log.info("%s: the fine-tune victim, trained clean and poisoned", name)
             seed, cfg = outcome.seed, self.finetune
             acc_c = finetune_accuracy(encoder, clean, test, cfg, seed)
             acc_p = finetune_accuracy(encoder, poisoned.data, test, cfg, seed)
             rows.accuracies("finetune", None, acc_c, acc_p)
         return rows.rows
+
+
+def victim_probe(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeConfig, seed: int
+) -> ProbeConfig:
+    """``cfg`` with its L2 strength fixed to the one the linear probe picks on the clean N×D
+    ``features`` (:func:`~sslpoison.eval.probes.select_l2`, on a split of the clean points)."""
+    l2 = select_l2(standardised(features), labels, num_classes, cfg, seed)
+    return cfg.model_copy(update={"l2_grid": [l2]})
 
 
 def standardised(features: torch.Tensor) -> torch.Tensor:
@@ -219,6 +266,44 @@ class Rows:
         self.add("acc_clean", clean, victim, countermeasure)
         self.add("acc_poisoned", poisoned, victim, countermeasure)
         self.add("acc_drop", accuracy_drop(clean, poisoned), victim, countermeasure)
+
+    def inversion_kept(self) -> None:
+        """``inversion_kept``: the share of the poisoned features' drop that the images keep
+        (drop of the linear victim ÷ drop of the ``features`` victim; NaN when the features
+        dropped nothing)."""
+        found = {r.key: r.value for r in self.rows}
+        images = found[f"{self.dataset}/acc_drop"]
+        features = found[f"{self.dataset}/acc_drop_features"]
+        self.add("inversion_kept", images / features if features > 0 else math.nan)
+
+    def target(
+        self, target: tuple[torch.Tensor, torch.Tensor], heads: dict[str, Probe],
+        features: torch.Tensor, labels: torch.Tensor,
+    ) -> None:  # fmt: skip
+        """How near the attack's target θ* (a head on raw features: A, c) each trained head
+        came — ``to_target[_<victim>]``: ‖θ − θ*‖ / ‖θ*‖ with both heads on the clean
+        training ``features`` standardised (victim ``clean``: the head trained clean) — and
+        their accuracies on the clean training set, ``train_acc[_<victim>]`` (``target``:
+        θ*'s)."""
+        mean, std = standardiser(features.double())
+        a, c = (t.to(mean) for t in target)
+        goal = torch.cat([(a * std).flatten(), c + a @ mean])
+        x = (features.double() - mean) / std
+
+        def on_clean(head: Probe) -> tuple[torch.Tensor, torch.Tensor]:
+            w = head.head.weight.detach().double() / head.std.double()
+            w_std, b = w * std, head.head.bias.detach().double() - w @ head.mean.double()
+            return w_std, b + w @ mean
+
+        with torch.no_grad():
+            self.add("train_acc", ((x @ (a * std).T + c + a @ mean).argmax(1) == labels)
+                     .double().mean().item(), "target")  # fmt: skip
+            for victim, head in heads.items():
+                w, b = on_clean(head)
+                distance = (torch.cat([w.flatten(), b]) - goal).norm() / goal.norm()
+                self.add("to_target", distance.item(), victim)
+                acc = ((x @ w.T + b).argmax(1) == labels).double().mean().item()
+                self.add("train_acc", acc, victim)
 
 
 def poison_writers(

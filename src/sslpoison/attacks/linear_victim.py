@@ -68,6 +68,22 @@ class LinearVictim:
         """The head on standardised N×D ``x`` (L-BFGS; warm-started from ``init``)."""
         return fit_logistic(x, labels, self.num_classes, self.l2, max_iter, init=init)
 
+    def retrain(
+        self, x: torch.Tensor, labels: torch.Tensor, poisons: torch.Tensor,
+        poison_labels: torch.Tensor, max_iter: int = 300,
+    ) -> nn.Linear:  # fmt: skip
+        """The head the victim trains on clean (standardised N×D ``x``) ∪ poisons
+        (standardised P×D): it standardises the union with the union's own statistics and
+        fits there; returned as the same function of the features in the clean
+        standardisation (this model's coordinates)."""
+        raw = self.raw(torch.cat([x, poisons.detach()]))
+        mean, std = standardiser(raw)
+        y = torch.cat([labels, poison_labels])
+        head = fit_logistic((raw - mean) / std, y, self.num_classes, self.l2, max_iter)
+        weight = head.weight.detach() * self.std / std
+        bias = head.bias.detach() + head.weight.detach() @ ((self.mean - mean) / std)
+        return _linear(weight, bias)
+
     def training_loss(
         self, weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, labels: torch.Tensor,
         total: int,
@@ -198,23 +214,31 @@ def gc_objective(
 
 def conjugate_gradient(
     hvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iterations: int = 16,
-    tolerance: float = 1e-10,
+    tolerance: float = 1e-10, x0: torch.Tensor | None = None,
+    precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """x ≈ H⁻¹b for a symmetric positive-definite H given as ``hvp(v) = H·v``."""
-    x = torch.zeros_like(b)
-    r = b.clone()
-    p = r.clone()
-    rs = r @ r
+    """x ≈ H⁻¹b for a symmetric positive-definite H given as ``hvp(v) = H·v``: at most
+    ``iterations`` steps, stopping once the squared residual ‖b − Hx‖² is below
+    ``tolerance``; started from ``x0`` (default 0), preconditioned by ``precondition(r) ≈
+    H⁻¹r`` when given."""
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b - hvp(x) if x0 is not None else b.clone()
+    if r @ r < tolerance:
+        return x
+    z = precondition(r) if precondition is not None else r
+    p = z.clone()
+    rz = r @ z
     for _ in range(iterations):
         hp = hvp(p)
-        alpha = rs / (p @ hp).clamp_min(1e-30)
+        alpha = rz / (p @ hp).clamp_min(1e-30)
         x = x + alpha * p
         r = r - alpha * hp
-        new = r @ r
-        if new < tolerance:
+        if r @ r < tolerance:
             break
-        p = r + (new / rs) * p
-        rs = new
+        z = precondition(r) if precondition is not None else r
+        new = r @ z
+        p = z + (new / rz) * p
+        rz = new
     return x
 
 

@@ -78,7 +78,7 @@ class TGDAConfig(IndiscriminateAttack, PoisonLabels):
 
     def craft(
         self, encoder: nn.Module, train: ImageSet, features: torch.Tensor,
-        victim: LinearVictim, seed: int = 0,
+        victim: LinearVictim, seed: int = 0, pretraining: ImageSet | None = None,
     ) -> Crafted:  # fmt: skip
         labels = train.labels.to(features.device)
         x = victim.standardise(features)

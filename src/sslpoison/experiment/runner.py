@@ -252,7 +252,7 @@ def _run_experiment(
     if strikes(attack, Hook.DOWNSTREAM_DATA):
         with run.timed("poison_downstream"):
             poisoned_downstream = attack.poison_train_sets(
-                run.encoders[CLEAN], downstream, cfg.seed
+                run.encoders[CLEAN], downstream, cfg.seed, pretraining=data
             )
     features = FeatureCache(run.cache.root / "features")
     outcome = Outcome(
