@@ -131,10 +131,13 @@ class FeatureTargetedConfig(IndiscriminateAttack, PoisonLabels):
         facts = stage1.facts | {
             "objective_start": values[0],
             "objective_end": values[-1],
-            "inversion_distance_start": inversion.distances[0],
-            "inversion_distance_end": inversion.distances[-1],
             "base_from_pretraining": int((pool_index >= len(train)).sum()),
         }
+        if inversion.distances:
+            facts |= {
+                "inversion_distance_start": inversion.distances[0],
+                "inversion_distance_end": inversion.distances[-1],
+            }
         if refined:
             facts |= {"refine_objective_start": refined[0], "refine_objective_end": refined[-1]}
         return Crafted(

@@ -324,12 +324,16 @@ def poison_writers(
         }
         if crafted.features is not None:
             content["features"] = crafted.features.float().cpu().contiguous()
+        if crafted.base_images is not None:
+            content["base_images"] = crafted.base_images.cpu().contiguous()
+        if crafted.target is not None:  # θ* on raw features: logits = A·f + c
+            content["target_weight"] = crafted.target[0].float().cpu().contiguous()
+            content["target_bias"] = crafted.target[1].float().cpu().contiguous()
         atomic_write_via(path, lambda tmp: save_file(content, str(tmp)))
         return path
 
     def picture(folder: Path) -> Path:
-        shown = crafted.base[:16]
-        base = clean.images[shown.to(clean.device)]
+        base = crafted.start_images(clean)[:16]
         return save_rows([base, crafted.images[:16]], folder / f"poisons-{name}.png")
 
     return {f"poisons:{name}": tensors, f"poisons_png:{name}": picture}

@@ -37,14 +37,15 @@ def curvature_sum(p: torch.Tensor, xt: torch.Tensor, chunk: int = 2048) -> torch
     ``xt``: the cross-entropy Hessian (summed, not averaged) of a linear head Θ (K×E), as a
     KE-square matrix in the layout of Θ flattened row by row."""
     k, e = p.shape[1], xt.shape[1]
-    h = torch.zeros(k, e, k, e, dtype=xt.dtype, device=xt.device)
-    eye = torch.eye(k, dtype=xt.dtype, device=xt.device)
+    h = torch.zeros(k * e, k * e, dtype=xt.dtype, device=xt.device)
     for rows in torch.arange(xt.shape[0], device=xt.device).split(chunk):
         pr, xr = p[rows], xt[rows]
-        for c in range(k):
-            a = pr[:, c : c + 1] * (eye[c] - pr)  # curvature between class c and each class
-            h[c] += torch.einsum("nd,nle->dle", xr, a[:, :, None] * xr[:, None, :])
-    return h.reshape(k * e, k * e)
+        z = (pr[:, :, None] * xr[:, None, :]).reshape(len(rows), k * e)  # p ⊗ x̃ per point
+        h -= z.T @ z
+        for c in range(k):  # the diagonal blocks: Σ p_c x̃ x̃ᵀ
+            block = slice(c * e, (c + 1) * e)
+            h[block, block] += (xr * pr[:, c : c + 1]).T @ xr
+    return h
 
 
 def _curvature(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

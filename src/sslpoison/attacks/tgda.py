@@ -18,6 +18,7 @@ trained with Adam through the engine.
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import torch
@@ -33,6 +34,8 @@ from sslpoison.attacks.optimise import optimise_poisons, quantise
 from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.utils import frozen
+
+log = logging.getLogger(__name__)
 
 
 class Follower:
@@ -94,10 +97,17 @@ class TGDAConfig(IndiscriminateAttack, PoisonLabels):
             return -F.cross_entropy(x[val] @ weight.T + bias, labels[val])
 
         def objective(images: torch.Tensor) -> torch.Tensor:
+            """−(held-out loss of the followed head), with the total gradient."""
             poisons = victim.standardise(encoder(images).double())
-            return follower.surrogate(poisons, poison_labels, held_out_gain, self.cg_iterations)
+            surrogate = follower.surrogate(
+                poisons, poison_labels, held_out_gain, self.cg_iterations
+            )
+            with torch.no_grad():
+                value = held_out_gain(follower.head.weight, follower.head.bias)
+            return value + surrogate - surrogate.detach()
 
         start = to_float(train.images[base.to(train.device)].to(features.device))
+        log.info("tgda: %d poisoned images, %d leader steps", len(base), self.steps)
         with frozen(encoder):
             images, _ = optimise_poisons(
                 start, *image_box(start, self.linf), objective, steps=self.steps, lr=self.lr,
@@ -108,6 +118,7 @@ class TGDAConfig(IndiscriminateAttack, PoisonLabels):
         with torch.no_grad():
             held_out = F.cross_entropy(head(x[val]), labels[val]).item()
         facts = {"held_out_loss_end": held_out}
+        log.info("tgda: held-out loss of the followed head at the end %.4f", held_out)
         return Crafted(quantise(images).cpu(), poison_labels.cpu(), base, facts=facts)
 
 
