@@ -84,9 +84,10 @@ class InversionConfig(Config):
 class FeatureTargetedConfig(IndiscriminateAttack, PoisonLabels):
     """The ``attack:`` section for the feature-targeted attack. Stage 2 takes ``steps`` Adam
     steps of peak size ``lr`` on the standardised poisoned features (``solver`` ``gc``, on
-    ``gc_objective``, or ``match``; ``match`` re-fits the follower head
-    ``follower_iterations`` L-BFGS iterations and solves ``cg_iterations`` of conjugate
-    gradient per step). Stage 3: ``inversion``."""
+    ``gc_objective``, or ``match``; ``match`` re-fits the follower head each step —
+    ``follower: newton``, one Newton step from where it was, or ``lbfgs``,
+    ``follower_iterations`` L-BFGS iterations — and solves ``cg_iterations`` of conjugate
+    gradient for the total gradient). Stage 3: ``inversion``."""
 
     name: Literal["feature_targeted"] = "feature_targeted"
     labels: Literal["true", "confused"] = "confused"
@@ -95,6 +96,7 @@ class FeatureTargetedConfig(IndiscriminateAttack, PoisonLabels):
     gc_objective: GCObjective = "newton"
     steps: PositiveInt = 100
     lr: PositiveFloat = 0.1
+    follower: Literal["newton", "lbfgs"] = "newton"
     follower_iterations: PositiveInt = 30
     cg_iterations: PositiveInt = 16
     inversion: InversionConfig = Field(default_factory=InversionConfig)
@@ -155,7 +157,8 @@ class FeatureTargetedConfig(IndiscriminateAttack, PoisonLabels):
         one, :meth:`~sslpoison.attacks.tgda.Follower.surrogate`)."""
         if self.solver == "gc":
             return gc_loss(self.gc_objective, victim, stage1.target, x, labels)
-        follower = Follower(victim, x, labels, self.follower_iterations)
+        newton = self.follower == "newton"
+        follower = Follower(victim, x, labels, self.follower_iterations, newton=newton)
         with torch.no_grad():
             wanted = torch.softmax(stage1.target(x), 1)
             entropy = -(wanted * wanted.clamp_min(1e-300).log()).sum(1).mean()

@@ -242,6 +242,75 @@ def conjugate_gradient(
     return x
 
 
+def with_ones(x: torch.Tensor) -> torch.Tensor:
+    """N×D → N×(D+1), a column of ones appended (the bias input)."""
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
+
+
+def curvature(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Rows of (diag(p) − p pᵀ)·z for N×K probabilities ``p`` and N×K ``z``: the softmax
+    cross-entropy's curvature applied to logit directions."""
+    pz = p * z
+    return pz - p * pz.sum(1, keepdim=True)
+
+
+class HeadObjective:
+    """The victim's training objective on standardised N×D ``x`` (labels ``y``) as a function
+    of the head Θ = [W | b] (K×(D+1)): mean cross-entropy + λ‖W‖², with its gradient and
+    Hessian-vector products in closed form (no second-order autograd)."""
+
+    def __init__(self, victim: LinearVictim, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.victim, self.xt, self.y = victim, with_ones(x), y
+        self.onehot = F.one_hot(y, victim.num_classes).to(x.dtype)
+
+    def value(self, theta: torch.Tensor) -> float:
+        ce = F.cross_entropy(self.xt @ theta.T, self.y)
+        return (ce + self.victim.l2 * theta[:, :-1].pow(2).sum()).item()
+
+    def gradient(self, theta: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(self.xt @ theta.T, 1)
+        g = (p - self.onehot).T @ self.xt / self.xt.shape[0]
+        return g + F.pad(2 * self.victim.l2 * theta[:, :-1], (0, 1))
+
+    def hvp(
+        self, theta: torch.Tensor, damping: float = 0.0
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """v ↦ H·v (flat K(D+1) vectors) at ``theta``, plus ``damping``·v."""
+        p = torch.softmax(self.xt @ theta.T, 1)
+        shape, m = theta.shape, self.xt.shape[0]
+
+        def product(v: torch.Tensor) -> torch.Tensor:
+            v = v.view(shape)
+            hv = curvature(p, self.xt @ v.T).T @ self.xt / m
+            return (hv + F.pad(2 * self.victim.l2 * v[:, :-1], (0, 1)) + damping * v).flatten()
+
+        return product
+
+
+def theta_of(head: nn.Linear) -> torch.Tensor:
+    """A head's parameters as Θ = [W | b], K×(D+1)."""
+    return torch.cat([head.weight.detach(), head.bias.detach()[:, None]], 1)
+
+
+def newton_refit(
+    victim: LinearVictim, head: nn.Linear, x: torch.Tensor, y: torch.Tensor,
+    cg_iterations: int = 32,
+) -> nn.Linear:  # fmt: skip
+    """``head`` moved by one Newton step (Hessian by conjugate gradient) on the victim's
+    objective over standardised ``x``, ``y``; kept only if it lowers the objective (else an
+    L-BFGS re-fit from ``head``). From a head that was optimal for a nearby set (the
+    follower one leader step later) one step lands next to the new optimum."""
+    objective = HeadObjective(victim, x, y)
+    theta = theta_of(head)
+    g = objective.gradient(theta)
+    tolerance = (1e-10 * g.norm()).pow(2).item()
+    step = conjugate_gradient(objective.hvp(theta, 1e-8), g.flatten(), cg_iterations, tolerance)
+    moved = theta - step.view_as(theta)
+    if objective.value(moved) <= objective.value(theta):
+        return _linear(moved[:, :-1], moved[:, -1])
+    return victim.fit(x, y, init=head)
+
+
 def implicit_surrogate(
     victim: LinearVictim, head: nn.Linear, x_clean: torch.Tensor, y_clean: torch.Tensor,
     x_poison: torch.Tensor, y_poison: torch.Tensor, outer: HeadLoss, cg_iterations: int = 16,
@@ -254,30 +323,23 @@ def implicit_surrogate(
     By the implicit function theorem, d outer/dφ = −vᵀ·∂²L/∂θ∂φ with v = H⁻¹·∇θ outer, H the
     Hessian of the victim's training objective L at ``head`` (damped by ``damping``); v is
     found by :func:`conjugate_gradient` on Hessian-vector products, and −v·∇θ L_poisons(θ; φ)
-    (v and θ fixed) has that gradient. Shapes: x_clean N×D, x_poison P×D."""
-    k, d = victim.num_classes, x_clean.shape[1]
-    total = x_clean.shape[0] + x_poison.shape[0]
-    theta = torch.cat([head.weight.detach().flatten(), head.bias.detach()]).requires_grad_(True)
-
-    def unpack(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return t[: k * d].view(k, d), t[k * d :]
-
+    (v and θ fixed) has that gradient — here −(1/M)·Σ_poisons (softmax(Θx̃) − e_y)ᵀ·V x̃.
+    Shapes: x_clean N×D, x_poison P×D."""
+    theta = theta_of(head)
     x_all = torch.cat([x_clean, x_poison.detach()])
-    y_all = torch.cat([y_clean, y_poison])
-    grad = torch.autograd.grad(
-        victim.training_loss(*unpack(theta), x_all, y_all, total), theta, create_graph=True
-    )[0]
-
-    def hvp(v: torch.Tensor) -> torch.Tensor:
-        return torch.autograd.grad(grad, theta, v, retain_graph=True)[0] + damping * v
-
-    outer_grad = torch.autograd.grad(outer(*unpack(theta)), theta)[0]
-    v = conjugate_gradient(hvp, outer_grad.detach(), cg_iterations)
-    fixed = theta.detach().requires_grad_(True)
-    poison_grad = torch.autograd.grad(
-        victim.training_loss(*unpack(fixed), x_poison, y_poison, total), fixed, create_graph=True
-    )[0]
-    return -(poison_grad * v).sum()
+    objective = HeadObjective(victim, x_all, torch.cat([y_clean, y_poison]))
+    w = theta[:, :-1].clone().requires_grad_(True)
+    b = theta[:, -1].clone().requires_grad_(True)
+    gw, gb = torch.autograd.grad(outer(w, b), (w, b))
+    outer_grad = torch.cat([gw, gb[:, None]], 1).flatten()
+    tolerance = (1e-10 * outer_grad.norm()).pow(2).item()
+    v = conjugate_gradient(objective.hvp(theta, damping), outer_grad, cg_iterations, tolerance)
+    v = v.view_as(theta)
+    pt = with_ones(x_poison)
+    residual = torch.softmax(pt @ theta.T, 1) - F.one_hot(y_poison, victim.num_classes).to(
+        x_poison.dtype
+    )
+    return -(residual * (pt @ v.T)).sum() / x_all.shape[0]
 
 
 def confused_labels(head: nn.Linear, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -292,13 +354,18 @@ def confused_labels(head: nn.Linear, x: torch.Tensor, labels: torch.Tensor) -> t
 __all__ = [
     "CleanSums",
     "HeadLoss",
+    "HeadObjective",
     "LinearVictim",
     "clean_sums",
     "confused_labels",
     "conjugate_gradient",
+    "curvature",
     "gc_objective",
     "gradpc",
     "implicit_surrogate",
+    "newton_refit",
     "raw_head",
     "refit_bias",
+    "theta_of",
+    "with_ones",
 ]

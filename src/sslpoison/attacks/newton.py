@@ -21,15 +21,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sslpoison.attacks.linear_victim import LinearVictim, conjugate_gradient
+from sslpoison.attacks.linear_victim import (
+    LinearVictim,
+    conjugate_gradient,
+    curvature,
+    with_ones,
+)
 
 #: Above this many head parameters the clean Hessian is not held as a dense matrix.
 DENSE_LIMIT = 8192
-
-
-def with_ones(x: torch.Tensor) -> torch.Tensor:
-    """N×D → N×(D+1), a column of ones appended (the bias input)."""
-    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
 
 
 def curvature_sum(p: torch.Tensor, xt: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
@@ -46,12 +46,6 @@ def curvature_sum(p: torch.Tensor, xt: torch.Tensor, chunk: int = 2048) -> torch
             block = slice(c * e, (c + 1) * e)
             h[block, block] += (xr * pr[:, c : c + 1]).T @ xr
     return h
-
-
-def _curvature(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Rows of (diag(p) − p pᵀ)·z for N×K probabilities ``p`` and N×K ``z``."""
-    pz = p * z
-    return pz - p * pz.sum(1, keepdim=True)
 
 
 class NewtonDistance:
@@ -111,11 +105,11 @@ class NewtonDistance:
         m = self.x.shape[0] + poisons.shape[0]
         pt = with_ones(poisons)
         p = torch.softmax(pt @ self.theta.T, 1)
-        hv = _curvature(p, pt @ v.T).T @ pt
+        hv = curvature(p, pt @ v.T).T @ pt
         if self.h_clean is not None:
             hv = hv + (self.h_clean @ v.flatten()).view_as(v)
         else:
-            hv = hv + _curvature(self.p_clean, self.xt @ v.T).T @ self.xt
+            hv = hv + curvature(self.p_clean, self.xt @ v.T).T @ self.xt
         penalty = 2 * self.victim.l2 * v[:, :-1] * self.scale2(poisons)
         return hv / m + F.pad(penalty, (0, 1)) + self.damping * v
 
@@ -177,4 +171,4 @@ class NewtonDistance:
         return value + surrogate - surrogate.detach()
 
 
-__all__ = ["DENSE_LIMIT", "NewtonDistance", "curvature_sum", "with_ones"]
+__all__ = ["DENSE_LIMIT", "NewtonDistance", "curvature_sum"]

@@ -29,7 +29,12 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from sslpoison.attacks.gradient_canceling import PoisonLabels, image_box
 from sslpoison.attacks.indiscriminate import Crafted, IndiscriminateAttack
 from sslpoison.attacks.label_flip import pick_base
-from sslpoison.attacks.linear_victim import HeadLoss, LinearVictim, implicit_surrogate
+from sslpoison.attacks.linear_victim import (
+    HeadLoss,
+    LinearVictim,
+    implicit_surrogate,
+    newton_refit,
+)
 from sslpoison.attacks.optimise import optimise_poisons, quantise
 from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
@@ -40,19 +45,26 @@ log = logging.getLogger(__name__)
 
 class Follower:
     """The head that follows the poisons: re-fitted (warm-started) on the clean training
-    part ∪ the current poisons before each leader step."""
+    part ∪ the current poisons before each leader step — by ``iterations`` of L-BFGS, or
+    (``newton``) by one Newton step from where it was, after an L-BFGS fit the first time."""
 
     def __init__(
-        self, victim: LinearVictim, x: torch.Tensor, labels: torch.Tensor, iterations: int
-    ) -> None:
+        self, victim: LinearVictim, x: torch.Tensor, labels: torch.Tensor, iterations: int,
+        newton: bool = False,
+    ) -> None:  # fmt: skip
         self.victim, self.x, self.labels, self.iterations = victim, x, labels, iterations
+        self.newton, self.followed = newton, False
         self.head = victim.fit(x, labels)
 
     def follow(self, poisons: torch.Tensor, poison_labels: torch.Tensor) -> nn.Linear:
         """The head re-fitted with standardised P×D ``poisons`` added."""
         x = torch.cat([self.x, poisons.detach()])
         y = torch.cat([self.labels, poison_labels])
-        self.head = self.victim.fit(x, y, init=self.head, max_iter=self.iterations)
+        if self.newton and self.followed:
+            self.head = newton_refit(self.victim, self.head, x, y)
+        else:
+            self.head = self.victim.fit(x, y, init=self.head, max_iter=self.iterations)
+        self.followed = True
         return self.head
 
     def surrogate(
