@@ -111,14 +111,39 @@ def test_optimised_poisons_stay_in_range_and_within_their_linf_budget(key, budge
 
 
 def test_inverted_images_without_a_budget_stay_in_range(encoder, train):
-    from sslpoison.attacks.feature_targeted import InversionConfig, invert
+    from sslpoison.attacks.feature_targeted import Inversion, InversionConfig
 
     features, victim = _victim(encoder, train)
-    goal = victim.standardise(features[:5]) + 3.0  # far from anything an image gives
-    base = torch.arange(5)
-    images, distance = invert(encoder, victim, goal, train, base, InversionConfig(steps=5, lr=1.0))
-    assert images.dtype == torch.uint8 and images.shape == train.images[:5].shape
-    assert distance[-1] < distance[0]
+    x = victim.standardise(features)
+    goal = x[:5] + 3.0  # far from anything an image gives
+    cfg = InversionConfig(base="start", steps=5, lr=1.0, refine=0)
+    inversion = Inversion(cfg, encoder, victim, train, x, None, seed=0)
+    images, base_images, index = inversion.from_bases(goal, torch.arange(5))
+    assert torch.equal(index, torch.arange(5)) and torch.equal(base_images, train.images[:5])
+    assert images.shape == train.images[:5].shape and 0 <= images.min() <= images.max() <= 1
+    assert inversion.distances[-1] < inversion.distances[0]
+
+
+def test_inversion_starts_from_the_real_image_nearest_each_poisoned_feature(encoder, train):
+    from sslpoison.attacks.feature_targeted import Inversion, InversionConfig
+
+    features, victim = _victim(encoder, train)
+    x = victim.standardise(features)
+    wanted = torch.tensor([7, 3, 120, 3])
+    goal = x[wanted] + 1e-3  # each next to one training point's feature
+    cfg = InversionConfig(steps=0, refine=0)
+    _, base_images, index = Inversion(cfg, encoder, victim, train, x, None, 0).from_bases(
+        goal, torch.zeros(4, dtype=torch.long)
+    )
+    assert torch.equal(index, wanted) and torch.equal(base_images, train.images[wanted])
+    # with pre-training images in the pool, one of them can be the nearest
+    extra = synthetic(n=40, num_classes=4, size=16, channels=1, seed=5)
+    cfg = InversionConfig(steps=0, refine=0, pretraining=40)
+    inversion = Inversion(cfg, encoder, victim, train, x, extra, 0)
+    goal = inversion.pool_x[len(train) + 11][None]
+    _, base_images, index = inversion.from_bases(goal, torch.zeros(1, dtype=torch.long))
+    assert index.item() >= len(train)
+    assert torch.equal(base_images[0], inversion.pool_images[index.item()])
 
 
 def test_the_finetune_victim_trains_through_the_one_engine(monkeypatch, encoder, train):

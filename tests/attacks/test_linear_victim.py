@@ -171,3 +171,23 @@ def test_the_victim_model_picks_the_probes_l2():
     assert torch.allclose(
         victim.standardise(features).mean(0), torch.zeros(6, dtype=torch.float64), atol=1e-9
     )
+
+
+def test_one_newton_step_follows_a_small_move_of_the_poisons_to_the_new_optimum():
+    from sslpoison.attacks.linear_victim import HeadObjective, newton_refit, theta_of
+
+    features, labels = toy(n=150, d=4)
+    victim = victim_of(features, labels, l2=1e-3)
+    x = victim.standardise(features)
+    g = torch.Generator().manual_seed(4)
+    poisons = x[:15] + torch.randn(15, 4, generator=g, dtype=torch.float64)
+    poison_labels = (labels[:15] + 1) % 3
+    x_all, y_all = torch.cat([x, poisons]), torch.cat([labels, poison_labels])
+    head = victim.fit(x_all, y_all, max_iter=500)
+    moved = torch.cat([x, poisons + 0.05 * torch.randn(15, 4, generator=g, dtype=torch.float64)])
+    objective = HeadObjective(victim, moved, y_all)
+    before = objective.gradient(theta_of(head)).norm()
+    once = newton_refit(victim, head, moved, y_all)
+    after = objective.gradient(theta_of(once)).norm()
+    twice = objective.gradient(theta_of(newton_refit(victim, once, moved, y_all))).norm()
+    assert after < 0.02 * before and twice < 1e-3 * after  # quadratic convergence

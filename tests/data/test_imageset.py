@@ -116,3 +116,14 @@ def test_with_captions_follow_subsets_and_concat() -> None:
     assert c.with_captions(None).captions is None
     with pytest.raises(ValueError, match="5 captions for 6 images"):
         s.with_captions(caps[:5])
+
+
+def test_with_classes_keeps_the_requested_classes_with_remapped_labels() -> None:
+    s = make(n=40, classes=4)
+    kept = s.with_classes([3, "c1"])  # an index and a name, in that order
+    assert kept.classes == ["c3", "c1"] and kept.num_classes == 2
+    assert ids(kept) == [i for i in range(40) if i % 4 in (1, 3)]  # order of the set kept
+    assert kept.labels.tolist() == [1 if i % 4 == 1 else 0 for i in ids(kept)]
+    for bad, message in (([7], "outside"), (["c9"], "not a class"), ([1, "c1"], "twice")):
+        with pytest.raises(ValueError, match=rf"data\.classes: .*{message}"):
+            s.with_classes(bad, key="data.classes")

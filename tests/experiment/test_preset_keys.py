@@ -390,6 +390,7 @@ PINNED = {
         "pretrain_poisoned": "f01095d5b25364f2",
     },
     "cpu-defenses-fmnist": {"pretrain": "7b1af3e0c00a31a4", "attack": "1b874dcebccdb786"},
+    "cpu-indiscriminate-classsplit": {"pretrain": "346c9c3aa8593155"},
     "cpu-indiscriminate-fmnist": {"pretrain": "7b1af3e0c00a31a4"},
     "cpu-indiscriminate-sweep/00-name=label_flip,epsilon=0.01": {"pretrain": "7b1af3e0c00a31a4"},
     "cpu-indiscriminate-sweep/01-name=label_flip,epsilon=0.03": {"pretrain": "7b1af3e0c00a31a4"},

@@ -116,6 +116,10 @@ KEY_CASES = [
     ("defense-clean-larger-than-data",
      {"attack": ATTACK, "defenses": [{"name": "distill", "clean": 80}]},
      ["defenses.0.clean", "80", "data.allow_smaller"]),
+    ("data-classes-unknown", {"data": {"dataset": "synthetic", "classes": [0, 99]}},
+     ["data.classes", "99"]),
+    ("eval-classes-unknown", {"eval": {"classes": {"synthetic": [1, "no-such-class"]}}},
+     ["eval.classes.synthetic", "no-such-class"]),
     ("cache-dir-is-a-file", {"cache_dir": "{tmp}/cfg.yaml"}, ["stage cache", "not a folder"]),
     ("cuda-not-available", {"device": "cuda"}, ["cuda", "not available"]),
 ]  # fmt: skip

@@ -162,9 +162,11 @@ class DownstreamDataAttack(AttackConfig, abc.ABC):
         was), for a victim who trains a probe on ``encoder``'s features."""
 
     def poison_train_sets(
-        self, encoder: nn.Module, downstream: Downstream, seed: int = 0
-    ) -> dict[str, PoisonedSet]:
-        """:meth:`poison_downstream` of every dataset's labelled train set, by dataset."""
+        self, encoder: nn.Module, downstream: Downstream, seed: int = 0,
+        pretraining: ImageSet | None = None,
+    ) -> dict[str, PoisonedSet]:  # fmt: skip
+        """:meth:`poison_downstream` of every dataset's labelled train set, by dataset
+        (``pretraining``: the pre-training images, for attacks that draw on them)."""
         return {
             name: self.poison_downstream(encoder, downstream.train(name), seed)
             for name in downstream.datasets

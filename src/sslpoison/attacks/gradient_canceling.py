@@ -1,16 +1,21 @@
 """Gradient canceling (GC; Lu, Kamath, Yu, ICML 2023), in input space through the frozen
 encoder: ⌈ε·N⌉ poisoned images, started from copies of clean training images and kept in
-[0, 1], are optimised so that the victim's training-objective gradient at target head
-parameters θ* vanishes over clean ∪ poisons — ‖∇θ L(clean ∪ poisons; θ*)‖² → 0, gradients
-with respect to the head only — making θ* what the victim converges to.
+[0, 1], are optimised so that target head parameters θ* become what the victim converges to
+on clean ∪ poisons. The authors cancel the victim's training-objective gradient at θ*
+(‖∇θ L(clean ∪ poisons; θ*)‖² → 0, ``objective: gradient``); by default we minimise the
+Newton distance ‖H⁻¹∇θ L‖² instead (``newton``, :mod:`sslpoison.attacks.newton`), which
+also counts the directions the victim's weak L2 penalty barely curves.
 
-θ* comes from GradPC (:class:`TargetConfig`). The authors' code starts the poisons from the
-first ε·N training points with their true labels and takes plain gradient steps with a
-cosine-annealed size; here Adam (cosine) through the engine, from seeded copies.
+θ* comes from GradPC (:class:`~sslpoison.attacks.target.TargetConfig`), by default at the
+largest radius that gradient canceling in feature space reaches (``radius: auto``). The
+authors' code starts the poisons from the first ε·N training points with their true labels
+and takes plain gradient steps with a cosine-annealed size; here Adam (cosine) through the
+engine, from seeded copies.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import torch
@@ -19,48 +24,15 @@ from pydantic import Field, PositiveFloat, PositiveInt
 
 from sslpoison.attacks.indiscriminate import Crafted, IndiscriminateAttack
 from sslpoison.attacks.label_flip import pick_base
-from sslpoison.attacks.linear_victim import (
-    LinearVictim,
-    clean_sums,
-    confused_labels,
-    gc_objective,
-    gradpc,
-    refit_bias,
-)
+from sslpoison.attacks.linear_victim import LinearVictim, confused_labels, raw_head
 from sslpoison.attacks.optimise import optimise_poisons, quantise
+from sslpoison.attacks.target import GCObjective, TargetConfig, choose_target, gc_loss
 from sslpoison.configbase import Config
 from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.utils import frozen
 
-
-class TargetConfig(Config):
-    """Target head parameters θ* by GradPC: ``radius`` (the L2 ball's, as a share of ‖θ‖ of
-    the clean head) and GradPC's ``batch_size``. ``reachable`` (our addition, on by default):
-    then re-fit θ*'s bias on the clean set, so that the poisons need not shift the predicted
-    class counts, which ε·N poisons cannot do by more than ε·N (see
-    :func:`~sslpoison.attacks.linear_victim.refit_bias`)."""
-
-    radius: PositiveFloat = 0.05
-    batch_size: PositiveInt = 64
-    reachable: bool = True
-
-
-def gradpc_target(
-    victim: LinearVictim, x: torch.Tensor, labels: torch.Tensor, cfg: TargetConfig, seed: int
-) -> tuple[nn.Linear, nn.Linear, dict[str, float]]:
-    """(the clean head, the target head θ*, facts: their accuracies on the clean set) for
-    standardised ``x``."""
-    head = victim.fit(x, labels)
-    target = gradpc(head, x, labels, cfg.radius, cfg.batch_size, seed)
-    if cfg.reachable:
-        target = refit_bias(target, x, labels)
-    with torch.no_grad():
-        facts = {
-            "clean_head_train_acc": (head(x).argmax(1) == labels).double().mean().item(),
-            "target_train_acc": (target(x).argmax(1) == labels).double().mean().item(),
-        }
-    return head, target, facts
+log = logging.getLogger(__name__)
 
 
 class PoisonLabels(Config):
@@ -90,37 +62,47 @@ def image_box(base: torch.Tensor, linf: float | None) -> tuple[torch.Tensor, tor
 
 class GCConfig(IndiscriminateAttack, PoisonLabels):
     """The ``attack:`` section for gradient canceling in input space. ``steps`` Adam steps
-    of peak size ``lr`` on the poisoned images (pixels in [0, 1]); ``linf``: optional L∞
-    budget around each base image."""
+    of peak size ``lr`` on the poisoned images (pixels in [0, 1]) minimising ``objective``;
+    ``linf``: optional L∞ budget around each base image."""
 
     name: Literal["gc"] = "gc"
-    target: TargetConfig = Field(default_factory=TargetConfig)
+    target: TargetConfig = Field(default_factory=lambda: TargetConfig(radius="auto"))
+    objective: GCObjective = "newton"
     steps: PositiveInt = 300
     lr: PositiveFloat = 0.01
     linf: PositiveFloat | None = None
 
     def craft(
         self, encoder: nn.Module, train: ImageSet, features: torch.Tensor,
-        victim: LinearVictim, seed: int = 0,
+        victim: LinearVictim, seed: int = 0, pretraining: ImageSet | None = None,
     ) -> Crafted:  # fmt: skip
         labels = train.labels.to(features.device)
         x = victim.standardise(features)
-        head, target, facts = gradpc_target(victim, x, labels, self.target, seed)
-        sums = clean_sums(victim, target, features, labels)
+        head = victim.fit(x, labels)
         base = pick_base(len(train), self.poison_count(len(train)), seed)
         poison_labels = self.poison_labels(head, x, labels, base)
+        stage1 = choose_target(
+            victim, head, x, labels, x[base.to(x.device)], poison_labels, self.target, seed
+        )
+        loss = gc_loss(self.objective, victim, stage1.target, x, labels)
         start = to_float(train.images[base.to(train.device)].to(features.device))
 
         def objective(images: torch.Tensor) -> torch.Tensor:
-            return gc_objective(victim, target, sums, encoder(images).double(), poison_labels)
+            return loss(victim.standardise(encoder(images).double()), poison_labels)
 
+        log.info("gc: %d poisoned images, %d steps (%s objective)", len(base), self.steps,
+                 self.objective)  # fmt: skip
         with frozen(encoder):
             images, values = optimise_poisons(
                 start, *image_box(start, self.linf), objective, steps=self.steps, lr=self.lr,
-                seed=seed, desc="gc",
+                seed=seed, desc=f"gc ({self.objective})",
             )  # fmt: skip
-        facts |= {"objective_start": values[0], "objective_end": values[-1]}
-        return Crafted(quantise(images).cpu(), poison_labels.cpu(), base, facts=facts)
+        facts = stage1.facts | {"objective_start": values[0], "objective_end": values[-1]}
+        log.info("gc: objective %.3g → %.3g", values[0], values[-1])
+        return Crafted(
+            quantise(images).cpu(), poison_labels.cpu(), base, facts=facts,
+            target=raw_head(victim, stage1.target),
+        )  # fmt: skip
 
 
-__all__ = ["GCConfig", "PoisonLabels", "TargetConfig", "gradpc_target", "image_box"]
+__all__ = ["GCConfig", "PoisonLabels", "image_box"]

@@ -18,6 +18,7 @@ with their true labels (``acc_drop_null``).
 from __future__ import annotations
 
 import abc
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,15 +36,17 @@ from sslpoison.data.imageset import ImageSet
 from sslpoison.data.pictures import save_rows
 from sslpoison.defenses.base import DownstreamDataDefense
 from sslpoison.errors import warn
-from sslpoison.eval.downstream import train_predictor
+from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.features import extract_features
 from sslpoison.eval.finetune import finetune_accuracy, finetune_training
 from sslpoison.eval.metrics import accuracy, accuracy_drop
-from sslpoison.eval.probes import ProbeConfig
+from sslpoison.eval.probes import Probe, ProbeConfig, select_l2, standardiser, train_probe
 from sslpoison.eval.rows import CLEAN, Row
 from sslpoison.poisoning import PoisonedSet
 from sslpoison.train.engine import TrainConfig
 from sslpoison.utils import atomic_write_via
+
+log = logging.getLogger(__name__)
 
 Victim = Literal["linear", "finetune"]
 
@@ -55,9 +58,14 @@ class Crafted:
     Attributes:
         images: P×C×H×W uint8 poisoned images.
         labels: P labels.
-        base: P indices into the clean set of the image each poison started from.
+        base: P indices of the image each poison started from: into the clean set, or, past
+            its N images, into the pre-training images the attacker drew on.
         features: P×D raw poisoned features before inversion (``feature_targeted``), or None.
         facts: JSON-able facts of the crafting (objective values, target accuracy, ...).
+        base_images: P×C×H×W uint8 images the poisons started from, when not all of them
+            are clean-set images (else None: ``clean.images[base]``).
+        target: the target head θ* of the attacks that aim at one, as a function of raw
+            features (A K×D, c K: logits A·f + c), or None.
     """
 
     images: torch.Tensor
@@ -65,6 +73,14 @@ class Crafted:
     base: torch.Tensor
     features: torch.Tensor | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    base_images: torch.Tensor | None = None
+    target: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def start_images(self, clean: ImageSet) -> torch.Tensor:
+        """P×C×H×W uint8: the images the poisons started from (``clean``: the clean set)."""
+        if self.base_images is not None:
+            return self.base_images
+        return clean.images[self.base.to(clean.device)]
 
 
 @dataclass
@@ -105,21 +121,23 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
     @abc.abstractmethod
     def craft(
         self, encoder: nn.Module, train: ImageSet, features: torch.Tensor,
-        victim: LinearVictim, seed: int = 0,
+        victim: LinearVictim, seed: int = 0, pretraining: ImageSet | None = None,
     ) -> Crafted:  # fmt: skip
         """The poisons for ``train`` (N images): ``features`` are the encoder's features of it
-        (N×D, float64), ``victim`` the linear-head victim the attacker models on them."""
+        (N×D, float64), ``victim`` the linear-head victim the attacker models on them;
+        ``pretraining``: the pre-training images, which the attacker may also draw on."""
 
     def poison_downstream(
-        self, encoder: nn.Module, train: ImageSet, seed: int = 0
-    ) -> PoisonedDownstream:
+        self, encoder: nn.Module, train: ImageSet, seed: int = 0,
+        pretraining: ImageSet | None = None,
+    ) -> PoisonedDownstream:  # fmt: skip
         """``train`` with :meth:`craft`'s poisons appended. The attacker models the victim
         with the linear probe's default recipe (it does not know the victim's settings)."""
         device = next(encoder.parameters()).device
         features = extract_features(encoder, train.images, device=device).double()
         labels = train.labels.to(device)
         victim = LinearVictim.of(features, labels, train.num_classes, ProbeConfig(), seed)
-        crafted = self.craft(encoder, train, features, victim, seed)
+        crafted = self.craft(encoder, train, features, victim, seed, pretraining)
         n, p = len(train), crafted.images.shape[0]
         data = ImageSet(
             torch.cat([train.images, crafted.images.to(train.device)]),
@@ -129,6 +147,15 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
         rates = {"rate_of_clean_set": p / n, "rate_of_set": p / (n + p)}
         indices = torch.arange(n, n + p)
         return PoisonedDownstream(data, indices, rates, list(train.classes), crafted=crafted)
+
+    def poison_train_sets(
+        self, encoder: nn.Module, downstream: Downstream, seed: int = 0,
+        pretraining: ImageSet | None = None,
+    ) -> dict[str, PoisonedSet]:  # fmt: skip
+        return {
+            name: self.poison_downstream(encoder, downstream.train(name), seed, pretraining)
+            for name in downstream.datasets
+        }
 
     def measure(self, outcome: Outcome) -> Measured:
         """Rows for every poisoned dataset ``<ds>``, each victim and countermeasure; the
@@ -151,33 +178,43 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
         f_test, y_test = cache.get(encoder, test), test.labels
         y_clean, y_all = clean.labels.to(f_clean.device), poisoned.data.labels.to(f_all.device)
 
-        def linear(features: torch.Tensor, labels: torch.Tensor) -> float:
-            predict = train_predictor(
-                "linear", features, labels, clean.num_classes, outcome.cfg, outcome.seed
-            )
-            return accuracy(predict(f_test).cpu(), y_test.cpu())
+        # The victim's λ, chosen once on the clean set (a split of its indices only) and kept
+        # for every training set below, so that appending points changes nothing else.
+        probe = victim_probe(f_clean, y_clean, clean.num_classes, outcome.cfg.probe, outcome.seed)
+        heads: dict[str, Probe] = {}
 
+        def linear(features: torch.Tensor, labels: torch.Tensor, keep: str = "") -> float:
+            fitted = train_probe(features, labels, clean.num_classes, "linear", probe, outcome.seed)
+            if keep:
+                heads[keep] = fitted
+            return accuracy(fitted.predict(f_test).cpu(), y_test.cpu())
+
+        log.info("%s: measuring the poisons (linear victim, λ %.0e)", name, probe.l2_grid[0])
         rows = Rows(name)
         rows.add("poisons", poisoned.indices.numel())
         rows.add("poison_rate", poisoned.rates["rate_of_clean_set"])
-        base = clean.images[crafted.base.to(clean.device)].float() / 255
+        base = crafted.start_images(clean).to(clean.device).float() / 255
         change = crafted.images.to(base.device).float() / 255 - base
         rows.add("poison_linf", change.flatten(1).abs().amax(1).mean().item())
         rows.add("poison_l2", change.flatten(1).norm(dim=1).mean().item())
         # The null control: as many clean duplicates (the base images, true labels).
-        base_at = crafted.base.to(f_clean.device)
-        f_null = torch.cat([f_clean, f_clean[base_at]])
-        y_null = torch.cat([y_clean, y_clean[base_at]])
+        duplicates = null_duplicates(crafted, n, outcome.seed).to(f_clean.device)
+        f_null = torch.cat([f_clean, f_clean[duplicates]])
+        y_null = torch.cat([y_clean, y_clean[duplicates]])
         victims = ["linear"] * ("linear" in self.victims) + ["features"] * (
             crafted.features is not None
         )  # the features victim's null is the linear one's: a duplicate keeps its features
-        acc_clean = linear(f_clean, y_clean)
+        acc_clean = linear(f_clean, y_clean, "clean")
         if "linear" in self.victims:
-            rows.accuracies("linear", None, acc_clean, linear(f_all, y_all))
+            rows.accuracies("linear", None, acc_clean, linear(f_all, y_all, "linear"))
         if crafted.features is not None:  # the poisoned features, as if an image had them
             f_feat = torch.cat([f_clean, crafted.features.to(f_clean)])
             y_feat = torch.cat([y_clean, crafted.labels.to(y_clean.device)])
-            rows.accuracies("features", None, acc_clean, linear(f_feat, y_feat))
+            rows.accuracies("features", None, acc_clean, linear(f_feat, y_feat, "features"))
+            if "linear" in self.victims:
+                rows.inversion_kept()
+        if crafted.target is not None:
+            rows.target(crafted.target, heads, f_clean, y_clean)
         if victims:
             rows.null(victims, None, acc_clean, linear(f_null, y_null))
         for cm in outcome.downstream_defenses:
@@ -204,14 +241,28 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
             acc_null = linear(f_null[kept], on_null.labels[kept])
             rows.null([victim for victim, _, _ in sets], cm.name, acc, acc_null)
         if "finetune" in self.victims:
+            log.info("%s: the fine-tune victim, trained clean and poisoned", name)
             seed, cfg = outcome.seed, self.finetune
             acc_c = finetune_accuracy(encoder, clean, test, cfg, seed)
             acc_p = finetune_accuracy(encoder, poisoned.data, test, cfg, seed)
             rows.accuracies("finetune", None, acc_c, acc_p)
-            duplicated = clean.subset(torch.cat([torch.arange(n), crafted.base.cpu()]))
+            duplicated = clean.subset(torch.cat([torch.arange(n), duplicates.cpu()]))
             acc_n = finetune_accuracy(encoder, duplicated, test, cfg, seed)
             rows.null(["finetune"], None, acc_c, acc_n)
         return rows.rows
+
+
+def null_duplicates(crafted: Crafted, n: int, seed: int = 0) -> torch.Tensor:
+    """P indices into the clean set (N images) whose duplicates, with their true labels, are
+    the null control of ``crafted``'s P poisons: each poison's base image where it came from
+    the clean set, else (a base from the pre-training images) a seeded random clean image."""
+    base = crafted.base.cpu()
+    outside = base >= n
+    if outside.any():
+        g = torch.Generator().manual_seed(seed)
+        base = base.clone()
+        base[outside] = torch.randint(n, (int(outside.sum()),), generator=g)
+    return base
 
 
 def calibration(
@@ -233,6 +284,21 @@ def calibration(
         return None
     features = outcome.features.get(outcome.encoders[CLEAN], held_out)
     return features, held_out.labels.to(features.device)
+
+
+def victim_probe(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeConfig, seed: int
+) -> ProbeConfig:
+    """``cfg`` with its L2 strength fixed to the one the linear probe picks on the clean N×D
+    ``features`` (:func:`~sslpoison.eval.probes.select_l2`, on a split of the clean points)."""
+    l2 = select_l2(standardised(features), labels, num_classes, cfg, seed)
+    return cfg.model_copy(update={"l2_grid": [l2]})
+
+
+def standardised(features: torch.Tensor) -> torch.Tensor:
+    """N×D features standardised with their own mean and std (what the defender sees)."""
+    mean, std = standardiser(features.float())
+    return (features.float() - mean) / std
 
 
 class Rows:
@@ -270,6 +336,44 @@ class Rows:
         for victim in victims:
             self.add("acc_drop_null", accuracy_drop(clean, duplicated), victim, countermeasure)
 
+    def inversion_kept(self) -> None:
+        """``inversion_kept``: the share of the poisoned features' drop that the images keep
+        (drop of the linear victim ÷ drop of the ``features`` victim; NaN when the features
+        dropped nothing)."""
+        found = {r.key: r.value for r in self.rows}
+        images = found[f"{self.dataset}/acc_drop"]
+        features = found[f"{self.dataset}/acc_drop_features"]
+        self.add("inversion_kept", images / features if features > 0 else math.nan)
+
+    def target(
+        self, target: tuple[torch.Tensor, torch.Tensor], heads: dict[str, Probe],
+        features: torch.Tensor, labels: torch.Tensor,
+    ) -> None:  # fmt: skip
+        """How near the attack's target θ* (a head on raw features: A, c) each trained head
+        came — ``to_target[_<victim>]``: ‖θ − θ*‖ / ‖θ*‖ with both heads on the clean
+        training ``features`` standardised (victim ``clean``: the head trained clean) — and
+        their accuracies on the clean training set, ``train_acc[_<victim>]`` (``target``:
+        θ*'s)."""
+        mean, std = standardiser(features.double())
+        a, c = (t.to(mean) for t in target)
+        goal = torch.cat([(a * std).flatten(), c + a @ mean])
+        x = (features.double() - mean) / std
+
+        def on_clean(head: Probe) -> tuple[torch.Tensor, torch.Tensor]:
+            w = head.head.weight.detach().double() / head.std.double()
+            w_std, b = w * std, head.head.bias.detach().double() - w @ head.mean.double()
+            return w_std, b + w @ mean
+
+        with torch.no_grad():
+            self.add("train_acc", ((x @ (a * std).T + c + a @ mean).argmax(1) == labels)
+                     .double().mean().item(), "target")  # fmt: skip
+            for victim, head in heads.items():
+                w, b = on_clean(head)
+                distance = (torch.cat([w.flatten(), b]) - goal).norm() / goal.norm()
+                self.add("to_target", distance.item(), victim)
+                acc = ((x @ w.T + b).argmax(1) == labels).double().mean().item()
+                self.add("train_acc", acc, victim)
+
 
 def poison_writers(
     name: str, poisoned: PoisonedDownstream, clean: ImageSet
@@ -289,12 +393,16 @@ def poison_writers(
         }
         if crafted.features is not None:
             content["features"] = crafted.features.float().cpu().contiguous()
+        if crafted.base_images is not None:
+            content["base_images"] = crafted.base_images.cpu().contiguous()
+        if crafted.target is not None:  # θ* on raw features: logits = A·f + c
+            content["target_weight"] = crafted.target[0].float().cpu().contiguous()
+            content["target_bias"] = crafted.target[1].float().cpu().contiguous()
         atomic_write_via(path, lambda tmp: save_file(content, str(tmp)))
         return path
 
     def picture(folder: Path) -> Path:
-        shown = crafted.base[:16]
-        base = clean.images[shown.to(clean.device)]
+        base = crafted.start_images(clean)[:16]
         return save_rows([base, crafted.images[:16]], folder / f"poisons-{name}.png")
 
     return {f"poisons:{name}": tensors, f"poisons_png:{name}": picture}

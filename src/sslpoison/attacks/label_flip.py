@@ -30,7 +30,7 @@ class LabelFlipConfig(IndiscriminateAttack):
 
     def craft(
         self, encoder: nn.Module, train: ImageSet, features: torch.Tensor,
-        victim: LinearVictim, seed: int = 0,
+        victim: LinearVictim, seed: int = 0, pretraining: ImageSet | None = None,
     ) -> Crafted:  # fmt: skip
         base = pick_base(len(train), self.poison_count(len(train)), seed)
         true = train.labels[base.to(train.device)].cpu()

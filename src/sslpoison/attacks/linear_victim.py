@@ -68,6 +68,22 @@ class LinearVictim:
         """The head on standardised N×D ``x`` (L-BFGS; warm-started from ``init``)."""
         return fit_logistic(x, labels, self.num_classes, self.l2, max_iter, init=init)
 
+    def retrain(
+        self, x: torch.Tensor, labels: torch.Tensor, poisons: torch.Tensor,
+        poison_labels: torch.Tensor, max_iter: int = 300,
+    ) -> nn.Linear:  # fmt: skip
+        """The head the victim trains on clean (standardised N×D ``x``) ∪ poisons
+        (standardised P×D): it standardises the union with the union's own statistics and
+        fits there; returned as the same function of the features in the clean
+        standardisation (this model's coordinates)."""
+        raw = self.raw(torch.cat([x, poisons.detach()]))
+        mean, std = standardiser(raw)
+        y = torch.cat([labels, poison_labels])
+        head = fit_logistic((raw - mean) / std, y, self.num_classes, self.l2, max_iter)
+        weight = head.weight.detach() * self.std / std
+        bias = head.bias.detach() + head.weight.detach() @ ((self.mean - mean) / std)
+        return _linear(weight, bias)
+
     def training_loss(
         self, weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, labels: torch.Tensor,
         total: int,
@@ -198,24 +214,101 @@ def gc_objective(
 
 def conjugate_gradient(
     hvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iterations: int = 16,
-    tolerance: float = 1e-10,
+    tolerance: float = 1e-10, x0: torch.Tensor | None = None,
+    precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """x ≈ H⁻¹b for a symmetric positive-definite H given as ``hvp(v) = H·v``."""
-    x = torch.zeros_like(b)
-    r = b.clone()
-    p = r.clone()
-    rs = r @ r
+    """x ≈ H⁻¹b for a symmetric positive-definite H given as ``hvp(v) = H·v``: at most
+    ``iterations`` steps, stopping once the squared residual ‖b − Hx‖² is below
+    ``tolerance``; started from ``x0`` (default 0), preconditioned by ``precondition(r) ≈
+    H⁻¹r`` when given."""
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b - hvp(x) if x0 is not None else b.clone()
+    if r @ r < tolerance:
+        return x
+    z = precondition(r) if precondition is not None else r
+    p = z.clone()
+    rz = r @ z
     for _ in range(iterations):
         hp = hvp(p)
-        alpha = rs / (p @ hp).clamp_min(1e-30)
+        alpha = rz / (p @ hp).clamp_min(1e-30)
         x = x + alpha * p
         r = r - alpha * hp
-        new = r @ r
-        if new < tolerance:
+        if r @ r < tolerance:
             break
-        p = r + (new / rs) * p
-        rs = new
+        z = precondition(r) if precondition is not None else r
+        new = r @ z
+        p = z + (new / rz) * p
+        rz = new
     return x
+
+
+def with_ones(x: torch.Tensor) -> torch.Tensor:
+    """N×D → N×(D+1), a column of ones appended (the bias input)."""
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
+
+
+def curvature(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Rows of (diag(p) − p pᵀ)·z for N×K probabilities ``p`` and N×K ``z``: the softmax
+    cross-entropy's curvature applied to logit directions."""
+    pz = p * z
+    return pz - p * pz.sum(1, keepdim=True)
+
+
+class HeadObjective:
+    """The victim's training objective on standardised N×D ``x`` (labels ``y``) as a function
+    of the head Θ = [W | b] (K×(D+1)): mean cross-entropy + λ‖W‖², with its gradient and
+    Hessian-vector products in closed form (no second-order autograd)."""
+
+    def __init__(self, victim: LinearVictim, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.victim, self.xt, self.y = victim, with_ones(x), y
+        self.onehot = F.one_hot(y, victim.num_classes).to(x.dtype)
+
+    def value(self, theta: torch.Tensor) -> float:
+        ce = F.cross_entropy(self.xt @ theta.T, self.y)
+        return (ce + self.victim.l2 * theta[:, :-1].pow(2).sum()).item()
+
+    def gradient(self, theta: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(self.xt @ theta.T, 1)
+        g = (p - self.onehot).T @ self.xt / self.xt.shape[0]
+        return g + F.pad(2 * self.victim.l2 * theta[:, :-1], (0, 1))
+
+    def hvp(
+        self, theta: torch.Tensor, damping: float = 0.0
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """v ↦ H·v (flat K(D+1) vectors) at ``theta``, plus ``damping``·v."""
+        p = torch.softmax(self.xt @ theta.T, 1)
+        shape, m = theta.shape, self.xt.shape[0]
+
+        def product(v: torch.Tensor) -> torch.Tensor:
+            v = v.view(shape)
+            hv = curvature(p, self.xt @ v.T).T @ self.xt / m
+            return (hv + F.pad(2 * self.victim.l2 * v[:, :-1], (0, 1)) + damping * v).flatten()
+
+        return product
+
+
+def theta_of(head: nn.Linear) -> torch.Tensor:
+    """A head's parameters as Θ = [W | b], K×(D+1)."""
+    return torch.cat([head.weight.detach(), head.bias.detach()[:, None]], 1)
+
+
+def newton_refit(
+    victim: LinearVictim, head: nn.Linear, x: torch.Tensor, y: torch.Tensor,
+    cg_iterations: int = 32,
+) -> nn.Linear:  # fmt: skip
+    """``head`` moved by one Newton step (Hessian by conjugate gradient) on the victim's
+    objective over standardised ``x``, ``y``; kept only if it lowers the objective (else an
+    L-BFGS re-fit from ``head``). From a head that was optimal for a nearby set (the
+    follower one leader step later) one step lands next to the new optimum."""
+    objective = HeadObjective(victim, x, y)
+    theta = theta_of(head)
+    g = objective.gradient(theta)
+    tolerance = (1e-10 * g.norm()).pow(2).item()
+    step = conjugate_gradient(objective.hvp(theta, 1e-8), g.flatten(), cg_iterations, tolerance)
+    moved = theta - step.view_as(theta)
+    if objective.value(moved) <= objective.value(theta):
+        return _linear(moved[:, :-1], moved[:, -1])
+    return victim.fit(x, y, init=head)
 
 
 def implicit_surrogate(
@@ -230,30 +323,23 @@ def implicit_surrogate(
     By the implicit function theorem, d outer/dφ = −vᵀ·∂²L/∂θ∂φ with v = H⁻¹·∇θ outer, H the
     Hessian of the victim's training objective L at ``head`` (damped by ``damping``); v is
     found by :func:`conjugate_gradient` on Hessian-vector products, and −v·∇θ L_poisons(θ; φ)
-    (v and θ fixed) has that gradient. Shapes: x_clean N×D, x_poison P×D."""
-    k, d = victim.num_classes, x_clean.shape[1]
-    total = x_clean.shape[0] + x_poison.shape[0]
-    theta = torch.cat([head.weight.detach().flatten(), head.bias.detach()]).requires_grad_(True)
-
-    def unpack(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return t[: k * d].view(k, d), t[k * d :]
-
+    (v and θ fixed) has that gradient — here −(1/M)·Σ_poisons (softmax(Θx̃) − e_y)ᵀ·V x̃.
+    Shapes: x_clean N×D, x_poison P×D."""
+    theta = theta_of(head)
     x_all = torch.cat([x_clean, x_poison.detach()])
-    y_all = torch.cat([y_clean, y_poison])
-    grad = torch.autograd.grad(
-        victim.training_loss(*unpack(theta), x_all, y_all, total), theta, create_graph=True
-    )[0]
-
-    def hvp(v: torch.Tensor) -> torch.Tensor:
-        return torch.autograd.grad(grad, theta, v, retain_graph=True)[0] + damping * v
-
-    outer_grad = torch.autograd.grad(outer(*unpack(theta)), theta)[0]
-    v = conjugate_gradient(hvp, outer_grad.detach(), cg_iterations)
-    fixed = theta.detach().requires_grad_(True)
-    poison_grad = torch.autograd.grad(
-        victim.training_loss(*unpack(fixed), x_poison, y_poison, total), fixed, create_graph=True
-    )[0]
-    return -(poison_grad * v).sum()
+    objective = HeadObjective(victim, x_all, torch.cat([y_clean, y_poison]))
+    w = theta[:, :-1].clone().requires_grad_(True)
+    b = theta[:, -1].clone().requires_grad_(True)
+    gw, gb = torch.autograd.grad(outer(w, b), (w, b))
+    outer_grad = torch.cat([gw, gb[:, None]], 1).flatten()
+    tolerance = (1e-10 * outer_grad.norm()).pow(2).item()
+    v = conjugate_gradient(objective.hvp(theta, damping), outer_grad, cg_iterations, tolerance)
+    v = v.view_as(theta)
+    pt = with_ones(x_poison)
+    residual = torch.softmax(pt @ theta.T, 1) - F.one_hot(y_poison, victim.num_classes).to(
+        x_poison.dtype
+    )
+    return -(residual * (pt @ v.T)).sum() / x_all.shape[0]
 
 
 def confused_labels(head: nn.Linear, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -268,13 +354,18 @@ def confused_labels(head: nn.Linear, x: torch.Tensor, labels: torch.Tensor) -> t
 __all__ = [
     "CleanSums",
     "HeadLoss",
+    "HeadObjective",
     "LinearVictim",
     "clean_sums",
     "confused_labels",
     "conjugate_gradient",
+    "curvature",
     "gc_objective",
     "gradpc",
     "implicit_surrogate",
+    "newton_refit",
     "raw_head",
     "refit_bias",
+    "theta_of",
+    "with_ones",
 ]

@@ -4,6 +4,7 @@ schedule, projected back into the box after every step."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 
@@ -12,6 +13,8 @@ import torch.nn as nn
 
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
+
+log = logging.getLogger(__name__)
 
 
 class PoisonTask(nn.Module):
@@ -70,7 +73,16 @@ def optimise_poisons(
         optimizer=OptimConfig(name="adam", lr=lr, weight_decay=0.0, exclude_bias_norm=False),
     )
     placeholder = TensorBatches(torch.zeros(1, device=init.device), batch_size=1, seed=seed)
-    fit(task, placeholder, cfg, seed=seed, desc=desc, on_epoch_end=[lambda *_: task.project()])
+    callbacks = [lambda *_: task.project()]
+    if not cfg.progress:  # no bar: a log line at every fifth of the way
+        every = max(1, steps // 5)
+
+        def report(step: int, value: float) -> None:
+            if step == 1 or step % every == 0 or step == steps:
+                log.info("%s: step %d/%d, objective %.4g", desc, step, steps, value)
+
+        callbacks.append(report)
+    fit(task, placeholder, cfg, seed=seed, desc=desc, on_epoch_end=callbacks)
     return task.poisons.detach(), task.values
 
 

@@ -18,6 +18,7 @@ trained with Adam through the engine.
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import torch
@@ -28,28 +29,42 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from sslpoison.attacks.gradient_canceling import PoisonLabels, image_box
 from sslpoison.attacks.indiscriminate import Crafted, IndiscriminateAttack
 from sslpoison.attacks.label_flip import pick_base
-from sslpoison.attacks.linear_victim import HeadLoss, LinearVictim, implicit_surrogate
+from sslpoison.attacks.linear_victim import (
+    HeadLoss,
+    LinearVictim,
+    implicit_surrogate,
+    newton_refit,
+)
 from sslpoison.attacks.optimise import optimise_poisons, quantise
 from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.utils import frozen
 
+log = logging.getLogger(__name__)
+
 
 class Follower:
     """The head that follows the poisons: re-fitted (warm-started) on the clean training
-    part ∪ the current poisons before each leader step."""
+    part ∪ the current poisons before each leader step — by ``iterations`` of L-BFGS, or
+    (``newton``) by one Newton step from where it was, after an L-BFGS fit the first time."""
 
     def __init__(
-        self, victim: LinearVictim, x: torch.Tensor, labels: torch.Tensor, iterations: int
-    ) -> None:
+        self, victim: LinearVictim, x: torch.Tensor, labels: torch.Tensor, iterations: int,
+        newton: bool = False,
+    ) -> None:  # fmt: skip
         self.victim, self.x, self.labels, self.iterations = victim, x, labels, iterations
+        self.newton, self.followed = newton, False
         self.head = victim.fit(x, labels)
 
     def follow(self, poisons: torch.Tensor, poison_labels: torch.Tensor) -> nn.Linear:
         """The head re-fitted with standardised P×D ``poisons`` added."""
         x = torch.cat([self.x, poisons.detach()])
         y = torch.cat([self.labels, poison_labels])
-        self.head = self.victim.fit(x, y, init=self.head, max_iter=self.iterations)
+        if self.newton and self.followed:
+            self.head = newton_refit(self.victim, self.head, x, y)
+        else:
+            self.head = self.victim.fit(x, y, init=self.head, max_iter=self.iterations)
+        self.followed = True
         return self.head
 
     def surrogate(
@@ -78,7 +93,7 @@ class TGDAConfig(IndiscriminateAttack, PoisonLabels):
 
     def craft(
         self, encoder: nn.Module, train: ImageSet, features: torch.Tensor,
-        victim: LinearVictim, seed: int = 0,
+        victim: LinearVictim, seed: int = 0, pretraining: ImageSet | None = None,
     ) -> Crafted:  # fmt: skip
         labels = train.labels.to(features.device)
         x = victim.standardise(features)
@@ -94,10 +109,17 @@ class TGDAConfig(IndiscriminateAttack, PoisonLabels):
             return -F.cross_entropy(x[val] @ weight.T + bias, labels[val])
 
         def objective(images: torch.Tensor) -> torch.Tensor:
+            """−(held-out loss of the followed head), with the total gradient."""
             poisons = victim.standardise(encoder(images).double())
-            return follower.surrogate(poisons, poison_labels, held_out_gain, self.cg_iterations)
+            surrogate = follower.surrogate(
+                poisons, poison_labels, held_out_gain, self.cg_iterations
+            )
+            with torch.no_grad():
+                value = held_out_gain(follower.head.weight, follower.head.bias)
+            return value + surrogate - surrogate.detach()
 
         start = to_float(train.images[base.to(train.device)].to(features.device))
+        log.info("tgda: %d poisoned images, %d leader steps", len(base), self.steps)
         with frozen(encoder):
             images, _ = optimise_poisons(
                 start, *image_box(start, self.linf), objective, steps=self.steps, lr=self.lr,
@@ -108,6 +130,7 @@ class TGDAConfig(IndiscriminateAttack, PoisonLabels):
         with torch.no_grad():
             held_out = F.cross_entropy(head(x[val]), labels[val]).item()
         facts = {"held_out_loss_end": held_out}
+        log.info("tgda: held-out loss of the followed head at the end %.4f", held_out)
         return Crafted(quantise(images).cpu(), poison_labels.cpu(), base, facts=facts)
 
 

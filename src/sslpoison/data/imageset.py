@@ -156,6 +156,28 @@ class ImageSet:
         keep = order[torch.argsort(rank * total + torch.arange(total), stable=True)[:k]]
         return keep.sort().values
 
+    def with_classes(self, classes: Sequence[int | str], key: str = "classes") -> ImageSet:
+        """The images of ``classes`` only (indices or names, in the order given), their labels
+        remapped to 0..k−1 in that order and the class names kept; ``key`` names the setting
+        in the error raised for a class that is not one of the set's or is given twice."""
+        try:
+            wanted = [self.class_index(c) for c in classes]
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}") from None
+        if not wanted:
+            raise ValueError(f"{key}: name at least one class")
+        if len(set(wanted)) != len(wanted):
+            raise ValueError(f"{key}: a class is listed twice in {list(classes)}")
+        remap = torch.full((self.num_classes,), -1, dtype=torch.long)
+        remap[torch.tensor(wanted)] = torch.arange(len(wanted))
+        new = remap[self.labels.cpu()]
+        keep = (new >= 0).nonzero().squeeze(1)
+        caps = [self.captions[i] for i in keep.tolist()] if self.captions is not None else None
+        return ImageSet(
+            self.images[keep.to(self.device)], new[keep].to(self.labels.device),
+            [self.classes[i] for i in wanted], caps, self.name, dict(self.meta),
+        )  # fmt: skip
+
     def where(self, mask: torch.Tensor) -> ImageSet:
         """The images where the boolean ``mask`` (N) is true."""
         return self.subset(mask.nonzero().squeeze(1).cpu())

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, NonNegativeInt, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
 from sslpoison.configbase import Config, CountOrShare, checked_count
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.registry import load_fitted
-from sslpoison.errors import DataError, warn
+from sslpoison.errors import ConfigError, DataError, warn
 from sslpoison.eval.knn import knn_predict
 from sslpoison.eval.probes import ProbeConfig, train_probe
 
@@ -37,7 +37,10 @@ class EvalConfig(Config):
     measured in the same run: the same architecture untrained (``random_init``) and the
     probe on raw pixels (``pixels``). ``roots`` names the folder of a dataset that is not
     in the usual places (e.g. ``imagefolder``); the pre-training ``data.root`` is used for
-    the pre-training dataset unless given here.
+    the pre-training dataset unless given here. ``classes`` keeps only some classes of a
+    dataset (``{name: [indices or class names]}``), in both splits, their labels remapped to
+    0..k−1 in the order given and their names kept — e.g. a downstream task of classes the
+    encoder never saw (``data.classes``).
 
     What a small dataset cannot give is an error naming the key, unless allowed (then a
     warning the run records): ``allow_smaller`` — a ``labelled``, ``test_subset`` or
@@ -63,9 +66,19 @@ class EvalConfig(Config):
     knn: KNNConfig = Field(default_factory=KNNConfig)
     other_triggers: NonNegativeInt = 3
     roots: dict[str, str] = Field(default_factory=dict)
+    classes: dict[str, Annotated[list[int | str], Field(min_length=1)]] = Field(
+        default_factory=dict
+    )
     allow_smaller: bool = False
     allow_empty_classes: bool = False
     allow_split_mismatch: bool = False
+
+    @model_validator(mode="after")
+    def _classes_of_evaluated_datasets(self) -> EvalConfig:
+        for name in self.classes:
+            if name not in self.datasets:
+                raise ValueError(f"eval.classes.{name}: {name!r} is not in eval.datasets")
+        return self
 
 
 class Downstream:
@@ -91,7 +104,8 @@ class Downstream:
         self._test: dict[str, ImageSet] = {}
 
     def split(self, name: str, split: str) -> ImageSet:
-        """The whole ``split`` of dataset ``name``, fitted to the encoder's input."""
+        """The whole ``split`` of dataset ``name`` (of its ``cfg.classes``), fitted to the
+        encoder's input."""
         if (name, split) not in self._splits:
             data = load_fitted(
                 name,
@@ -102,6 +116,11 @@ class Downstream:
                 allow_empty_classes=self.cfg.allow_empty_classes,
             )
             self._check_split_shapes(name, split, data)
+            if name in self.cfg.classes:
+                try:
+                    data = data.with_classes(self.cfg.classes[name], key=f"eval.classes.{name}")
+                except ValueError as e:
+                    raise ConfigError(str(e)) from None
             self._splits[name, split] = data
         return self._splits[name, split]
 

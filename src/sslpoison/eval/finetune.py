@@ -22,12 +22,13 @@ from sslpoison.train.optim import OptimConfig
 
 
 def finetune_training() -> TrainConfig:
-    """The default: 5 epochs, batch 128, AdamW 1e-3 (cosine), no checkpoints."""
+    """The default: 5 epochs, batch 128, AdamW 1e-3 (cosine), no checkpoints; a bar on a
+    terminal, else a log line per epoch."""
     return TrainConfig(
         epochs=5,
         batch_size=128,
         checkpoint_every=0,
-        progress=False,
+        progress=True,
         optimizer=OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-4, warmup_epochs=0.2),
     )
 

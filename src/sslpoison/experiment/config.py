@@ -114,11 +114,14 @@ class DataConfig(Config):
     (``subset``, ``attack.shadow``, ``defenses.N.clean``, ``detectors.N.clean``) larger than
     the set takes the whole set, recorded as a warning of the run (by default: an error).
     ``allow_empty_classes``: a class folder without images is kept as an empty class,
-    recorded as a warning (by default: an error).
+    recorded as a warning (by default: an error). ``classes``: pre-train on these classes
+    only (indices or names; e.g. a class split whose other classes make the downstream
+    task: ``eval.classes``); None: all.
     """
 
     dataset: str = "fashion-mnist"
     root: str | None = None
+    classes: list[int | str] | None = Field(None, min_length=1)
     subset: CountOrShare | None = None  # pre-training images used
     size: PositiveInt | None = None  # resize to size×size
     channels: Literal[1, 3] | None = None

@@ -354,7 +354,7 @@ def _run_experiment(
     if strikes(attack, Hook.DOWNSTREAM_DATA):
         with run.timed("poison_downstream"):
             poisoned_downstream = attack.poison_train_sets(
-                run.encoders[CLEAN], downstream, seeds["attack"]
+                run.encoders[CLEAN], downstream, seeds["attack"], pretraining=data
             )
     features = FeatureCache(run.cache.root / "features")
     clips = {**run.clips, **zero_shot_models(given, run.encoders)}

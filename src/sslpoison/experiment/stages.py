@@ -65,13 +65,19 @@ def pretraining_data(
     size: int | None = None,
     channels: int | None = None,
 ) -> ImageSet:
-    """The pre-training images (``data.subset`` of them, named ``data.dataset``), fitted to
-    ``size``×``size`` and ``channels`` (default: ``data.size``, ``data.channels``; a given
-    encoder's input); for CLIP (``image_text``) with their captions — the dataset's own, or
-    a seeded caption template per image filled with its class name."""
+    """The pre-training images (of ``data.classes``; ``data.subset`` of them, named
+    ``data.dataset``), fitted to ``size``×``size`` and ``channels`` (default: ``data.size``,
+    ``data.channels``; a given encoder's input); for CLIP (``image_text``) with their
+    captions — the dataset's own, or a seeded caption template per image filled with its
+    class name."""
     size = data.size if size is None else size
     channels = data.channels if channels is None else channels
     images = load_fitted(data.dataset, "train", size, channels, data.root, data.allow_empty_classes)
+    if data.classes is not None:
+        try:
+            images = images.with_classes(data.classes, key="data.classes")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if data.subset is not None:
         what = f"the {data.dataset} train split"
         checked_count("data.subset", data.subset, len(images), what, allowed=data.allow_smaller)
