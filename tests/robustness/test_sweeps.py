@@ -85,7 +85,7 @@ def test_a_metric_no_run_produces_fails_after_the_first_run(sweep, tmp_path, cli
     out = tmp_path / "out"
     line = assert_user_error(*cli("sweep", path, "--out", out)[::2], "reach.y", "synthetic/knn_ac")
     assert "did you mean synthetic/knn_acc" in line and "stayed below" not in line
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    (run,) = [p for p in out.iterdir() if p.is_dir() and p.name not in ("logs", "status")]
     assert (run / "results.json").exists() and not (out / "sweep.md").exists()
 
 
@@ -106,5 +106,5 @@ def test_a_sweep_never_mixes_with_another_sweep_in_its_folder(sweep, tmp_path, c
     (moved,) = tmp_path.glob("out.old-*")
     assert json.loads((moved / "sweep.json").read_text())["grid"] == {"epochs": [9]}
     assert (moved / "00-epochs=9" / "results.json").exists()
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["00-seed=0"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["00-seed=0", "logs", "status"]
     assert yaml.safe_load((out / "sweep.json").read_text())["grid"] == {"seed": [0]}

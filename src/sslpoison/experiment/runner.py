@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -213,6 +213,48 @@ def run_experiment(
     return results
 
 
+@dataclass
+class Prepared:
+    """What a run knows before any training: the pre-training data, the downstream data
+    (loading lazily), the poisoned pre-training set and the backdoor targets of the attack,
+    and the encoder the attack brings (instead of pre-training one), if any."""
+
+    data: ImageSet
+    downstream: Downstream
+    poisoned: PoisonedSet | None
+    targets: list[BackdoorTarget]
+    given: tuple[nn.Module, str] | None
+
+
+def prepare_run(
+    cfg: ExperimentConfig,
+    device: torch.device,
+    *,
+    data: ImageSet | None = None,
+    downstream: Downstream | None = None,
+    timed: Callable[[str], Any] | None = None,
+) -> Prepared:
+    """Everything before the first training stage (the run, and a sweep's plan, start
+    here): the datasets checked, the pre-training data loaded (``data``: already loaded,
+    timed by ``timed("load_data")``), the attack prepared."""
+    check_datasets(cfg)
+    attack = cfg.attack
+    if data is None:
+        with timed("load_data") if timed is not None else nullcontext():
+            data = pretraining_data(cfg.data, cfg.pretrain.image_text, cfg.seed)
+        log.info("pre-training data: %s", data)
+    if downstream is None:  # loads lazily
+        downstream = Downstream(cfg.eval, data.image_size, data.channels, cfg.seed)
+    poisoned, targets = prepare_attack(attack, data, downstream, cfg.seed)
+    given = attack.given_encoder(cfg.pretrain.backbone, data.channels, device) if attack else None
+    return Prepared(data, downstream, poisoned, targets, given)
+
+
+def poison_about(poisoned: PoisonedSet) -> dict[str, Any]:
+    """What the poisoned pre-training stage records (and its model card) of the poisoning."""
+    return {"poison": poisoned.record(positions=False)}
+
+
 def _run_experiment(
     cfg: ExperimentConfig,
     out_dir: Path,
@@ -220,16 +262,11 @@ def _run_experiment(
     training_done: Callable[[], bool] | None,
 ) -> Results | None:
     run = Run(StageCache(cfg.resolved_cache_dir()), device or resolve_device(cfg.device), cfg.seed)
-    check_datasets(cfg)
     attack = cfg.attack
-    with run.timed("load_data"):
-        data = pretraining_data(cfg.data, cfg.pretrain.image_text, cfg.seed)
-    log.info("pre-training data: %s", data)
-    downstream = Downstream(cfg.eval, data.image_size, data.channels, cfg.seed)  # loads lazily
-    poisoned, targets = prepare_attack(attack, data, downstream, cfg.seed)
-    given = (
-        attack.given_encoder(cfg.pretrain.backbone, data.channels, run.device) if attack else None
-    )
+    front = prepare_run(cfg, run.device, timed=run.timed)
+    data, downstream, poisoned, targets, given = (
+        front.data, front.downstream, front.poisoned, front.targets, front.given,
+    )  # fmt: skip
     if dist.rank() == 0:  # every input readable, every output writable: before any training
         preflight(cfg, Path(out_dir), data, downstream)
     if given is not None:  # the attack brings the clean encoder
@@ -237,7 +274,7 @@ def _run_experiment(
     else:
         run.artifacts["stage_cache"] = run.pretrain(CLEAN, "pretrain", cfg.pretrain, data)
     if poisoned is not None:  # the same pre-training on the poisoned set
-        about = {"poison": poisoned.record(positions=False)}
+        about = poison_about(poisoned)
         folder = run.pretrain(ATTACKED, "pretrain_poisoned", cfg.pretrain, poisoned.data, about)
         run.artifacts["poisoned_stage_cache"] = folder
     if strikes(attack, Hook.ENCODER):

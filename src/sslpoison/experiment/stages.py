@@ -53,7 +53,9 @@ def key_slice(cfg: Config, device: torch.device, exclude: Any = None) -> dict[st
     return cfg.model_dump(mode="json", exclude=exclude, context={STAGE_KEY: device})
 
 
-def pretraining_data(data: DataConfig, image_text: bool, seed: int = 0) -> ImageSet:
+def pretraining_data(
+    data: DataConfig, image_text: bool, seed: int = 0, cache: Path | None = None
+) -> ImageSet:
     """The pre-training images (``data.subset`` of them, named ``data.dataset``); for CLIP
     (``image_text``) with their captions — the dataset's own, or a seeded caption template
     per image filled with its class name."""
@@ -72,6 +74,11 @@ def pretraining_data(data: DataConfig, image_text: bool, seed: int = 0) -> Image
             )
         images = caption_imageset(images, seed=seed)
     return images
+
+
+def data_fingerprint(data: ImageSet) -> str:
+    """A hash of the pre-training data's content (images, and captions when it has them)."""
+    return stable_hash([tensor_hash(data.images), data.captions])
 
 
 def cached_stage(
