@@ -256,27 +256,75 @@ def iter_webdataset_samples(
         ValueError: a shard is not a tar file, or a member cannot be decoded (names both).
     """
     _check(size, channels)
-    caption_ext = caption_ext.lower()
     for shard in expand_shards(shards):
-        skipped = 0
-        for key, parts in _shard_groups(shard, (*IMAGE_EXTENSIONS, caption_ext)):
-            image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
-            text = parts.get(caption_ext)
-            if image is None or text is None:
-                skipped += 1
-                continue
-            try:
-                with Image.open(io.BytesIO(image[1])) as im:
-                    arr = image_array(im, size, channels, crop)
-            except (UnidentifiedImageError, OSError) as e:
-                raise ValueError(f"{shard}: cannot decode image member {image[0]}: {e}") from None
-            try:
-                caption = text[1].decode("utf-8").strip()
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{shard}: caption member {text[0]} is not UTF-8: {e}") from None
-            yield arr, caption, key
-        if skipped:
-            log.warning("%s: skipped %d samples without an image or a caption", shard, skipped)
+        yield from shard_samples(shard, size, channels=channels, crop=crop, caption_ext=caption_ext)
+
+
+def shard_samples(
+    shard: Path, size: int, *, channels: int = 3, crop: bool = True, caption_ext: str = "txt"
+) -> Iterator[tuple[np.ndarray, str, str]]:
+    """:func:`iter_webdataset_samples` of one shard: ``(image, caption, key)`` per sample that
+    has an image and a caption, in the shard's order."""
+    caption_ext = caption_ext.lower()
+    skipped = 0
+    for key, parts in _shard_groups(shard, (*IMAGE_EXTENSIONS, caption_ext)):
+        image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
+        text = parts.get(caption_ext)
+        if image is None or text is None:
+            skipped += 1
+            continue
+        try:
+            with Image.open(io.BytesIO(image[1])) as im:
+                arr = image_array(im, size, channels, crop)
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"{shard}: cannot decode image member {image[0]}: {e}") from None
+        yield arr, _caption(shard, text), key
+    if skipped:
+        log.warning("%s: skipped %d samples without an image or a caption", shard, skipped)
+
+
+def _caption(shard: Path, member: tuple[str, bytes]) -> str:
+    try:
+        return member[1].decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{shard}: caption member {member[0]} is not UTF-8: {e}") from None
+
+
+def scan_shard(
+    shard: Path, caption_ext: str = "txt"
+) -> Iterator[tuple[str, str | None, list[tuple[str, int]]]]:
+    """Every key of one shard, in order, without decoding an image: ``(key, caption or None
+    when the sample has no image or no caption, [(member name, size), ...])``. The tar is
+    read by its headers, skipping the image bytes (a seek each), so indexing a shard costs
+    little more than its captions."""
+    caption_ext = caption_ext.lower()
+    try:
+        tar = tarfile.open(shard, mode="r:*")  # noqa: SIM115 - closed by the `with` below
+    except tarfile.TarError as e:
+        raise ValueError(f"{shard}: not a readable tar file: {e}") from None
+    with tar:
+        key: str | None = None
+        members: list[tuple[str, int]] = []
+        image, caption = False, None
+        try:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                k, ext = _split_key(member.name)
+                if k != key:
+                    if key is not None:
+                        yield key, caption if image else None, members
+                    key, members, image, caption = k, [], False, None
+                members.append((member.name, member.size))
+                if ext in IMAGE_EXTENSIONS:
+                    image = True
+                elif ext == caption_ext:
+                    f = tar.extractfile(member)
+                    caption = _caption(shard, (member.name, f.read() if f is not None else b""))
+        except tarfile.TarError as e:
+            raise ValueError(f"{shard}: broken tar file: {e}") from None
+        if key is not None:
+            yield key, caption if image else None, members
 
 
 def _shard_groups(
@@ -362,4 +410,6 @@ __all__ = [
     "iter_webdataset_samples",
     "load_caption_csv",
     "load_caption_split",
+    "scan_shard",
+    "shard_samples",
 ]

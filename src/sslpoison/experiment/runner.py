@@ -23,7 +23,9 @@ import torch.nn as nn
 
 from sslpoison.attacks import AttackConfig, EncoderAttack, Hook, Measured, strikes
 from sslpoison.data.imageset import ImageSet
+from sslpoison.data.pairs import expand_shards
 from sslpoison.data.registry import DatasetNotFound, locate_dataset
+from sslpoison.data.shards import WEBDATASET, PairStream
 from sslpoison.defenses import DefenseConfig
 from sslpoison.detectors import DetectorConfig
 from sslpoison.errors import start_warnings
@@ -68,6 +70,12 @@ log = logging.getLogger(__name__)
 def check_datasets(cfg: ExperimentConfig) -> None:
     """Fail early, naming the key, when a dataset the config uses is not present."""
     wanted = [("data.dataset", cfg.data.dataset, cfg.data.root)]
+    if cfg.data.dataset == WEBDATASET:  # pairs streamed from shards, not a registered dataset
+        try:
+            expand_shards(cfg.data.shards)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"data.shards: {e}") from None
+        wanted = []
     wanted += [
         (f"eval.datasets.{i}", name, cfg.eval.roots.get(name))
         for i, name in enumerate(cfg.eval.datasets)
@@ -219,7 +227,7 @@ class Prepared:
     (loading lazily), the poisoned pre-training set and the backdoor targets of the attack,
     and the encoder the attack brings (instead of pre-training one), if any."""
 
-    data: ImageSet
+    data: ImageSet | PairStream
     downstream: Downstream
     poisoned: PoisonedSet | None
     targets: list[BackdoorTarget]
@@ -230,7 +238,7 @@ def prepare_run(
     cfg: ExperimentConfig,
     device: torch.device,
     *,
-    data: ImageSet | None = None,
+    data: ImageSet | PairStream | None = None,
     downstream: Downstream | None = None,
     timed: Callable[[str], Any] | None = None,
 ) -> Prepared:
@@ -241,7 +249,8 @@ def prepare_run(
     attack = cfg.attack
     if data is None:
         with timed("load_data") if timed is not None else nullcontext():
-            data = pretraining_data(cfg.data, cfg.pretrain.image_text, cfg.seed)
+            image_text, cache = cfg.pretrain.image_text, cfg.resolved_cache_dir()
+            data = pretraining_data(cfg.data, image_text, cfg.seed, cache)
         log.info("pre-training data: %s", data)
     if downstream is None:  # loads lazily
         downstream = Downstream(cfg.eval, data.image_size, data.channels, cfg.seed)

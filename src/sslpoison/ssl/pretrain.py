@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from sslpoison.configbase import Config, check_kwargs
 from sslpoison.data.augment import RECIPES, ViewAugment
 from sslpoison.data.imageset import ImageSet
+from sslpoison.data.shards import PairStream, StreamBatches
 from sslpoison.models.backbone import BackboneConfig, build_encoder
 from sslpoison.models.text import TextConfig, Tokenizer
 from sslpoison.ssl import IMAGE_TEXT_METHODS, METHODS, SSLMethod
@@ -159,14 +160,17 @@ def train_backbone(
 
 
 def pretrain_clip(
-    data: ImageSet,
+    data: ImageSet | PairStream,
     cfg: PretrainConfig,
     *,
     seed: int = 0,
     device: torch.device | str = "cpu",
     checkpoint_dir: str | Path | None = None,
 ) -> tuple[CLIP, Tokenizer, FitResult]:
-    """Pre-train a fresh CLIP on ``data``'s image–caption pairs (``pretrain.method: clip``).
+    """Pre-train a fresh CLIP on ``data``'s image–caption pairs (``pretrain.method: clip``):
+    held in memory (an ImageSet), or streamed from shards (a
+    :class:`~sslpoison.data.shards.PairStream`, read batch by batch, the tokenizer built from
+    its captions' word counts: the same vocabulary).
 
     The tokenizer is built from ``data.captions``; the image tower is ``cfg.backbone``, the
     text tower ``cfg.text``, ``cfg.method_args`` the rest of :class:`CLIPConfig`; the views
@@ -175,26 +179,36 @@ def pretrain_clip(
 
     Returns (the model on ``device``, its tokenizer, the engine's result).
     """
-    if data.captions is None:
+    streamed = isinstance(data, PairStream)
+    if not streamed and data.captions is None:
         raise ValueError(
             f"pretrain.method clip: the pre-training set {data.name!r} has no captions"
         )
     device = torch.device(device)
     model_cfg = CLIPConfig(backbone=cfg.backbone, text=cfg.text, **cfg.checked_method_args())
-    tokenizer = cfg.text.build_tokenizer(data.captions)
+    if streamed:
+        tokenizer = cfg.text.tokenizer_from_counts(data.words)
+    else:
+        tokenizer = cfg.text.build_tokenizer(data.captions)
     torch.manual_seed(seed)
     model = model_cfg.build(tokenizer, data.channels)
     crop = tuple(cfg.augment.crop_scale or (0.9, 1.0))
     views = None if crop == (1.0, 1.0) else clip_augment(data.image_size, data.channels, crop)
     task = CLIPTask(model, views).to(device)
-    ids = tokenizer.encode(data.captions).to(device)
-    batches = TensorBatches(
-        data.images.to(device),
-        ids,
-        batch_size=cfg.train.batch_size,
-        drop_last=cfg.train.drop_last,
-        seed=seed,
-    )
+    train = cfg.train
+    if streamed:
+        batches: TensorBatches | StreamBatches = data.batches(
+            train.batch_size, tokenizer, seed=seed, drop_last=train.drop_last, device=device
+        )
+    else:
+        ids = tokenizer.encode(data.captions).to(device)
+        batches = TensorBatches(
+            data.images.to(device),
+            ids,
+            batch_size=train.batch_size,
+            drop_last=train.drop_last,
+            seed=seed,
+        )
     result = fit(
         task, batches, cfg.train, seed=seed, checkpoint_dir=checkpoint_dir, desc="pretrain clip"
     )
