@@ -3,6 +3,7 @@ processes, SLURM arrays through a fake ``sbatch``), failed and killed cells, ``-
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -22,31 +23,15 @@ from sslpoison.experiment.cells import status_path, status_table, update_status
 from sslpoison.experiment.config import ExperimentConfig
 from sslpoison.experiment.plan import PlannedStage, SweepPlan, plan_sweep
 from sslpoison.experiment.sweep import load_sweep, run_sweep, with_executor
+from tiny_runs import TINY_RUN
 
 SRC = Path(__file__).parents[2] / "src"
 
-#: A cell that trains one epoch on 64 synthetic images and evaluates (k-NN) in about a
-#: second; fp32 on every machine and one thread, so that runs in this process and in
-#: subprocesses share their stage keys and their numbers.
-BASE = {
-    "name": "tiny-cells",
-    "seed": 0,
-    "threads": 1,
-    "data": {"dataset": "synthetic", "subset": 64},
-    "pretrain": {
-        "method": "simclr",
-        "backbone": {"width": 0.125},
-        "train": {"epochs": 1, "batch_size": 32, "progress": False, "amp_cpu": False},
-    },
-    "eval": {
-        "datasets": ["synthetic"],
-        "labelled": 64,
-        "test_subset": 32,
-        "probes": ["knn"],
-        "knn": {"k": 5},
-        "baselines": [],
-    },
-}
+#: The tiny run (one epoch on 64 synthetic images, k-NN) as a sweep's cell; fp32 on every
+#: machine, so that runs in this process and in subprocesses share their stage keys and
+#: their numbers.
+BASE = copy.deepcopy(TINY_RUN) | {"name": "tiny-cells"}
+BASE["pretrain"]["train"]["amp_cpu"] = False
 
 
 @pytest.fixture
@@ -136,6 +121,31 @@ def test_the_executor_section_and_its_command_line_overrides(sweep_file, tmp_pat
     assert code == 2 and "executor.partiton: unknown key" in capsys.readouterr().err
     code = main(["sweep", str(path), "--executor", "serial", "--executor-set", "tasks_per_node=2"])
     assert code == 2 and "executor.tasks_per_node" in capsys.readouterr().err
+
+
+def test_local_cells_with_gpus_get_gpus_of_their_own(tmp_path, monkeypatch):
+    from sslpoison.errors import ConfigError
+    from sslpoison.experiment.executors import ExecutorConfig, SubmititExecutor
+
+    class Recorder:
+        def update_parameters(self, **params):
+            self.visible = params["visible_gpus"]
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    cfg = ExecutorConfig(name="local", jobs=2, gpus_per_node=2)
+    executor, ex = SubmititExecutor(cfg, tmp_path, tmp_path / "logs", "s"), Recorder()
+    executor._give_gpus(ex, "a")
+    assert ex.visible == (0, 1) and cfg.tasks == 2  # one process per GPU
+    executor.in_flight["a"] = object()
+    executor._give_gpus(ex, "b")
+    assert ex.visible == (2, 3)
+    del executor.in_flight["a"]  # a ended: its GPUs are free again
+    executor.in_flight["b"] = object()
+    executor._give_gpus(ex, "c")
+    assert ex.visible == (0, 1)
+    three = SubmititExecutor(cfg.model_copy(update={"jobs": 3}), tmp_path, tmp_path, "s")
+    with pytest.raises(ConfigError, match="3 jobs × 2 GPUs asked for, this machine has 4"):
+        three._give_gpus(ex, "a")
 
 
 # ---- failures, resuming, status --------------------------------------------------------
@@ -237,7 +247,7 @@ def test_a_killed_cell_fails_alone_and_is_the_only_one_run_again(sweep_file, tmp
     killed (SIGKILL) mid-training; the three other cells finish (the other 40-epoch cell
     resumes the pre-training from its checkpoint), the sweep exits 3 naming the killed
     cell's log, and the same command again runs that cell alone."""
-    base = json.loads(json.dumps(BASE))
+    base = copy.deepcopy(BASE)
     base["pretrain"]["train"]["checkpoint_every"] = 1
     path = sweep_file({"pretrain.train.epochs": [1, 40], "eval.knn.k": [3, 5]}, base=base)
     out = tmp_path / "out"

@@ -5,6 +5,7 @@ cannot do is refused at load time."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from sslpoison.cli import main
 from sslpoison.data.captions import caption_imageset
 from sslpoison.data.synthetic import synthetic
 from sslpoison.experiment.config import ConfigError, load_config
+from tiny_runs import TINY_RUN
 
 
 def streamed_run(shards: str) -> dict:
@@ -43,14 +45,7 @@ def streamed_run(shards: str) -> dict:
             "poison": 8,
             "trigger": {"kind": "noise", "size": 4},
         },
-        "eval": {
-            "datasets": ["synthetic"],
-            "labelled": 64,
-            "test_subset": 32,
-            "probes": ["knn"],
-            "knn": {"k": 5},
-            "baselines": [],
-        },
+        "eval": copy.deepcopy(TINY_RUN["eval"]),
     }
 
 

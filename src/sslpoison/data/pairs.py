@@ -24,8 +24,9 @@ import io
 import logging
 import re
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -298,14 +299,32 @@ def scan_shard(
     read by its headers, skipping the image bytes (a seek each), so indexing a shard costs
     little more than its captions."""
     caption_ext = caption_ext.lower()
+
+    def read(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str) -> str | None:
+        if ext != caption_ext:
+            return None
+        f = tar.extractfile(member)
+        return _caption(shard, (member.name, f.read() if f is not None else b""))
+
+    for key, group in _tar_groups(shard, "r:*", read):
+        image = any(ext in IMAGE_EXTENSIONS for _, ext, _ in group)
+        caption = next((text for _, ext, text in group if ext == caption_ext), None)
+        yield key, caption if image else None, [(m.name, m.size) for m, _, _ in group]
+
+
+def _tar_groups(
+    shard: Path, mode: str, read: Callable[[tarfile.TarFile, tarfile.TarInfo, str], Any]
+) -> Iterator[tuple[str, list[tuple[tarfile.TarInfo, str, Any]]]]:
+    """One tar shard as runs of members sharing a key: (key, [(member, extension,
+    ``read(tar, member, extension)``), ...]), ``read`` called as each member passes (in
+    streaming mode ``r|*`` its bytes can be read only then)."""
     try:
-        tar = tarfile.open(shard, mode="r:*")  # noqa: SIM115 - closed by the `with` below
+        tar = tarfile.open(shard, mode=mode)  # noqa: SIM115 - closed by the `with` below
     except tarfile.TarError as e:
         raise ValueError(f"{shard}: not a readable tar file: {e}") from None
     with tar:
         key: str | None = None
-        members: list[tuple[str, int]] = []
-        image, caption = False, None
+        group: list[tuple[tarfile.TarInfo, str, Any]] = []
         try:
             for member in tar:
                 if not member.isfile():
@@ -313,18 +332,13 @@ def scan_shard(
                 k, ext = _split_key(member.name)
                 if k != key:
                     if key is not None:
-                        yield key, caption if image else None, members
-                    key, members, image, caption = k, [], False, None
-                members.append((member.name, member.size))
-                if ext in IMAGE_EXTENSIONS:
-                    image = True
-                elif ext == caption_ext:
-                    f = tar.extractfile(member)
-                    caption = _caption(shard, (member.name, f.read() if f is not None else b""))
+                        yield key, group
+                    key, group = k, []
+                group.append((member, ext, read(tar, member, ext)))
         except tarfile.TarError as e:
             raise ValueError(f"{shard}: broken tar file: {e}") from None
         if key is not None:
-            yield key, caption if image else None, members
+            yield key, group
 
 
 def _shard_groups(
@@ -332,29 +346,15 @@ def _shard_groups(
 ) -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
     """Stream one tar shard as (key, {extension: (member name, bytes)}) per run of members
     sharing a key; only extensions in ``keep`` are read."""
-    try:
-        tar = tarfile.open(shard, mode="r|*")  # noqa: SIM115 - closed by the `with` below
-    except tarfile.TarError as e:
-        raise ValueError(f"{shard}: not a readable tar file: {e}") from None
-    with tar:
-        key: str | None = None
-        parts: dict[str, tuple[str, bytes]] = {}
-        try:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                k, ext = _split_key(member.name)
-                if k != key:
-                    if key is not None:
-                        yield key, parts
-                    key, parts = k, {}
-                if ext in keep:
-                    f = tar.extractfile(member)
-                    parts[ext] = (member.name, f.read() if f is not None else b"")
-        except tarfile.TarError as e:
-            raise ValueError(f"{shard}: broken tar file: {e}") from None
-        if key is not None:
-            yield key, parts
+
+    def read(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str) -> bytes | None:
+        if ext not in keep:
+            return None
+        f = tar.extractfile(member)
+        return f.read() if f is not None else b""
+
+    for key, group in _tar_groups(shard, "r|*", read):
+        yield key, {ext: (m.name, data) for m, ext, data in group if data is not None}
 
 
 def iter_webdataset(

@@ -220,22 +220,9 @@ class PairStream:
             changes["added"] = added
         return dataclasses.replace(self, **changes)
 
-    def batches(
-        self,
-        batch_size: int,
-        tokenizer: Any,
-        *,
-        seed: int = 0,
-        drop_last: bool = True,
-        device: torch.device | str = "cpu",
-        rank: int | None = None,
-        world: int | None = None,
-    ) -> StreamBatches:
-        """The engine's batches over this stream (see :class:`StreamBatches`)."""
-        return StreamBatches(
-            self, batch_size, tokenizer, seed=seed, drop_last=drop_last, device=device,
-            rank=rank, world=world,
-        )  # fmt: skip
+    def batches(self, batch_size: int, tokenizer: Any, **options: Any) -> StreamBatches:
+        """The engine's batches over this stream (``options``: see :class:`StreamBatches`)."""
+        return StreamBatches(self, batch_size, tokenizer, **options)
 
 
 def open_stream(

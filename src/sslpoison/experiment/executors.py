@@ -206,6 +206,7 @@ class SubmititExecutor:
         self.cfg, self.out, self.log_dir, self.name = cfg, out, log_dir, name
         self.in_flight: dict[str, Any] = {}  # cell name → submitit job (or _Pid)
         self.logs: dict[str, str] = {}
+        self.gpus: dict[str, int] = {}  # local: cell name → its slot of GPUs
 
     # ---- the executor -------------------------------------------------------------------
 
@@ -305,6 +306,25 @@ class SubmititExecutor:
         log.info("sweep: submitted %d cells (%s)", len(cells), self.cfg.name)
         return [job.job_id for job in jobs]
 
+    def _give_gpus(self, ex: Any, name: str) -> None:
+        """Locally, the next cell's GPUs: its own ``gpus_per_node`` of the machine's (slot
+        ``i`` of ``jobs`` gets GPUs ``i·g … i·g + g − 1``), so that cells never share one."""
+        g = self.cfg.gpus_per_node
+        if not g:
+            return
+        import torch
+
+        have = torch.cuda.device_count()
+        if self.cfg.jobs * g > have:
+            raise ConfigError(
+                f"executor.gpus_per_node: {self.cfg.jobs} jobs × {g} GPUs asked for, this "
+                f"machine has {have}"
+            )
+        used = {self.gpus[n] for n in self.in_flight if n in self.gpus}
+        slot = min(set(range(self.cfg.jobs)) - used)
+        self.gpus[name] = slot
+        ex.update_parameters(visible_gpus=tuple(range(slot * g, slot * g + g)))
+
     def _outcome(self, cell: Cell) -> Outcome:
         """How ``cell``'s job ended; a job that ended without saying so (killed, out of
         memory or time) is recorded as failed."""
@@ -357,10 +377,10 @@ class SubmititExecutor:
                 for phase in phases:
                     todo = [by_name[n] for n in phase if n not in waiting]
                     while todo or self.in_flight:
-                        free = self.cfg.jobs - len(self.in_flight)
-                        if todo and free > 0:
-                            self._submit(ex, todo[:free], threads)
-                            todo = todo[free:]
+                        while todo and len(self.in_flight) < self.cfg.jobs:
+                            self._give_gpus(ex, todo[0].name)
+                            self._submit(ex, todo[:1], threads)
+                            todo = todo[1:]
                         self._collect(by_name, on_finished)
                         time.sleep(POLL_S)
         except BaseException:
