@@ -168,6 +168,12 @@ def test_targeted_pairs_are_added_once_per_epoch(shards, pairs):
         assert len(set(keys)) == 102
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny CLIP training on one thread (two crawl on a busy 2-core machine)."""
+    torch.set_num_threads(1)
+
+
 def _clip_config() -> PretrainConfig:
     return PretrainConfig.model_validate(
         {
@@ -186,7 +192,7 @@ def _clip_config() -> PretrainConfig:
     )
 
 
-def test_a_streamed_clip_run_matches_the_in_memory_run_on_the_same_order(shards, pairs):
+def test_a_streamed_clip_run_matches_the_in_memory_run_on_the_same_order(shards, pairs, one_thread):
     """Done-when: pre-training CLIP from the shards gives the in-memory run's first-epoch
     loss, and its weights, to 1e-6, when the in-memory run (the pairs as they were written,
     never read back from the shards) takes the stream's order (shards shuffled, a 16-pair
@@ -215,7 +221,9 @@ def test_a_streamed_clip_run_matches_the_in_memory_run_on_the_same_order(shards,
     assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
 
 
-def test_resuming_at_an_epoch_boundary_gives_the_straight_run(tmp_path, shards, monkeypatch):
+def test_resuming_at_an_epoch_boundary_gives_the_straight_run(
+    tmp_path, shards, monkeypatch, one_thread
+):
     cfg = _clip_config()
     two = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 2})})
     stream = open_stream(shards, 16, 3, buffer=8)

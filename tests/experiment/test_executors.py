@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,11 +20,11 @@ import torch
 import yaml
 from fake_slurm import install_fake_slurm, submissions
 
-from sslpoison.cli import main
+from sslpoison.cli import launch, main
 from sslpoison.experiment.cells import status_path, status_table, update_status
 from sslpoison.experiment.config import ExperimentConfig
 from sslpoison.experiment.plan import PlannedStage, SweepPlan, plan_sweep
-from sslpoison.experiment.sweep import load_sweep, run_sweep, with_executor
+from sslpoison.experiment.sweep import SweepIncomplete, load_sweep, run_sweep, with_executor
 from tiny_runs import TINY_RUN
 
 SRC = Path(__file__).parents[2] / "src"
@@ -153,7 +155,6 @@ def test_local_cells_with_gpus_get_gpus_of_their_own(tmp_path, monkeypatch):
 
 def test_a_failed_cell_is_listed_the_others_finish_and_only_it_runs_again(sweep_file, tmp_path):
     from sslpoison.experiment.runner import run_experiment
-    from sslpoison.experiment.sweep import SweepIncomplete
 
     calls = []
 
@@ -212,76 +213,65 @@ def test_the_status_table_names_each_state(tmp_path):
 # ---- local processes --------------------------------------------------------------------
 
 
-def test_local_jobs_give_the_serial_metrics_and_share_the_pretraining(
-    sweep_file, tmp_path, monkeypatch, capsys
+def test_local_jobs_give_the_serial_metrics_and_a_killed_cell_is_the_only_one_run_again(
+    sweep_file, tmp_path, monkeypatch, caplog
 ):
-    """The pipeline's end-to-end test: 4 cells as 2 parallel processes (submitit's local
-    executor) give the metrics of the same sweep run serially, each with its own cache; the
-    clean pre-training, shared by all 4, is trained once (by the first cell, alone)."""
-    path = sweep_file()
+    """The pipeline's end-to-end test. Four cells sharing one pre-training (40 epochs, a
+    checkpoint each) run as two parallel processes (submitit's local executor): the first
+    cell computes the shared pre-training alone, before the others start. Killed (SIGKILL)
+    mid-training, it is listed as failed with its log; the three others finish (one resumes
+    the pre-training from the checkpoint, two reuse it) and the sweep exits 3. The same
+    command again runs the killed cell alone. Every cell then has the metrics of the same
+    sweep run serially, with a cache of its own."""
+    base = copy.deepcopy(BASE)
+    base["pretrain"]["train"] |= {"epochs": 40, "checkpoint_every": 1}
+    path = sweep_file({"eval.knn.k": [3, 5, 7, 9]}, base=base)
     assert main(["sweep", str(path), "--out", str(tmp_path / "serial")]) == 0
     monkeypatch.setenv("SSLPOISON_CACHE", str(tmp_path / "local-cache"))
-    code = main(
-        ["sweep", str(path), "--out", str(tmp_path / "local"), "--executor", "local", "--jobs", "2"]
-    )
-    assert code == 0, capsys.readouterr().err
-    serial, local = _rows(tmp_path / "serial"), _rows(tmp_path / "local")
-    assert [r["synthetic/knn_acc"] for r in local] == [r["synthetic/knn_acc"] for r in serial]
-    cached = [_stages(tmp_path / "local", r)["pretrain"]["cached"] for r in local]
-    assert cached == [False, True, True, True]
-    assert len(list((tmp_path / "local-cache" / "pretrain").iterdir())) == 1
-    started = [
-        json.loads(status_path(tmp_path / "local", r["run"]).read_text())["started"] for r in local
-    ]
-    first_ended = json.loads(status_path(tmp_path / "local", local[0]["run"]).read_text())["ended"]
-    assert all(t > first_ended for t in started[1:])  # the shared stage first, then the rest
-    for r in local:
-        status = json.loads(status_path(tmp_path / "local", r["run"]).read_text())
-        assert status["state"] == "done" and status["executor"] == "local"
-        assert Path(status["log"]).exists() and status["log"].endswith("_0_log.err")
+    out, local = tmp_path / "local", with_executor(load_sweep(path)[0], "local", jobs=2)
+    ended: list[BaseException | None] = []
 
+    def sweep() -> None:  # the driver, as `sslpoison sweep --executor local --jobs 2` runs it
+        try:
+            run_sweep(*load_sweep(path), out, run=launch, executor=local)
+            ended.append(None)
+        except BaseException as e:
+            ended.append(e)
 
-@pytest.mark.slow
-def test_a_killed_cell_fails_alone_and_is_the_only_one_run_again(sweep_file, tmp_path):
-    """Two pre-trainings (1 and 40 epochs), each shared by two cells: the 40-epoch leader is
-    killed (SIGKILL) mid-training; the three other cells finish (the other 40-epoch cell
-    resumes the pre-training from its checkpoint), the sweep exits 3 naming the killed
-    cell's log, and the same command again runs that cell alone."""
-    base = copy.deepcopy(BASE)
-    base["pretrain"]["train"]["checkpoint_every"] = 1
-    path = sweep_file({"pretrain.train.epochs": [1, 40], "eval.knn.k": [3, 5]}, base=base)
-    out = tmp_path / "out"
-    argv = [sys.executable, "-m", "sslpoison.cli", "sweep", str(path), "--out", str(out),
-            "--executor", "local", "--jobs", "2"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    sweep = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    victim = status_path(out, "02-epochs=40,k=3")
-    cache = Path(os.environ["SSLPOISON_CACHE"]) / "pretrain"
-    deadline = time.monotonic() + 240
-    while not list(cache.glob("*/checkpoints/last.json")) or not victim.exists():
-        assert time.monotonic() < deadline and sweep.poll() is None, sweep.communicate()
-        time.sleep(0.1)
-    pid = json.loads(victim.read_text())["pid"]
-    os.kill(pid, signal.SIGKILL)
-    stdout, stderr = sweep.communicate(timeout=300)
-    assert sweep.returncode == 3, stderr.decode()[-3000:]
-    error = stderr.decode().strip().splitlines()[-1]
-    assert "1 of 4 cells failed" in error and "02-epochs=40,k=3" in error and "log:" in error
+    driver = threading.Thread(target=sweep)
+    driver.start()
+    leader = status_path(out, "00-k=3")
+    cache = tmp_path / "local-cache" / "pretrain"
+    deadline = time.monotonic() + 300
+    while not list(cache.glob("*/checkpoints/last.json")) or not leader.exists():
+        assert time.monotonic() < deadline and driver.is_alive(), ended
+        time.sleep(0.05)
+    os.kill(json.loads(leader.read_text())["pid"], signal.SIGKILL)
+    driver.join(timeout=300)
+    (failed,) = ended
+    assert isinstance(failed, SweepIncomplete) and failed.exit_code == 3, failed
+    assert "1 of 4 cells failed" in str(failed) and "00-k=3 (log: " in str(failed)
+    assert "| 3 | - | failed |" in (out / "sweep.md").read_text()
     rows = _rows(out)
-    assert [r["status"] for r in rows] == ["done", "done", "failed", "done"]
-    assert "| 40 | 3 | - | failed |" in stdout.decode()
-    resumed = _stages(out, rows[3])["pretrain"]
-    assert resumed["cached"] is False and resumed["resumed_from_epoch"] >= 1
+    assert [r["status"] for r in rows] == ["failed", "done", "done", "done"]
+    statuses = [json.loads(status_path(out, r["run"]).read_text()) for r in rows]
+    assert statuses[0]["state"] == "failed" and Path(statuses[0]["log"]).exists()
+    assert all(s["started"] > statuses[0]["ended"] for s in statuses[1:])  # shared stage first
+    pretrained = [_stages(out, r)["pretrain"] for r in rows[1:]]
+    assert sorted(p["cached"] for p in pretrained) == [False, True, True]  # computed once
+    assert [p["resumed_from_epoch"] >= 1 for p in pretrained if not p["cached"]] == [True]
 
-    done = [r["run"] for r in rows if r["status"] == "done"]
-    mtimes = {name: (out / name / "results.json").stat().st_mtime_ns for name in done}
-    again = subprocess.run(argv, env=env, capture_output=True, timeout=300)
-    assert again.returncode == 0, again.stderr.decode()[-3000:]
-    assert "1 finished before" not in again.stderr.decode()
-    assert "4 cells, 1 to run (3 finished before)" in again.stderr.decode()
-    rows = _rows(out)
+    mtimes = {r["run"]: (out / r["run"] / "results.json").stat().st_mtime_ns for r in rows[1:]}
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    run_sweep(*load_sweep(path), out, run=launch, executor=local)  # again: the killed cell
+    assert "4 cells, 1 to run (3 finished before)" in caplog.text
+    assert all((out / n / "results.json").stat().st_mtime_ns == t for n, t in mtimes.items())
+    assert json.loads(leader.read_text())["state"] == "done"
+    serial, rows = _rows(tmp_path / "serial"), _rows(out)
     assert [r["status"] for r in rows] == ["done"] * 4
-    assert all((out / name / "results.json").stat().st_mtime_ns == t for name, t in mtimes.items())
+    assert [r["synthetic/knn_acc"] for r in rows] == [r["synthetic/knn_acc"] for r in serial]
+    assert len(list(cache.iterdir())) == 1
 
 
 # ---- SLURM, through a fake sbatch -------------------------------------------------------
