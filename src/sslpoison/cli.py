@@ -73,10 +73,10 @@ def _sweep(args: argparse.Namespace) -> int:
     sweep, base = load_sweep(args.sweep)
     out = Path(args.out) if args.out else Path("runs") / safe_name(sweep.name)
     if args.status:
-        from sslpoison.experiment.cells import status_table
+        from sslpoison.experiment.cells import slurm_states, status_table
 
-        cells, _ = sweep_cells(sweep, base, out, args.set or [])
-        print(status_table(out, [c.name for c in cells]))
+        names = [c.name for c in sweep_cells(sweep, base, out, args.set or [])[0]]
+        print(status_table(out, names, slurm_states(out, names)))
         return 0
     executor = with_executor(sweep, args.executor, args.jobs, args.executor_set or [])
     try:

@@ -323,6 +323,11 @@ def test_slurm_submits_one_array_per_phase_with_the_executor_section(
     assert [s["state"] for s in statuses] == ["failed"] * 4
     assert statuses[2]["log"].endswith("logs/1001_1_0_log.err")
     assert all("its job ended before the cell did" in s["error"] for s in statuses)
+    # --status asks sacct about a cell its status file still has running (a sweep gone)
+    update_status(status_path(out, "01-k=3,labelled=64"), state="running", error=None)
+    assert main(["sweep", str(path), "--out", str(out), "--status"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("01-"))
+    assert line.split()[1] == "failed" and line.endswith("(its job ended: CANCELLED)")
 
 
 @pytest.mark.slow

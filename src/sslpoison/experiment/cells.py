@@ -37,12 +37,15 @@ log = logging.getLogger(__name__)
 
 #: The states of a cell, in order.
 STATES = ("pending", "running", "done", "failed")
+#: Scheduler (sacct) states of a job still queued or running.
+ALIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED"})
 
 __all__ = [
     "STATES",
     "Cell",
     "read_status",
     "run_cell",
+    "slurm_states",
     "status_path",
     "status_table",
     "update_status",
@@ -167,13 +170,18 @@ def cell_state(out: Path, name: str) -> tuple[str, dict[str, Any]]:
     return state if state in STATES else "pending", status
 
 
-def status_table(out: Path, names: list[str]) -> str:
+def status_table(out: Path, names: list[str], jobs: dict[str, str] | None = None) -> str:
     """One line per cell: state, start, wall time (so far, for a running one), log; then
-    the count per state."""
+    the count per state. ``jobs``: the scheduler's state of the jobs of cells said to be
+    pending or running (SLURM's, by cell): a job that ended without its cell saying so makes
+    the cell ``failed``."""
     rows = [("cell", "state", "started", "wall", "log")]
     counts = dict.fromkeys(STATES, 0)
     for name in names:
         state, status = cell_state(out, name)
+        job = (jobs or {}).get(name)
+        if state in ("pending", "running") and job is not None and job not in ALIVE:
+            state, status = "failed", status | {"error": f"its job ended: {job}"}
         counts[state] += 1
         note = f" ({status['error']})" if state == "failed" and status.get("error") else ""
         log_file = str(status.get("log") or "-")
@@ -183,3 +191,26 @@ def status_table(out: Path, names: list[str]) -> str:
              for r in rows]  # fmt: skip
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     return "\n".join([*lines, f"{len(names)} cells: {summary}"])
+
+
+def slurm_states(out: Path, names: list[str]) -> dict[str, str]:
+    """``sacct``'s state of the job of each cell whose status says it is pending or running
+    on SLURM (one ``sacct`` call; empty where there is no ``sacct``)."""
+    import shutil
+
+    wanted = {}
+    for name in names:
+        status = read_status(status_path(out, name))
+        queued = status.get("state") in ("pending", "running") and status.get("job_id")
+        if status.get("executor") == "slurm" and queued:
+            wanted[name] = str(status["job_id"])
+    if not wanted or shutil.which("sacct") is None:
+        return {}
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    watcher = SlurmInfoWatcher(delay_s=0)
+    for job_id in wanted.values():
+        watcher.register_job(job_id)
+    watcher.update()
+    states = {n: watcher.get_state(j, mode="cache").split()[0].upper() for n, j in wanted.items()}
+    return {n: s for n, s in states.items() if s != "UNKNOWN"}

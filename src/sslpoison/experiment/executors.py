@@ -50,6 +50,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_va
 from sslpoison.configbase import Config
 from sslpoison.errors import ConfigError, one_line
 from sslpoison.experiment.cells import (
+    ALIVE,
     Cell,
     append_traceback,
     cell_state,
@@ -68,8 +69,6 @@ __all__ = ["EXECUTORS", "ExecutorConfig", "Outcome", "make_executor"]
 EXECUTORS = ("serial", "local", "slurm")
 #: Seconds between two looks at the jobs in flight.
 POLL_S = 0.5
-#: Job states (sacct) of a job still queued or running.
-ALIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED"})
 
 
 class ExecutorConfig(Config):
