@@ -31,7 +31,7 @@ import torch
 from sslpoison.attacks import Hook, strikes
 from sslpoison.eval.downstream import Downstream
 from sslpoison.experiment.cache import StageCache, stage_key
-from sslpoison.experiment.config import ExperimentConfig
+from sslpoison.experiment.config import ConfigError, ExperimentConfig
 from sslpoison.experiment.runner import prepare_run
 from sslpoison.experiment.stages import data_fingerprint, key_slice, pretrain_key, pretraining_data
 from sslpoison.utils import module_hash
@@ -180,7 +180,10 @@ def plan_sweep(
     memo: dict[Any, Any] = {}
     stages, cached = {}, set()
     for name, cfg in configs.items():
-        stages[name] = cell_stages(cfg, device_of(cfg), memo)
+        try:
+            stages[name] = cell_stages(cfg, device_of(cfg), memo)
+        except ConfigError as e:  # an impossible attack, a missing dataset: before any run
+            raise ConfigError(f"sweep cell {name}: {e}") from None
         cache = StageCache(cfg.resolved_cache_dir())
         cached |= {s.key for s in stages[name] if s.keyed and cache.done(s.kind, s.key)}
     return SweepPlan(stages, cached)
