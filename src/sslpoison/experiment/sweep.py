@@ -11,14 +11,19 @@ A sweep file (YAML)::
     plot: {x: attack.poison, y: [fashion-mnist/fp_poisoned]}       # optional PNG
     reach: {x: attack.poison, y: fashion-mnist/fp_poisoned, at: 50}  # optional: smallest x
     heatmap: {rows: attack.trigger.size, value: fashion-mnist/fp_poisoned}  # optional
+    executor: {name: slurm, partition: gpu, gpus_per_node: 4}       # optional: how cells run
 
 ``heatmap``: one row per value of the grid key ``rows``, one column per setting of the other
 grid keys, ``value`` in each cell — as a table in ``sweep.md`` and ``OUT/sweep-heatmap.png``.
 
-Each run writes ``OUT/<i>-<key=value,...>/results.json`` like ``sslpoison run``; the stage
-cache shares what the runs have in common (the clean encoder). ``OUT/sweep.json`` and
-``OUT/sweep.md`` are rewritten after every run, and a sweep started again skips the runs
-that finished.
+Each run (a *cell*) writes ``OUT/<i>-<key=value,...>/results.json`` like ``sslpoison run``;
+the stage cache shares what the runs have in common (the clean encoder), and the plan
+(:mod:`~sslpoison.experiment.plan`) runs each shared stage once before the other cells. The
+cells run one after another, as local processes or as SLURM job arrays
+(:mod:`~sslpoison.experiment.executors`), each keeping ``OUT/status/<cell>.json``.
+``OUT/sweep.json`` and ``OUT/sweep.md`` — a row per cell, those without results marked — are
+rewritten as cells end; a failed cell does not stop the others (:class:`SweepIncomplete`
+at the end), and a sweep started again runs only the cells without results.
 """
 
 from __future__ import annotations
