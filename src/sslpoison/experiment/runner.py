@@ -259,11 +259,6 @@ def prepare_run(
     return Prepared(data, downstream, poisoned, targets, given)
 
 
-def poison_about(poisoned: PoisonedSet) -> dict[str, Any]:
-    """What the poisoned pre-training stage records (and its model card) of the poisoning."""
-    return {"poison": poisoned.record(positions=False)}
-
-
 def _run_experiment(
     cfg: ExperimentConfig,
     out_dir: Path,
@@ -283,7 +278,7 @@ def _run_experiment(
     else:
         run.artifacts["stage_cache"] = run.pretrain(CLEAN, "pretrain", cfg.pretrain, data)
     if poisoned is not None:  # the same pre-training on the poisoned set
-        about = poison_about(poisoned)
+        about = {"poison": poisoned.record(positions=False)}
         folder = run.pretrain(ATTACKED, "pretrain_poisoned", cfg.pretrain, poisoned.data, about)
         run.artifacts["poisoned_stage_cache"] = folder
     if strikes(attack, Hook.ENCODER):
