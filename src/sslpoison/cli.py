@@ -2,7 +2,8 @@
 library, print what it wrote.
 
 ``sslpoison run CONFIG.yaml [--set key=value ...] [--seeds 0,1,2] [--out DIR]``,
-``sslpoison sweep SWEEP.yaml [--set key=value ...] [--seeds 0,1,2] [--out DIR]``,
+``sslpoison sweep SWEEP.yaml [--set key=value ...] [--seeds 0,1,2] [--out DIR]
+[--executor serial|local|slurm] [--jobs N] [--executor-set KEY=VALUE ...] [--status]``,
 ``sslpoison datasets [--check NAME]``, ``sslpoison fetch NAME``; the results store's
 ``sslpoison runs [import DIR...]`` and ``sslpoison report`` (:mod:`sslpoison.cli_runs`);
 ``sslpoison encoder inspect SOURCE...`` and ``sslpoison export RUN_DIR ...``
@@ -10,6 +11,7 @@ library, print what it wrote.
 
 Exit codes: 0 done; 2 a failure the user can fix (a :class:`~sslpoison.errors.UserError`, or
 the filesystem refusing a path), printed as one line ``error: <file or key>: <problem>``;
+3 a sweep some of whose cells failed (each named with its log; the others finished);
 130 interrupted; 1 (with a traceback) a bug. ``--debug`` shows the traceback of every failure.
 """
 
@@ -76,12 +78,35 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from sslpoison.experiment.sweep import load_sweep, run_sweep
+    from sslpoison.experiment.sweep import (
+        SweepIncomplete,
+        load_sweep,
+        run_sweep,
+        sweep_cells,
+        with_executor,
+    )
     from sslpoison.utils import safe_name
 
     sweep, base = load_sweep(args.sweep)
     out = Path(args.out) if args.out else Path("runs") / safe_name(sweep.name)
-    run_sweep(sweep, base, out, [*(args.set or []), *seed_overrides(args.seeds)], run=launch)
+    overrides = [*(args.set or []), *seed_overrides(args.seeds)]
+    if args.status:
+        from sslpoison.experiment.cells import slurm_states, status_table
+
+        names = [c.name for c in sweep_cells(sweep, base, out, overrides)[0]]
+        print(status_table(out, names, slurm_states(out, names)))
+        return 0
+    executor = with_executor(sweep, args.executor, args.jobs, args.executor_set or [])
+    try:
+        run_sweep(sweep, base, out, overrides, run=launch, executor=executor)
+    except SweepIncomplete:
+        _print_sweep(out)
+        raise
+    _print_sweep(out)
+    return 0
+
+
+def _print_sweep(out: Path) -> None:
     table = out / "sweep.md"
     if table.exists():
         print(table.read_text(), end="")
@@ -89,7 +114,6 @@ def _sweep(args: argparse.Namespace) -> int:
     for name, picture in (("plot", "sweep.png"), ("heatmap", "sweep-heatmap.png")):
         if (out / picture).exists():
             print(f"{name}: {out / picture}")
-    return 0
 
 
 def _datasets(args: argparse.Namespace) -> int:
@@ -159,6 +183,29 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every run")
     sw.add_argument("--seeds", metavar="S,S,...", help="run every cell over these seeds")
     sw.add_argument("--out", help="output folder (default runs/<sweep name>)")
+    sw.add_argument(
+        "--executor",
+        choices=("serial", "local", "slurm"),
+        help="how the cells run: one after another here (serial, the default), as parallel "
+        "processes here (local) or as SLURM job arrays (slurm); default: the sweep's executor:",
+    )
+    sw.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="cells at once (local: processes; slurm: the array's parallelism)",
+    )
+    sw.add_argument(
+        "--executor-set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a key of the sweep's executor: section, e.g. partition=gpu, time=120",
+    )
+    sw.add_argument(
+        "--status",
+        action="store_true",
+        help="show each cell's state (pending, running, done, failed), wall time and log",
+    )
     sw.set_defaults(func=_sweep)
     ds = sub.add_parser(
         "datasets", parents=[common], help="list datasets, whether present, and where"
@@ -211,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if message is None or args.debug or args.verbose:
             raise
         print(f"error: {message}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130

@@ -14,12 +14,15 @@ reads them; both import them from here, so neither imports the other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sslpoison.data.imageset import ImageSet
 from sslpoison.triggers import PatchTrigger
+
+if TYPE_CHECKING:
+    from sslpoison.data.shards import PairStream
 
 
 @dataclass
@@ -72,7 +75,9 @@ class PoisonedSet:
     """A training set after an attack, and what was changed.
 
     Attributes:
-        data: the poisoned set (N images; appended pairs come after the original ones).
+        data: the poisoned set (N images; appended pairs come after the original ones), or
+            for pairs streamed from shards the poisoned
+            :class:`~sslpoison.data.shards.PairStream`.
         indices: P sorted positions in ``data`` that were poisoned (replaced or appended).
         rates: the poisoned share of the set (``rate_of_set``) and, with a target class, of
             that class (``rate_of_target_class``); see :func:`sslpoison.eval.poison_rates`.
@@ -81,15 +86,18 @@ class PoisonedSet:
         corners: P×2 top-left (row, col) of each pasted patch, or None.
         target_class: the backdoor's target class, or None.
         trials: the targeted (test image, adversarial label) draws, if any.
+        keys: for streamed pairs, the ``"<shard>/<key>"`` of each replaced pair (by
+            ``indices``, which count in the shards' index order), else None.
     """
 
-    data: ImageSet
+    data: ImageSet | PairStream
     indices: torch.Tensor
     rates: dict[str, float]
     classes: list[str]
     corners: torch.Tensor | None = None
     target_class: int | None = None
     trials: list[TargetedTrial] = field(default_factory=list)
+    keys: list[str] | None = None
 
     def record(self, positions: bool = True) -> dict[str, Any]:
         """What the poisoning changed, JSON-able: count, rates, target and trials; with
@@ -103,6 +111,8 @@ class PoisonedSet:
             record["trials"] = len(self.trials)
         if positions:
             record["indices"] = self.indices.tolist()
+            if self.keys is not None:
+                record["keys"] = list(self.keys)
             if self.corners is not None:
                 record["corners"] = self.corners.tolist()
             if self.trials:

@@ -127,7 +127,7 @@ def test_safeclip_and_a_filter_run_on_clip_pre_training(tmp_path, write_config):
     splits = stages["defense:safeclip"]["splits"]
     assert [s["epoch"] for s in splits] == [1, 2] and splits[0]["share"] == 0.5
     assert splits[1]["share"] == 0.9 and splits[1]["safe"] <= 0.9 * 512
-    assert set(stages["defense:safeclip"]["losses"]) == {"warmup", "align", "split"}
+    assert set(stages["defense:safeclip"]["phase_losses"]) == {"warmup", "align", "split"}
     for name in ("safeclip", "spectral"):  # zero-shot after training again, beside the others
         for metric in ("zs_acc", "zs_asr"):
             assert f"{name}/synthetic/{metric}" in m

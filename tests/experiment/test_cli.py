@@ -71,7 +71,7 @@ def test_run_writes_results_and_reuses_the_cached_encoder(
         ("defenses=[{name: distill}]", "defenses: there is no attack section"),
         (
             "defenses=[{name: prune}]",
-            "defenses.0: unknown name 'prune' (known: mimic, distill, feature_distill, finetune,",
+            "defenses.0: unknown name 'prune' (known: patchsearch, spectral,",
         ),
         (
             "attack={name: ssl_backdoor, target_class: 1, poison: 0}",

@@ -219,7 +219,7 @@ class Duplicates(IndiscriminateAttack):
 
     name: Literal["duplicates"] = "duplicates"
 
-    def craft(self, encoder, train, features, victim, seed=0) -> Crafted:
+    def craft(self, encoder, train, features, victim, seed=0, pretraining=None) -> Crafted:
         base = pick_base(len(train), self.poison_count(len(train)), seed)
         at = base.to(train.device)
         return Crafted(train.images[at].cpu(), train.labels[at].cpu(), base)
@@ -232,8 +232,8 @@ def registered(monkeypatch):
 
 def test_seeds_end_to_end_with_a_do_nothing_attack(tmp_path, registered, write_config):
     torch.set_num_threads(1)  # tiny tensors: one thread is the fastest, on a busy CPU too
-    attack = {"name": "duplicates", "epsilon": 0.25, "countermeasures": [{"name": "sphere"}]}
-    cfg = micro(attack=attack, vary=["attack", "eval"])
+    attack = {"name": "duplicates", "epsilon": 0.25}
+    cfg = micro(attack=attack, vary=["attack", "eval"], defenses=[{"name": "sphere"}])
     out = tmp_path / "out"
     assert main(["run", write_config(cfg), "--seeds", "0,1,2", "--out", str(out)]) == 0
     runs = [json.loads((out / f"seed-{s}" / "results.json").read_text()) for s in (0, 1, 2)]

@@ -12,6 +12,7 @@ import pytest
 import torch
 from damaged_files import empty, garbage, truncate, write_weights
 from safetensors.torch import load_file
+from user_errors import assert_user_error
 
 from sslpoison.models import load_encoder
 
@@ -143,3 +144,19 @@ def test_damaged_cached_features_are_extracted_again(
     assert any("feature cache" in w and str(files[0]) in w for w in results["warnings"])
     for f in files:
         assert load_file(f)["features"].dim() == 2  # replaced by a valid file
+
+
+def test_a_cache_on_a_filesystem_without_locks_is_named(
+    tiny_run, write_yaml, cli, monkeypatch, tmp_path
+):
+    """``flock`` refused (some NFS mounts): one line naming the lock file, not a traceback."""
+    import errno
+    import fcntl
+
+    def refuse(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    code, _, err = cli("run", write_yaml(tiny_run), "--out", tmp_path / "out")
+    line = assert_user_error(code, err, ".lock", "cannot be locked (No locks available)")
+    assert "flock" in line

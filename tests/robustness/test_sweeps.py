@@ -85,7 +85,7 @@ def test_a_metric_no_run_produces_fails_after_the_first_run(sweep, tmp_path, cli
     out = tmp_path / "out"
     line = assert_user_error(*cli("sweep", path, "--out", out)[::2], "reach.y", "synthetic/knn_ac")
     assert "did you mean synthetic/knn_acc" in line and "stayed below" not in line
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    (run,) = [p for p in out.iterdir() if p.is_dir() and p.name not in ("logs", "status")]
     assert (run / "results.json").exists() and not (out / "sweep.md").exists()
 
 
@@ -106,5 +106,15 @@ def test_a_sweep_never_mixes_with_another_sweep_in_its_folder(sweep, tmp_path, c
     (moved,) = tmp_path.glob("out.old-*")
     assert json.loads((moved / "sweep.json").read_text())["grid"] == {"epochs": [9]}
     assert (moved / "00-epochs=9" / "results.json").exists()
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["00-seed=0"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["00-seed=0", "logs", "status"]
     assert yaml.safe_load((out / "sweep.json").read_text())["grid"] == {"seed": [0]}
+
+
+def test_an_impossible_cell_is_named_by_the_plan_before_any_run(sweep, tmp_path, cli, cache_dir):
+    """The plan prepares every cell's attack before anything trains: a cell whose attack
+    cannot be made fails the sweep at once, naming the cell and the key."""
+    attack = {"name": "ssl_backdoor", "target_class": "vertical", "poison": 2}
+    path = sweep(grid={"attack.poison": [2, 500]}, set=[f"attack={json.dumps(attack)}"])
+    code, _, err = cli("sweep", path, "--out", tmp_path / "out")
+    assert_user_error(code, err, "sweep cell 01-poison=500", "attack.poison: 500")
+    assert trained_stages(cache_dir) == []

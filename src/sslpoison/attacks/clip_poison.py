@@ -34,6 +34,7 @@ from sslpoison.attacks.ssl_backdoor import patch_subset, target_index
 from sslpoison.configbase import CountOrShare
 from sslpoison.data.captions import TEMPLATES
 from sslpoison.data.imageset import ImageSet
+from sslpoison.data.shards import WEBDATASET, PairStream
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.metrics import poison_rates
 from sslpoison.eval.zero_shot import evaluate_targeted
@@ -62,6 +63,11 @@ class CLIPPoisoning(PretrainingDataAttack):
         return downstream.split(self.measured_on(data.name), "test")
 
     def check(self, experiment: ExperimentConfig) -> None:
+        if experiment.data.dataset == WEBDATASET and self.dataset is None:
+            raise ValueError(
+                f"attack.dataset: the pairs of data.dataset {WEBDATASET} have no classes; "
+                f"name the labelled dataset {self.name} is measured on (e.g. cifar10)"
+            )
         super().check(experiment)
         if not experiment.pretrain.image_text:
             raise ValueError(
@@ -167,7 +173,8 @@ def poison_backdoor(
     ``measured_on``: a split of the dataset the attack is measured on, whose classes name the
     target (default ``data``); when its classes are not ``data``'s, any image may be poisoned.
     """
-    captions = _require_captions(data)
+    streamed = isinstance(data, PairStream)
+    captions = None if streamed else _require_captions(data)
     labelled = data if measured_on is None else measured_on
     names = list(labelled.classes)
     target = target_index(labelled, cfg.target_class)
@@ -182,12 +189,46 @@ def poison_backdoor(
             f"the target class"
         )
     g = torch.Generator().manual_seed(seed)
+    rates = poison_rates(n, len(data))
+    if streamed:  # the same draws as in memory; the pairs are changed as they stream, by key
+        return _poison_stream(data, pool, n, cfg.trigger, names, target, rates, g)
     patched, indices, corners = patch_subset(data, pool, n, cfg.trigger, g)
     for i, caption in zip(indices.tolist(), class_captions(names[target], n, g), strict=True):
         captions[i] = caption
     poisoned = patched.with_captions(captions)
-    rates = poison_rates(n, len(data))
     return PoisonedSet(poisoned, indices, rates, names, corners, target_class=target)
+
+
+def _poison_stream(
+    data: PairStream,
+    pool: torch.Tensor,
+    n: int,
+    trigger: TriggerConfig,
+    names: list[str],
+    target: int,
+    rates: dict[str, float],
+    g: torch.Generator,
+) -> PoisonedSet:
+    """:func:`poison_backdoor` of pairs streamed from shards: the pairs at the drawn
+    positions of the index order (the same positions, corners and captions as
+    :func:`~sslpoison.attacks.ssl_backdoor.patch_subset` draws in memory) are named by key,
+    and the stream patches and re-captions them as it reads them."""
+    try:
+        patch = PatchTrigger(trigger, data.channels, data.image_size)
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"attack.trigger: {e}") from None
+    indices = pool[torch.randperm(pool.numel(), generator=g)[:n]].sort().values
+    corners = patch.corners(n, g)
+    captions = class_captions(names[target], n, g)
+    found = data.keys_at(indices.tolist())
+    replaced = {
+        key: (tuple(corner), caption)
+        for (key, _), corner, caption in zip(found, corners.tolist(), captions, strict=True)
+    }
+    originals = [caption for _, caption in found]
+    poisoned = data.with_poison(replaced=replaced, trigger=trigger, originals=originals)
+    keys = [key for key, _ in found]
+    return PoisonedSet(poisoned, indices, rates, names, corners, target_class=target, keys=keys)
 
 
 def draw_trials(cfg: CLIPTargetedConfig, test: ImageSet, seed: int = 0) -> list[TargetedTrial]:
@@ -229,7 +270,9 @@ def poison_targeted(
     and channels), captioned with its adversarial label, to ``data`` (the first ``len(data)``
     pairs stay as they were). Appended pairs keep their true label when ``test`` shares
     ``data``'s classes, else get label 0 (CLIP never reads labels)."""
-    _require_captions(data)
+    streamed = isinstance(data, PairStream)
+    if not streamed:
+        _require_captions(data)
     g = torch.Generator().manual_seed(seed)
     index = torch.tensor([t.index for t in trials for _ in range(pairs)], dtype=torch.long)
     names = [test.classes[t.target_class] for t in trials for _ in range(pairs)]
@@ -237,8 +280,10 @@ def poison_targeted(
     added = test.subset(index).with_captions(captions)
     if list(test.classes) != list(data.classes):
         added = ImageSet(added.images, torch.zeros_like(added.labels), list(data.classes), captions)
-    added = added.to(data.device)
-    poisoned = ImageSet.concat([data, added], name=data.name)
+    if streamed:  # mixed into the stream (in memory: a few pairs)
+        poisoned = data.with_poison(added=added.to("cpu"))
+    else:
+        poisoned = ImageSet.concat([data, added.to(data.device)], name=data.name)
     indices = torch.arange(len(data), len(poisoned))
     rates = poison_rates(len(added), len(poisoned))
     return PoisonedSet(poisoned, indices, rates, list(test.classes), trials=list(trials))

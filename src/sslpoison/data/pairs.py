@@ -24,8 +24,9 @@ import io
 import logging
 import re
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -256,41 +257,74 @@ def iter_webdataset_samples(
         ValueError: a shard is not a tar file, or a member cannot be decoded (names both).
     """
     _check(size, channels)
-    caption_ext = caption_ext.lower()
     for shard in expand_shards(shards):
-        skipped = 0
-        for key, parts in _shard_groups(shard, (*IMAGE_EXTENSIONS, caption_ext)):
-            image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
-            text = parts.get(caption_ext)
-            if image is None or text is None:
-                skipped += 1
-                continue
-            try:
-                with Image.open(io.BytesIO(image[1])) as im:
-                    arr = image_array(im, size, channels, crop)
-            except (UnidentifiedImageError, OSError) as e:
-                raise ValueError(f"{shard}: cannot decode image member {image[0]}: {e}") from None
-            try:
-                caption = text[1].decode("utf-8").strip()
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{shard}: caption member {text[0]} is not UTF-8: {e}") from None
-            yield arr, caption, key
-        if skipped:
-            log.warning("%s: skipped %d samples without an image or a caption", shard, skipped)
+        yield from shard_samples(shard, size, channels=channels, crop=crop, caption_ext=caption_ext)
 
 
-def _shard_groups(
-    shard: Path, keep: tuple[str, ...]
-) -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
-    """Stream one tar shard as (key, {extension: (member name, bytes)}) per run of members
-    sharing a key; only extensions in ``keep`` are read."""
+def shard_samples(
+    shard: Path, size: int, *, channels: int = 3, crop: bool = True, caption_ext: str = "txt"
+) -> Iterator[tuple[np.ndarray, str, str]]:
+    """:func:`iter_webdataset_samples` of one shard: ``(image, caption, key)`` per sample that
+    has an image and a caption, in the shard's order."""
+    caption_ext = caption_ext.lower()
+    skipped = 0
+    for key, parts in _shard_groups(shard, (*IMAGE_EXTENSIONS, caption_ext)):
+        image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
+        text = parts.get(caption_ext)
+        if image is None or text is None:
+            skipped += 1
+            continue
+        try:
+            with Image.open(io.BytesIO(image[1])) as im:
+                arr = image_array(im, size, channels, crop)
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"{shard}: cannot decode image member {image[0]}: {e}") from None
+        yield arr, _caption(shard, text), key
+    if skipped:
+        log.warning("%s: skipped %d samples without an image or a caption", shard, skipped)
+
+
+def _caption(shard: Path, member: tuple[str, bytes]) -> str:
     try:
-        tar = tarfile.open(shard, mode="r|*")  # noqa: SIM115 - closed by the `with` below
+        return member[1].decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{shard}: caption member {member[0]} is not UTF-8: {e}") from None
+
+
+def scan_shard(
+    shard: Path, caption_ext: str = "txt"
+) -> Iterator[tuple[str, str | None, list[tuple[str, int]]]]:
+    """Every key of one shard, in order, without decoding an image: ``(key, caption or None
+    when the sample has no image or no caption, [(member name, size), ...])``. The tar is
+    read by its headers, skipping the image bytes (a seek each), so indexing a shard costs
+    little more than its captions."""
+    caption_ext = caption_ext.lower()
+
+    def read(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str) -> str | None:
+        if ext != caption_ext:
+            return None
+        f = tar.extractfile(member)
+        return _caption(shard, (member.name, f.read() if f is not None else b""))
+
+    for key, group in _tar_groups(shard, "r:*", read):
+        image = any(ext in IMAGE_EXTENSIONS for _, ext, _ in group)
+        caption = next((text for _, ext, text in group if ext == caption_ext), None)
+        yield key, caption if image else None, [(m.name, m.size) for m, _, _ in group]
+
+
+def _tar_groups(
+    shard: Path, mode: str, read: Callable[[tarfile.TarFile, tarfile.TarInfo, str], Any]
+) -> Iterator[tuple[str, list[tuple[tarfile.TarInfo, str, Any]]]]:
+    """One tar shard as runs of members sharing a key: (key, [(member, extension,
+    ``read(tar, member, extension)``), ...]), ``read`` called as each member passes (in
+    streaming mode ``r|*`` its bytes can be read only then)."""
+    try:
+        tar = tarfile.open(shard, mode=mode)  # noqa: SIM115 - closed by the `with` below
     except tarfile.TarError as e:
         raise ValueError(f"{shard}: not a readable tar file: {e}") from None
     with tar:
         key: str | None = None
-        parts: dict[str, tuple[str, bytes]] = {}
+        group: list[tuple[tarfile.TarInfo, str, Any]] = []
         try:
             for member in tar:
                 if not member.isfile():
@@ -298,15 +332,29 @@ def _shard_groups(
                 k, ext = _split_key(member.name)
                 if k != key:
                     if key is not None:
-                        yield key, parts
-                    key, parts = k, {}
-                if ext in keep:
-                    f = tar.extractfile(member)
-                    parts[ext] = (member.name, f.read() if f is not None else b"")
+                        yield key, group
+                    key, group = k, []
+                group.append((member, ext, read(tar, member, ext)))
         except tarfile.TarError as e:
             raise ValueError(f"{shard}: broken tar file: {e}") from None
         if key is not None:
-            yield key, parts
+            yield key, group
+
+
+def _shard_groups(
+    shard: Path, keep: tuple[str, ...]
+) -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
+    """Stream one tar shard as (key, {extension: (member name, bytes)}) per run of members
+    sharing a key; only extensions in ``keep`` are read."""
+
+    def read(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str) -> bytes | None:
+        if ext not in keep:
+            return None
+        f = tar.extractfile(member)
+        return f.read() if f is not None else b""
+
+    for key, group in _tar_groups(shard, "r|*", read):
+        yield key, {ext: (m.name, data) for m, ext, data in group if data is not None}
 
 
 def iter_webdataset(
@@ -362,4 +410,6 @@ __all__ = [
     "iter_webdataset_samples",
     "load_caption_csv",
     "load_caption_split",
+    "scan_shard",
+    "shard_samples",
 ]

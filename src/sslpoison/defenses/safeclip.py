@@ -263,8 +263,8 @@ class SafeCLIPConfig(PretrainingDataDefense):
             last["safe"] = torch.ones(n, dtype=torch.bool)
         record = {
             "splits": splits,
-            "losses": {phase: r.losses for phase, r in results.items()},
-            "seconds": {phase: round(r.seconds, 3) for phase, r in results.items()},
+            "phase_losses": {phase: r.losses for phase, r in results.items()},
+            "phase_seconds": {phase: round(r.seconds, 3) for phase, r in results.items()},
         }
         fit_all = FitResult(
             losses=[x for r in results.values() for x in r.losses],

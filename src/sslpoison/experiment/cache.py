@@ -23,7 +23,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sslpoison.errors import ConfigError, LockTimeout, ModelFileError, one_line, warn
+from sslpoison.errors import (
+    ConfigError,
+    LockTimeout,
+    ModelFileError,
+    OutputError,
+    one_line,
+    warn,
+)
 from sslpoison.utils import atomic_write_json, stable_hash
 
 try:
@@ -61,6 +68,7 @@ def file_lock(path: Path, what: str, timeout: float | None = None) -> Iterator[N
 
     Raises:
         LockTimeout: naming ``what`` and the lock file.
+        OutputError: the filesystem cannot lock it (no ``flock``), naming the file.
     """
     if fcntl is None:  # pragma: no cover
         yield
@@ -72,22 +80,32 @@ def file_lock(path: Path, what: str, timeout: float | None = None) -> Iterator[N
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("%s: another process is computing it; waiting (lock %s)", what, path)
-            deadline = time.monotonic() + timeout
-            while True:
-                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LockTimeout(
-                            f"{what}: another process has held {path} for over {timeout:g} s; "
-                            f"when it is done, run again (or raise ${LOCK_TIMEOUT_ENV})"
-                        ) from None
+            _wait_for_lock(fd, path, what, timeout)
+        except OSError as e:  # no flock on this filesystem (some NFS mounts)
+            raise OutputError(
+                f"{path}: cannot be locked ({e.strerror or e}); the stage cache needs a "
+                f"filesystem with flock (set $SSLPOISON_CACHE or cache_dir elsewhere)"
+            ) from None
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _wait_for_lock(fd: int, path: Path, what: str, timeout: float) -> None:
+    """Wait for another process to release ``path`` (open as ``fd``), at most ``timeout`` s."""
+    log.info("%s: another process is computing it; waiting (lock %s)", what, path)
+    deadline = time.monotonic() + timeout
+    while True:
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LockTimeout(
+                    f"{what}: another process has held {path} for over {timeout:g} s; "
+                    f"when it is done, run again (or raise ${LOCK_TIMEOUT_ENV})"
+                ) from None
 
 
 class StageCache:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
+    NonNegativeInt,
     PositiveInt,
     SerializeAsAny,
     SerializerFunctionWrapHandler,
@@ -24,8 +25,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from sslpoison.attacks import ATTACKS, AttackConfig
+from sslpoison.attacks import ATTACKS, AttackConfig, Hook, strikes
 from sslpoison.configbase import Config, CountOrShare, format_validation_error
+from sslpoison.data.shards import WEBDATASET
 from sslpoison.defenses import DEFENSES, DefenseConfig
 from sslpoison.detectors import DETECTORS, DetectorConfig
 from sslpoison.errors import ConfigError
@@ -35,6 +37,9 @@ from sslpoison.models.sources import EncoderSource
 from sslpoison.ssl.pretrain import PretrainConfig
 from sslpoison.train.tracker import TrackerConfig
 from sslpoison.yamlio import load_yaml, read_yaml
+
+#: The keys of ``data:`` for pairs streamed from shards (``dataset: webdataset``).
+STREAM_KEYS = ("shards", "shuffle_buffer", "workers")
 
 
 def registered(value: Any, registry: dict[str, type[Config]], base: type[Config]) -> Any:
@@ -127,6 +132,20 @@ class DataConfig(Config):
     channels: Literal[1, 3] | None = None
     allow_smaller: bool = False
     allow_empty_classes: bool = False
+    # dataset: webdataset (CLIP pairs streamed from tar shards, sslpoison.data.shards)
+    shards: str | list[str] | None = None  # "DIR/{00000..00331}.tar", a glob, paths
+    shuffle_buffer: PositiveInt = 5000  # samples held for shuffling (per rank)
+    workers: NonNegativeInt = 4  # DataLoader processes decoding shards (per rank)
+
+    @model_serializer(mode="wrap")
+    def _without_stream_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The streaming keys appear only with ``dataset: webdataset`` (the other configs
+        dump, and are known by, exactly what they were before those keys)."""
+        data = handler(self)
+        if self.dataset != WEBDATASET:
+            for key in STREAM_KEYS:
+                data.pop(key, None)
+        return data
 
 
 class ExperimentConfig(Config):
@@ -231,6 +250,12 @@ class ExperimentConfig(Config):
                     f"pretrain.augment.{unused[0]}: CLIP pre-training only takes crop_scale "
                     f"(its captions must stay true of the image)"
                 )
+        if self.data.dataset == WEBDATASET:
+            self._check_streamed()
+        else:
+            given = [k for k in STREAM_KEYS if k in self.data.model_fields_set]
+            if given:
+                raise ValueError(f"data.{given[0]}: only for dataset: {WEBDATASET}")
         for defense in self.defenses:
             defense.check(self)
         for section in ("defenses", "detectors"):
@@ -244,6 +269,36 @@ class ExperimentConfig(Config):
         """The seed of stage group ``group``: ``stage_seeds.<group>``, else ``seed``."""
         pinned = getattr(self.stage_seeds, group) if self.stage_seeds is not None else None
         return self.seed if pinned is None else pinned
+
+    def _check_streamed(self) -> None:
+        """``data`` of pairs streamed from shards, and what such a run cannot do: anything
+        but CLIP pre-training, and the stages that take pre-training images in memory."""
+        data = self.data
+        if not data.shards:
+            raise ValueError(
+                f"data.shards: dataset {WEBDATASET} streams tar shards; name them, e.g. "
+                f'"/data/cc3m/{{00000..00331}}.tar"'
+            )
+        if data.size is None:
+            raise ValueError(f"data.size: the images of {WEBDATASET} shards differ in size; set it")
+        for key in ("root", "subset"):
+            if getattr(data, key) is not None:
+                raise ValueError(
+                    f"data.{key}: not for dataset: {WEBDATASET} (list fewer shards for a subset)"
+                )
+        if not self.pretrain.image_text:
+            raise ValueError(
+                f"pretrain.method: data.dataset {WEBDATASET} streams image–caption pairs for "
+                f"CLIP; set pretrain.method to clip (got {self.pretrain.method!r})"
+            )
+        needs = [("defenses", self.defenses), ("detectors", self.detectors)]
+        needs.append(("attack", strikes(self.attack, Hook.ENCODER)))
+        for key, used in needs:
+            if used:
+                raise ValueError(
+                    f"{key}: takes images of the pre-training set in memory, which "
+                    f"data.dataset {WEBDATASET} streams; not available with streamed pairs"
+                )
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,7 +26,9 @@ import torch.nn as nn
 
 from sslpoison.attacks import AttackConfig, EncoderAttack, Hook, Measured, strikes
 from sslpoison.data.imageset import ImageSet
+from sslpoison.data.pairs import expand_shards
 from sslpoison.data.registry import DatasetNotFound, locate_dataset
+from sslpoison.data.shards import WEBDATASET, PairStream
 from sslpoison.defenses import EncoderDefense, PretrainingDataDefense
 from sslpoison.defenses.base import reinitialise
 from sslpoison.detectors import DetectorConfig
@@ -76,6 +78,12 @@ log = logging.getLogger(__name__)
 def check_datasets(cfg: ExperimentConfig) -> None:
     """Fail early, naming the key, when a dataset the config uses is not present."""
     wanted = [("data.dataset", cfg.data.dataset, cfg.data.root)]
+    if cfg.data.dataset == WEBDATASET:  # pairs streamed from shards, not a registered dataset
+        try:
+            expand_shards(cfg.data.shards)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"data.shards: {e}") from None
+        wanted = []
     wanted += [
         (f"eval.datasets.{i}", name, cfg.eval.roots.get(name))
         for i, name in enumerate(cfg.eval.datasets)
@@ -309,6 +317,47 @@ def run_experiment(
     return results
 
 
+@dataclass
+class Prepared:
+    """What a run knows before any training: the pre-training data, the downstream data
+    (loading lazily), the poisoned pre-training set and the backdoor targets of the attack,
+    and the clean encoder ``encoder:`` brings (instead of pre-training one), if any."""
+
+    data: ImageSet | PairStream
+    downstream: Downstream
+    poisoned: PoisonedSet | None
+    targets: list[BackdoorTarget]
+    given: LoadedEncoder | None
+
+
+def prepare_run(
+    cfg: ExperimentConfig,
+    device: torch.device,
+    *,
+    data: ImageSet | PairStream | None = None,
+    downstream: Downstream | None = None,
+    timed: Callable[[str], Any] | None = None,
+) -> Prepared:
+    """Everything before the first training stage (the run, and a sweep's plan, start
+    here): the datasets checked, the given encoder loaded (timed by ``timed("load_encoder")``),
+    the pre-training data loaded and fitted to it (``data``: already loaded; else timed by
+    ``timed("load_data")``), the attack prepared — each with its stage group's seed."""
+    timer = timed if timed is not None else (lambda _name: nullcontext())
+    check_datasets(cfg)
+    with timer("load_encoder"):
+        given = given_encoder(cfg, device)
+    if data is None:
+        shape = fitted_shape(cfg, given)
+        with timer("load_data"):
+            image_text, cache = cfg.pretrain.image_text and given is None, cfg.resolved_cache_dir()
+            data = pretraining_data(cfg.data, image_text, cfg.seed_of("pretrain"), cache, **shape)
+        log.info("pre-training data: %s", data)
+    if downstream is None:  # loads lazily
+        downstream = Downstream(cfg.eval, data.image_size, data.channels, cfg.seed_of("eval"))
+    poisoned, targets = prepare_attack(cfg.attack, data, downstream, cfg.seed_of("attack"))
+    return Prepared(data, downstream, poisoned, targets, given)
+
+
 def _run_experiment(
     cfg: ExperimentConfig,
     out_dir: Path,
@@ -317,17 +366,11 @@ def _run_experiment(
 ) -> Results | None:
     seeds = {group: cfg.seed_of(group) for group in GROUPS}
     run = Run(StageCache(cfg.resolved_cache_dir()), device or resolve_device(cfg.device), seeds)
-    check_datasets(cfg)
     attack = cfg.attack
-    with run.timed("load_encoder"):
-        given = given_encoder(cfg, run.device)
-    shape = fitted_shape(cfg, given)
-    with run.timed("load_data"):
-        image_text = cfg.pretrain.image_text and given is None
-        data = pretraining_data(cfg.data, image_text, seeds["pretrain"], **shape)
-    log.info("pre-training data: %s", data)
-    downstream = Downstream(cfg.eval, data.image_size, data.channels, seeds["eval"])  # lazily
-    poisoned, targets = prepare_attack(attack, data, downstream, seeds["attack"])
+    front = prepare_run(cfg, run.device, timed=run.timed)
+    data, downstream, poisoned, targets, given = (
+        front.data, front.downstream, front.poisoned, front.targets, front.given,
+    )  # fmt: skip
     if dist.rank() == 0:  # every input readable, every output writable: before any training
         params = None if given is None else sum(p.numel() for p in given.encoder.parameters())
         preflight(cfg, Path(out_dir), data, downstream, params)

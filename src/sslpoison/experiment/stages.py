@@ -29,6 +29,7 @@ from sslpoison.data.captions import caption_imageset
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.pairs import UNLABELLED
 from sslpoison.data.registry import load_fitted
+from sslpoison.data.shards import WEBDATASET, PairStream, open_stream
 from sslpoison.defenses import EncoderDefense, FilterContext, PretrainingDataDefense
 from sslpoison.detectors import DetectorConfig
 from sslpoison.errors import ConfigError
@@ -62,16 +63,28 @@ def pretraining_data(
     data: DataConfig,
     image_text: bool,
     seed: int = 0,
+    cache: Path | None = None,
     size: int | None = None,
     channels: int | None = None,
-) -> ImageSet:
+) -> ImageSet | PairStream:
     """The pre-training images (of ``data.classes``; ``data.subset`` of them, named
     ``data.dataset``), fitted to ``size``×``size`` and ``channels`` (default: ``data.size``,
     ``data.channels``; a given encoder's input); for CLIP (``image_text``) with their
     captions — the dataset's own, or a seeded caption template per image filled with its
-    class name."""
+    class name. ``dataset: webdataset``: the pairs streamed from ``data.shards``
+    (:class:`~sslpoison.data.shards.PairStream`; the shards' indexes are kept in
+    ``cache/shards``, ``cache`` being the stage cache's folder)."""
     size = data.size if size is None else size
     channels = data.channels if channels is None else channels
+    if data.dataset == WEBDATASET:
+        return open_stream(
+            data.shards,
+            size,
+            channels or 3,
+            buffer=data.shuffle_buffer,
+            workers=data.workers,
+            cache=None if cache is None else Path(cache) / "shards",
+        )
     images = load_fitted(data.dataset, "train", size, channels, data.root, data.allow_empty_classes)
     if data.classes is not None:
         try:
@@ -90,6 +103,14 @@ def pretraining_data(
             )
         images = caption_imageset(images, seed=seed)
     return images
+
+
+def data_fingerprint(data: ImageSet | PairStream) -> str:
+    """A hash of the pre-training data's content (images, and captions when it has them;
+    for streamed pairs :meth:`~sslpoison.data.shards.PairStream.fingerprint`)."""
+    if isinstance(data, PairStream):
+        return data.fingerprint()
+    return stable_hash([tensor_hash(data.images), data.captions])
 
 
 def cached_stage(
@@ -163,15 +184,20 @@ def encoder_stage(
     return cached_stage(cache, stage, key, train, save, load)
 
 
-def pretrain_key(pretrain: PretrainConfig, data: ImageSet, seed: int, device: torch.device) -> str:
+def pretrain_key(
+    pretrain: PretrainConfig, data: ImageSet | PairStream, seed: int, device: torch.device
+) -> str:
     """The pre-training stage's key: its config (the text tower only for CLIP, so that adding
     it left the view methods' keys alone; the precision on ``device``), the images (and
-    captions) and the seed."""
+    captions; for streamed pairs, the stream's fingerprint) and the seed."""
     exclude: dict[str, Any] = {}
-    parts: dict[str, Any] = {"data": tensor_hash(data.images), "seed": seed}
-    if pretrain.image_text:
+    if isinstance(data, PairStream):  # the shards and the stream's settings, not the pixels
+        parts: dict[str, Any] = {"stream": data.fingerprint(), "seed": seed}
+    elif pretrain.image_text:
+        parts = {"data": tensor_hash(data.images), "seed": seed}
         parts["captions"] = stable_hash(data.captions)
     else:
+        parts = {"data": tensor_hash(data.images), "seed": seed}
         exclude["text"] = True
     return stage_key("pretrain", pretrain=key_slice(pretrain, device, exclude), **parts)
 

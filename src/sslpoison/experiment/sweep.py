@@ -12,17 +12,22 @@ A sweep file (YAML)::
     plot: {x: attack.poison, y: [fashion-mnist/fp_poisoned]}       # optional PNG
     reach: {x: attack.poison, y: fashion-mnist/fp_poisoned, at: 50}  # optional: smallest x
     heatmap: {rows: attack.trigger.size, value: fashion-mnist/fp_poisoned}  # optional
+    executor: {name: slurm, partition: gpu, gpus_per_node: 4}       # optional: how cells run
 
 ``heatmap``: one row per value of the grid key ``rows``, one column per setting of the other
 grid keys, ``value`` in each cell — as a table in ``sweep.md`` and ``OUT/sweep-heatmap.png``.
 
-Each run writes ``OUT/<i>-<key=value,...>/results.json`` like ``sslpoison run``; the stage
-cache shares what the runs have in common (the clean encoder). With ``seeds`` (or
-``sslpoison sweep --seeds``; or ``seeds`` in the base config) each run is a run over seeds
-(:mod:`~sslpoison.experiment.seeds`: ``seed-<s>/`` folders and their aggregate), and the
-table shows each metric as mean ± std. ``OUT/sweep.json`` and
-``OUT/sweep.md`` are rewritten after every run, and a sweep started again skips the runs
-that finished.
+Each run (a *cell*) writes ``OUT/<i>-<key=value,...>/results.json`` like ``sslpoison run``;
+the stage cache shares what the runs have in common (the clean encoder), and the plan
+(:mod:`~sslpoison.experiment.plan`) runs each shared stage once before the other cells. With
+``seeds`` (or ``sslpoison sweep --seeds``; or ``seeds`` in the base config) each cell is a run
+over seeds (:mod:`~sslpoison.experiment.seeds`: ``seed-<s>/`` folders and their aggregate),
+and the table shows each metric as mean ± std. The cells run one after another, as local
+processes or as SLURM job arrays (:mod:`~sslpoison.experiment.executors`), each keeping
+``OUT/status/<cell>.json``. ``OUT/sweep.json`` and ``OUT/sweep.md`` — a row per cell, those
+without results marked — are rewritten as cells end; a failed cell does not stop the others
+(:class:`SweepIncomplete` at the end), and a sweep started again runs only the cells without
+results.
 """
 
 from __future__ import annotations
@@ -30,18 +35,29 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import re
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import Field, ValidationError
 
 from sslpoison.configbase import Config, format_validation_error
-from sslpoison.experiment.config import ConfigError, ExperimentConfig, load_config
+from sslpoison.errors import UserError
+from sslpoison.experiment.cells import Cell
+from sslpoison.experiment.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    load_config,
+)
+from sslpoison.experiment.executors import ExecutorConfig, Outcome
 from sslpoison.experiment.results import Results
 from sslpoison.experiment.sweep_checks import MetricCheck, claim_sweep_folder, finished_results
-from sslpoison.utils import atomic_write_json, atomic_write_text
+from sslpoison.utils import atomic_write_json, atomic_write_text, resolve_device, safe_name
 from sslpoison.yamlio import read_yaml
 
 log = logging.getLogger(__name__)
@@ -82,6 +98,7 @@ class SweepConfig(Config):
     reach: ReachSpec | None = None
     heatmap: HeatmapSpec | None = None
     seeds: list[int] | None = Field(None, min_length=1)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
 
 def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
@@ -231,74 +248,214 @@ def plot_sweep(rows: list[dict[str, Any]], spec: PlotSpec, grid_keys: list[str],
     return line_plot(series, spec.x, "value", path)
 
 
+class SweepIncomplete(UserError):
+    """Some cells of a sweep failed (the others finished): each is named with its log."""
+
+    #: The exit code of ``sslpoison sweep`` then (2 is a config error, before any run).
+    exit_code = 3
+
+
+def with_executor(
+    sweep: SweepConfig, name: str | None = None, jobs: int | None = None, sets: list[str] = ()
+) -> ExecutorConfig:
+    """The sweep's ``executor:`` section with the command line's changes: ``--executor``
+    ``name``, ``--jobs`` (local: ``jobs``; slurm: ``array_parallelism``) and
+    ``--executor-set KEY=VALUE`` items."""
+    raw = apply_overrides(sweep.executor.model_dump(exclude_unset=True), list(sets))
+    if name is not None:
+        raw["name"] = name
+    if jobs is not None:
+        raw["array_parallelism" if raw.get("name") == "slurm" else "jobs"] = jobs
+    try:
+        return ExecutorConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, "executor")) from None
+
+
+def planning_device(cfg: ExperimentConfig, executor: ExecutorConfig) -> torch.device:
+    """The device a cell of ``cfg`` will train on under ``executor`` (its stage keys hold
+    the precision it trains at): on SLURM the nodes' (CUDA when cells get GPUs), whatever
+    this machine has; otherwise this machine's."""
+    if executor.name == "slurm":
+        if cfg.device == "auto":
+            return torch.device("cuda" if executor.gpus_per_node else "cpu")
+        return torch.device(cfg.device)
+    return resolve_device(cfg.device)
+
+
+class SweepTable:
+    """The sweep's table (``sweep.md``, ``sweep.json``, rewritten as cells end): one row per
+    cell in grid order; a cell without results shows ``-`` and its state."""
+
+    def __init__(self, sweep: SweepConfig, out: Path, cells: list[Cell], combos: list[dict]):
+        self.sweep, self.out, self.cells, self.combos = sweep, out, cells, combos
+        self.check = MetricCheck(sweep, [c.config for c in cells])
+        self.states: dict[str, str] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def finished_before(self) -> list[Cell]:
+        """The cells whose results are there (each metric-checked, in grid order)."""
+        done = []
+        for cell in self.cells:
+            results = finished_results(cell.folder)
+            if results is not None:
+                done.append(cell)
+                self._add(cell, results)
+        return done
+
+    def _add(self, cell: Cell, results: dict[str, Any]) -> None:
+        self.check.seen(results["metrics"])
+        self.results[cell.name] = results
+        self.states[cell.name] = "done"
+
+    def ended(self, cell: Cell, outcome: Outcome) -> None:
+        """``cell`` ended with ``outcome``: its row, and the table written again."""
+        results = finished_results(cell.folder) if outcome.state == "done" else None
+        if results is not None:
+            self._add(cell, results)
+        else:
+            self.states[cell.name] = "failed"
+        self.write()
+
+    def rows(self) -> list[dict[str, Any]]:
+        shown = self.sweep.metrics or sorted(
+            {k for r in self.results.values() for k in r["metrics"]}
+        )
+        rows = []
+        for cell, combo in zip(self.cells, self.combos, strict=True):
+            results = self.results.get(cell.name)
+            metrics = results["metrics"] if results else {}
+            state = self.states.get(cell.name, "pending")
+            minutes = round(results["timings"]["total"] / 60, 1) if results else state
+            row = {**combo, **{k: metrics.get(k) for k in shown}, "minutes": minutes}
+            spreads = (results or {}).get("aggregate") or {}
+            if spreads:  # a cell over seeds: its metrics are means
+                row["std"] = {k: spreads[k]["std"] for k in shown if k in spreads}
+            rows.append(row | {"run": cell.folder.name, "status": state})
+        return rows
+
+    def write(self) -> list[dict[str, Any]]:
+        sweep, rows = self.sweep, self.rows()
+        done = [r for r in rows if r["status"] == "done"]
+        shown = [k for k in rows[0] if k not in (*sweep.grid, "minutes", "run", "status")]
+        table = format_sweep_table(rows, [*sweep.grid, *shown, "minutes"]) + "\n"
+        missing = [r for r in rows if r["status"] != "done"]
+        if missing:
+            states = ", ".join(f"{r['run']} ({r['status']})" for r in missing)
+            table += f"\nno results yet for {len(missing)} of {len(rows)} cells: {states}\n"
+        if sweep.reach is not None and done:
+            table += "\n" + format_reach(done, sweep.reach, list(sweep.grid)) + "\n"
+        if sweep.heatmap is not None:
+            grid = heatmap_values(rows, sweep.heatmap, list(sweep.grid))
+            table += "\n" + format_heatmap(grid, sweep.heatmap) + "\n"
+        atomic_write_json(self.out / "sweep.json", {"grid": sweep.grid, "rows": rows})
+        atomic_write_text(self.out / "sweep.md", table)
+        return rows
+
+    def finish(self) -> list[dict[str, Any]]:
+        """The last table, the metric check over every cell and the pictures."""
+        rows = self.write()
+        self.check.finish()
+        sweep, done = self.sweep, [r for r in rows if r["status"] == "done"]
+        if sweep.plot is not None and done:
+            plot_sweep(done, sweep.plot, list(sweep.grid), self.out / "sweep.png")
+        if sweep.heatmap is not None and done:
+            from sslpoison.experiment.plots import heat_map
+
+            spec = sweep.heatmap
+            grid = heatmap_values(rows, spec, list(sweep.grid))
+            heat_map(
+                grid,
+                "setting",
+                spec.rows,
+                self.out / "sweep-heatmap.png",
+                f"{sweep.name}: {spec.value}",
+            )
+        return rows
+
+
+def sweep_cells(
+    sweep: SweepConfig,
+    base: Path,
+    out: Path,
+    overrides: list[str] = (),
+    run: Callable[[ExperimentConfig, Path], Any] | None = None,
+) -> tuple[list[Cell], list[dict[str, Any]]]:
+    """The sweep's cells (each run with ``run``, default
+    :func:`~sslpoison.experiment.runner.run_experiment`, once per seed where it has seeds:
+    :func:`~sslpoison.experiment.seeds.run_config`) and their grid values."""
+    from sslpoison.experiment.seeds import run_config
+
+    runs = sweep_configs(sweep, base, list(overrides))
+    names = [run_name(i, combo) for i, (combo, _) in enumerate(runs)]
+    each = partial(run_config, run=run)
+    cells = [Cell(n, cfg, out / n, each) for n, (_, cfg) in zip(names, runs, strict=True)]
+    return cells, [combo for combo, _ in runs]
+
+
 def run_sweep(
     sweep: SweepConfig,
     base: Path,
     out_dir: str | Path,
     overrides: list[str] = (),
     run: Callable[[ExperimentConfig, Path], Results | None] | None = None,
+    executor: ExecutorConfig | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every combination (skipping finished ones) with ``run(cfg, folder)`` (default
-    :func:`~sslpoison.experiment.runner.run_experiment`; the CLI passes its launcher), over
-    its seeds where it has them (:func:`~sslpoison.experiment.seeds.run_config`); write the
-    table; return its rows."""
-    from sslpoison.experiment.seeds import run_config
+    """Run every cell of the sweep not finished before with ``run(cfg, folder)`` (default
+    :func:`~sslpoison.experiment.runner.run_experiment`; the CLI passes its launcher; over the
+    cell's seeds where it has them, :func:`~sslpoison.experiment.seeds.run_config`) on
+    ``executor`` (default: the sweep's ``executor:``), the stages several cells share first
+    (:mod:`sslpoison.experiment.plan`); write the table; return its rows.
 
-    out = Path(out_dir)
-    runs = sweep_configs(sweep, base, list(overrides))
-    configs = [cfg for _, cfg in runs]
-    check = MetricCheck(sweep, configs)  # the metrics named are ones the runs can produce
-    claim_sweep_folder(out, sweep, [run_name(i, c) for i, (c, _) in enumerate(runs)], configs)
-    rows: list[dict[str, Any]] = []
-    for i, (combo, cfg) in enumerate(runs):
-        folder = out / run_name(i, combo)
-        results = finished_results(folder)
-        if results is not None:
-            log.info("sweep %d/%d %s: finished before, reusing", i + 1, len(runs), combo)
-        else:
-            log.info("sweep %d/%d %s", i + 1, len(runs), combo)
-            finished = run_config(cfg, folder, run)
-            if finished is None:  # a DDP rank other than 0
-                continue
-            results = finished.as_json()
-        metrics = results["metrics"]
-        check.seen(metrics)
-        shown = sweep.metrics or sorted(metrics)
-        spreads = results.get("aggregate") or {}
-        rows.append(
-            {
-                **combo,
-                **{k: metrics.get(k) for k in shown},
-                "minutes": round(results["timings"]["total"] / 60, 1),
-                "run": folder.name,
-                **(
-                    {"std": {k: spreads[k]["std"] for k in shown if k in spreads}}
-                    if spreads
-                    else {}
-                ),
-            }
-        )
-        columns = [*sweep.grid, *shown, "minutes"]
-        table = format_sweep_table(rows, columns) + "\n"
-        if sweep.reach is not None:
-            table += "\n" + format_reach(rows, sweep.reach, list(sweep.grid)) + "\n"
-        if sweep.heatmap is not None:
-            grid = heatmap_values(rows, sweep.heatmap, list(sweep.grid))
-            table += "\n" + format_heatmap(grid, sweep.heatmap) + "\n"
-        atomic_write_json(out / "sweep.json", {"grid": sweep.grid, "rows": rows})
-        atomic_write_text(out / "sweep.md", table)
-    check.finish()
-    if sweep.plot is not None and rows:
-        plot_sweep(rows, sweep.plot, list(sweep.grid), out / "sweep.png")
-    if sweep.heatmap is not None and rows:
-        from sslpoison.experiment.plots import heat_map
+    Raises:
+        SweepIncomplete: some cells failed (the others ran; the table marks them).
+    """
+    from sslpoison.experiment.executors import make_executor
+    from sslpoison.experiment.plan import plan_sweep
 
-        spec = sweep.heatmap
-        grid = heatmap_values(rows, spec, list(sweep.grid))
-        heat_map(
-            grid, "setting", spec.rows, out / "sweep-heatmap.png", f"{sweep.name}: {spec.value}"
+    out, executor = Path(out_dir), executor or sweep.executor
+    cells, combos = sweep_cells(sweep, base, out, overrides, run)
+    table = SweepTable(sweep, out, cells, combos)  # checks the metrics it names
+    claim_sweep_folder(out, sweep, [c.name for c in cells], [c.config for c in cells])
+    runner = make_executor(executor, out, safe_name(sweep.name))
+    finished = {c.name for c in table.finished_before()}
+    pending = [c for c in cells if c.name not in finished]
+    plan = plan_sweep(
+        {c.name: c.config for c in pending}, lambda cfg: planning_device(cfg, executor)
+    )
+    for line in plan.describe(len(finished)):
+        log.info("%s", line)
+    for cell in table.cells:
+        if cell.name in finished:
+            log.info("sweep: %s finished before, reusing", cell.name)
+    outcomes: dict[str, Outcome] = {}
+
+    def ended(cell: Cell, outcome: Outcome) -> None:
+        outcomes[cell.name] = outcome
+        table.ended(cell, outcome)
+
+    if pending:
+        runner.run(pending, plan.phases(), ended)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return []
+    rows = table.finish()
+    failed = [(n, o) for n, o in outcomes.items() if o.state != "done"]
+    if failed:
+        named = "; ".join(f"{n} (log: {o.log or '-'}): {o.error or 'failed'}" for n, o in failed)
+        raise SweepIncomplete(
+            f"sweep: {len(failed)} of {len(cells)} cells failed — {named}; the table marks "
+            f"them; the same command again runs only the missing cells"
         )
     return rows
 
 
-__all__ = ["SweepConfig", "combinations", "format_reach", "load_sweep", "run_sweep"]
+__all__ = [
+    "SweepConfig",
+    "SweepIncomplete",
+    "combinations",
+    "format_reach",
+    "load_sweep",
+    "run_sweep",
+    "sweep_cells",
+    "with_executor",
+]

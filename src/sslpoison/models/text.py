@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -86,9 +86,21 @@ class Tokenizer:
         Words are ranked by count, ties in alphabetical order, so the same corpus always
         gives the same ids.
         """
+        counts = Counter(w for text in corpus for w in words(text))
+        return cls.from_counts(counts, max_size, min_count, context_length)
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: Mapping[str, int],
+        max_size: int = 10_000,
+        min_count: int = 1,
+        context_length: int = 32,
+    ) -> Tokenizer:
+        """:meth:`build` from the corpus's word counts (``{word: count}`` of :func:`words`),
+        e.g. summed over shards that are never all in memory: the same vocabulary."""
         if max_size <= len(SPECIALS):
             raise ValueError(f"max_size must exceed the {len(SPECIALS)} special tokens")
-        counts = Counter(w for text in corpus for w in words(text))
         kept = (w for w, c in counts.items() if c >= min_count)  # never a special: no "<"
         ranked = sorted(kept, key=lambda w: (-counts[w], w))
         return cls([*SPECIALS, *ranked[: max_size - len(SPECIALS)]], context_length)
@@ -263,6 +275,10 @@ class TextConfig(Config):
     def build_tokenizer(self, corpus: Iterable[str]) -> Tokenizer:
         """The vocabulary of ``corpus`` (at most ``vocab_size`` tokens)."""
         return Tokenizer.build(corpus, self.vocab_size, self.min_count, self.context_length)
+
+    def tokenizer_from_counts(self, counts: Mapping[str, int]) -> Tokenizer:
+        """The vocabulary of a corpus given by its word counts (:meth:`Tokenizer.from_counts`)."""
+        return Tokenizer.from_counts(counts, self.vocab_size, self.min_count, self.context_length)
 
     def build(self, tokenizer: Tokenizer, embed_dim: int) -> TextTransformer:
         """A fresh text transformer for ``tokenizer``'s ids, projecting to ``embed_dim``."""

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from sslpoison.configbase import Config, check_kwargs
 from sslpoison.data.augment import RECIPES, ViewAugment
 from sslpoison.data.imageset import ImageSet
+from sslpoison.data.shards import PairStream, StreamBatches
 from sslpoison.models.backbone import BackboneConfig, build_encoder
 from sslpoison.models.text import TextConfig, Tokenizer
 from sslpoison.ssl import IMAGE_TEXT_METHODS, METHODS, SSLMethod
@@ -158,22 +159,29 @@ def train_backbone(
     return backbone, result
 
 
-def build_clip(data: ImageSet, cfg: PretrainConfig, seed: int = 0) -> tuple[CLIP, Tokenizer]:
+def build_clip(
+    data: ImageSet | PairStream, cfg: PretrainConfig, seed: int = 0
+) -> tuple[CLIP, Tokenizer]:
     """A fresh CLIP model for ``data``'s image–caption pairs, as ``pretrain.method: clip``
-    builds it: the tokenizer from ``data.captions``, the image tower ``cfg.backbone``, the
-    text tower ``cfg.text``, ``cfg.method_args`` the rest of :class:`CLIPConfig`; weights
-    drawn after ``torch.manual_seed(seed)``."""
-    if data.captions is None:
+    builds it: the tokenizer from ``data.captions`` (streamed pairs: from their captions'
+    word counts, the same vocabulary), the image tower ``cfg.backbone``, the text tower
+    ``cfg.text``, ``cfg.method_args`` the rest of :class:`CLIPConfig`; weights drawn after
+    ``torch.manual_seed(seed)``."""
+    streamed = isinstance(data, PairStream)
+    if not streamed and data.captions is None:
         raise ValueError(
             f"pretrain.method clip: the pre-training set {data.name!r} has no captions"
         )
     model_cfg = CLIPConfig(backbone=cfg.backbone, text=cfg.text, **cfg.checked_method_args())
-    tokenizer = cfg.text.build_tokenizer(data.captions)
+    if streamed:
+        tokenizer = cfg.text.tokenizer_from_counts(data.words)
+    else:
+        tokenizer = cfg.text.build_tokenizer(data.captions)
     torch.manual_seed(seed)
     return model_cfg.build(tokenizer, data.channels, data.image_size), tokenizer
 
 
-def clip_views(data: ImageSet, cfg: PretrainConfig) -> nn.Module | None:
+def clip_views(data: ImageSet | PairStream, cfg: PretrainConfig) -> nn.Module | None:
     """CLIP's views for ``data`` (:func:`clip_augment` with ``cfg.augment.crop_scale``,
     default 0.9–1), or None for crops of ``[1, 1]`` (the images as they are)."""
     crop = tuple(cfg.augment.crop_scale or (0.9, 1.0))
@@ -181,14 +189,17 @@ def clip_views(data: ImageSet, cfg: PretrainConfig) -> nn.Module | None:
 
 
 def pretrain_clip(
-    data: ImageSet,
+    data: ImageSet | PairStream,
     cfg: PretrainConfig,
     *,
     seed: int = 0,
     device: torch.device | str = "cpu",
     checkpoint_dir: str | Path | None = None,
 ) -> tuple[CLIP, Tokenizer, FitResult]:
-    """Pre-train a fresh CLIP on ``data``'s image–caption pairs (``pretrain.method: clip``).
+    """Pre-train a fresh CLIP on ``data``'s image–caption pairs (``pretrain.method: clip``):
+    held in memory (an ImageSet), or streamed from shards (a
+    :class:`~sslpoison.data.shards.PairStream`, read batch by batch, the tokenizer built from
+    its captions' word counts: the same vocabulary).
 
     The tokenizer is built from ``data.captions``; the image tower is ``cfg.backbone``, the
     text tower ``cfg.text``, ``cfg.method_args`` the rest of :class:`CLIPConfig`; the views
@@ -200,14 +211,20 @@ def pretrain_clip(
     device = torch.device(device)
     model, tokenizer = build_clip(data, cfg, seed)
     task = CLIPTask(model, clip_views(data, cfg)).to(device)
-    ids = tokenizer.encode(data.captions).to(device)
-    batches = TensorBatches(
-        data.images.to(device),
-        ids,
-        batch_size=cfg.train.batch_size,
-        drop_last=cfg.train.drop_last,
-        seed=seed,
-    )
+    train = cfg.train
+    if isinstance(data, PairStream):
+        batches: TensorBatches | StreamBatches = data.batches(
+            train.batch_size, tokenizer, seed=seed, drop_last=train.drop_last, device=device
+        )
+    else:
+        ids = tokenizer.encode(data.captions).to(device)
+        batches = TensorBatches(
+            data.images.to(device),
+            ids,
+            batch_size=train.batch_size,
+            drop_last=train.drop_last,
+            seed=seed,
+        )
     result = fit(
         task, batches, cfg.train, seed=seed, checkpoint_dir=checkpoint_dir, desc="pretrain clip"
     )

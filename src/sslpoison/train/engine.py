@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -177,7 +178,7 @@ EpochCallback = Callable[[int, float], None]
 
 def fit(
     task: nn.Module,
-    data: TensorBatches,
+    data: TensorBatches | Any,
     cfg: TrainConfig,
     *,
     seed: int = 0,
@@ -189,7 +190,9 @@ def fit(
 
     Args:
         task: module whose ``forward(*batch)`` returns a scalar loss; it stays on its device.
-        data: the batches (tensors already on the task's device).
+        data: the batches (tensors already on the task's device): a :class:`TensorBatches`,
+            or anything with its ``len``, ``epoch(e)`` and ``local_batch`` (pairs streamed
+            from shards: :class:`~sslpoison.data.shards.StreamBatches`).
         cfg: the optimizer, schedule and loop settings.
         seed: seeds the global RNG (used by kornia augmentation) at the start of a fresh run;
             a resumed run restores the RNG state saved in the checkpoint instead.
