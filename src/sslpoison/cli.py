@@ -27,6 +27,12 @@ from typing import TYPE_CHECKING
 from sslpoison.cli_encoders import add_commands as add_encoder_commands
 from sslpoison.cli_runs import add_commands
 
+#: What ``sslpoison --help`` says the tool is for (the module doc is for developers).
+DESCRIPTION = (
+    "Poison and backdoor self-supervised encoders, defend them, and measure both: "
+    "pre-train → attack → defend → evaluate → report, from one YAML experiment."
+)
+
 if TYPE_CHECKING:
     from sslpoison.experiment.config import ExperimentConfig
     from sslpoison.experiment.results import Results
@@ -144,7 +150,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sslpoison", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="sslpoison", description=DESCRIPTION)
     common = argparse.ArgumentParser(add_help=False)
     for p, default in ((parser, False), (common, argparse.SUPPRESS)):
         p.add_argument(

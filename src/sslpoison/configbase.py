@@ -7,6 +7,7 @@ Not the experiment schema (what a YAML experiment holds): that is
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import typing
@@ -48,14 +49,15 @@ def checked_count(
     """``asked`` (a count or a share) of ``there`` images of ``what``, unchanged; a count
     larger than ``there`` is a ConfigError naming ``key`` and the ``flag`` that allows it
     (default ``<section>.allow_smaller``), unless ``allowed`` or not ``explicit`` (left at
-    its default): then it is recorded as a warning of the run."""
+    its default): then it is recorded as a warning of the run (printed as a note when
+    ``allowed``: the config asked for it)."""
     if isinstance(asked, float) or asked <= there:
         return asked
     message = f"{key}: {asked} asked for, but {what} has {there}"
     if explicit and not allowed:
         flag = flag or f"{key.split('.')[0]}.allow_smaller"
         raise ConfigError(f"{message} (set {flag}: true to use all {there})")
-    warn(f"{message}; using all {there}")
+    warn(f"{message}; using all {there}", loud=not allowed)
     return asked
 
 
@@ -99,6 +101,22 @@ def _signature_model(target: Callable[..., Any], skip: tuple[str, ...]) -> type[
     )
 
 
+def _known_keys() -> list[str]:
+    """Every field name of every config class (:class:`Config` and its subclasses)."""
+    keys, todo = set(), [Config]
+    while todo:
+        cls = todo.pop()
+        keys |= set(cls.model_fields)
+        todo += cls.__subclasses__()
+    return sorted(keys)
+
+
+def _did_you_mean(key: str) -> str:
+    """`` (did you mean 'lambda2'?)`` for a mistyped ``key`` near a known one, else ``""``."""
+    close = difflib.get_close_matches(key, _known_keys(), n=1, cutoff=0.8)
+    return f" (did you mean {close[0]!r}?)" if close and close[0] != key else ""
+
+
 def format_validation_error(
     error: ValidationError, where: str = "", tags: frozenset[str] = frozenset()
 ) -> str:
@@ -113,7 +131,7 @@ def format_validation_error(
         msg = item["msg"].removeprefix("Value error, ")
         ctx = item.get("ctx") or {}
         if item["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(str(item["loc"][-1]) if item["loc"] else "")
         elif item["type"] == "union_tag_invalid":
             msg = (
                 f"unknown name {ctx['tag']!r} (known: {ctx['expected_tags'].replace(chr(39), '')})"

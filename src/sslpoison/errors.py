@@ -8,7 +8,7 @@ its traceback. The subclasses also derive from the built-in class that code alre
 (``ValueError``, ``OSError``, ...), so callers of the library are not surprised.
 
 :func:`warn` logs a warning and adds it to the warnings of the run under way (see
-:func:`start_warnings`), which ``results.json`` keeps: what a config explicitly allowed (a
+:func:`collecting_warnings`), which ``results.json`` keeps: what a config explicitly allowed (a
 ``subset`` larger than the data, empty classes, ...) and what a run repaired (a damaged cache
 entry recomputed) is never silent.
 """
@@ -16,6 +16,8 @@ entry recomputed) is never silent.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 log = logging.getLogger("sslpoison")
@@ -30,8 +32,8 @@ __all__ = [
     "NumericsError",
     "OutputError",
     "UserError",
+    "collecting_warnings",
     "one_line",
-    "start_warnings",
     "warn",
 ]
 
@@ -82,19 +84,29 @@ def one_line(message: object, limit: int = 600) -> str:
 _WARNINGS: ContextVar[list[str] | None] = ContextVar("sslpoison_warnings", default=None)
 
 
-def start_warnings() -> list[str]:
-    """A new list that :func:`warn` appends to from now on in this context (one run)."""
+@contextmanager
+def collecting_warnings() -> Iterator[list[str]]:
+    """Within the block (one run), :func:`warn` appends to the list it yields; on leaving it,
+    the previous collection (or none) is back, so runs in one process never share a list."""
     warnings: list[str] = []
-    _WARNINGS.set(warnings)
-    return warnings
+    token = _WARNINGS.set(warnings)
+    try:
+        yield warnings
+    finally:
+        _WARNINGS.reset(token)
 
 
-def warn(message: str) -> None:
-    """Log ``message`` as a warning and record it in the current run's warnings."""
+def warn(message: str, loud: bool = True) -> None:
+    """Record ``message`` in the current run's warnings and log it: as a warning, or (not
+    ``loud``: what the config explicitly allowed, e.g. ``allow_smaller``) at info level, so
+    that a correct preset prints no warning."""
     message = one_line(message)
     warnings = _WARNINGS.get()
     if warnings is not None:
         if message in warnings:
             return
         warnings.append(message)
-    log.warning("warning: %s", message)
+    if loud:
+        log.warning("warning: %s", message)
+    else:
+        log.info("note: %s", message)

@@ -166,3 +166,13 @@ def test_an_interrupted_run_resumes_to_the_same_encoder(
     resumed = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert resumed["stages"]["pretrain"]["resumed_from_epoch"] == 2
     assert resumed["metrics"] == straight["metrics"]
+
+
+def test_help_says_what_the_tool_is_for_in_one_line(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    description = out.split("\n\n")[1]
+    assert description.startswith("Poison and backdoor self-supervised encoders")
+    assert description.rstrip().endswith("from one YAML experiment.")

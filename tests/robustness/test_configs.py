@@ -12,7 +12,7 @@ import torch
 from damaged_files import BOMB
 from user_errors import assert_user_error, trained_stages
 
-from sslpoison.errors import start_warnings
+from sslpoison.errors import collecting_warnings, warn
 from sslpoison.experiment.config import DataConfig
 from sslpoison.experiment.stages import pretraining_data
 
@@ -45,7 +45,18 @@ TEXT_CASES = [
         [],
         ["cfg.yaml"],
     ),
-    ("unknown-key", None, _set("pretrain.trian.epochs=1"), ["pretrain.trian: unknown key"]),
+    (
+        "unknown-key",
+        None,
+        _set("pretrain.trian.epochs=1"),
+        ["pretrain.trian: unknown key (did you mean 'train'?)"],
+    ),
+    (
+        "misspelt-attack-key",
+        None,
+        _set("attack={name: badencoder, lamda2: 1.0}"),
+        ["attack.lamda2: unknown key (did you mean 'lambda2'?)"],
+    ),
     ("set-invalid-yaml", None, _set("pretrain.train.epochs=[1"), ["--set", "epochs=[1"]),
     ("set-no-equals", None, _set("seed"), ["--set 'seed'", "key=value"]),
     ("set-empty-key", None, _set("=3"), ["--set '=3'", "empty key"]),
@@ -159,11 +170,47 @@ def test_an_oversized_count_allowed_runs_and_is_recorded(tmp_path, tiny_run, wri
 
 
 def test_an_oversized_subset_allowed_is_the_whole_set_and_recorded():
-    warnings = start_warnings()
-    data = pretraining_data(DataConfig(dataset="synthetic", subset=600, allow_smaller=True), False)
+    with collecting_warnings() as warnings:
+        config = DataConfig(dataset="synthetic", subset=600, allow_smaller=True)
+        data = pretraining_data(config, False)
     assert len(data) == 512 and warnings == [
         "data.subset: 600 asked for, but the synthetic train split has 512; using all 512"
     ]
+
+
+def test_two_collections_in_one_process_keep_their_own_warnings():
+    with collecting_warnings() as first:
+        warn("one")
+        with collecting_warnings() as inner:
+            warn("two")
+        warn("three")
+    warn("after: recorded nowhere")
+    with collecting_warnings() as second:
+        warn("four")
+    assert first == ["one", "three"] and inner == ["two"] and second == ["four"]
+
+
+def test_what_a_config_allowed_is_recorded_but_not_printed_as_a_warning(caplog):
+    from sslpoison.configbase import checked_count
+
+    with collecting_warnings() as warnings, caplog.at_level("INFO", logger="sslpoison"):
+        checked_count("eval.labelled", 10000, 1198, "digits", allowed=True)
+        checked_count("eval.labelled", 10000, 599, "tiny", allowed=False, explicit=False)
+    assert len(warnings) == 2  # both in results.json
+    levels = {r.getMessage().split(":")[0]: r.levelname for r in caplog.records}
+    assert levels == {"note": "INFO", "warning": "WARNING"}  # only the default is loud
+
+
+def test_two_runs_in_one_process_keep_separate_warnings(tmp_path, tiny_run, write_yaml, cli):
+    tiny_run["eval"] |= {"labelled": 1000, "allow_smaller": True}  # allowed: a warning
+    code, _, err = cli("run", write_yaml(tiny_run), "--out", tmp_path / "a")
+    assert code == 0, err
+    tiny_run["eval"] |= {"labelled": 256, "allow_smaller": False}  # no warning
+    code, _, err = cli("run", write_yaml(tiny_run), "--out", tmp_path / "b")
+    assert code == 0, err
+    a, b = (json.loads((tmp_path / r / "results.json").read_text()) for r in "ab")
+    assert any(w.startswith("eval.labelled: 1000") for w in a["warnings"])
+    assert not b.get("warnings")  # results.json leaves out an empty list
 
 
 def test_a_name_that_climbs_out_stays_in_runs(tmp_path, tiny_run, write_yaml, cli, monkeypatch):

@@ -32,7 +32,7 @@ from sslpoison.data.shards import WEBDATASET, PairStream
 from sslpoison.defenses import EncoderDefense, PretrainingDataDefense
 from sslpoison.defenses.base import reinitialise
 from sslpoison.detectors import DetectorConfig
-from sslpoison.errors import start_warnings
+from sslpoison.errors import collecting_warnings
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.evaluate import Outcome, evaluate
 from sslpoison.eval.features import FeatureCache
@@ -189,7 +189,7 @@ class Run:
     detections: list[Detection] = field(default_factory=list)
     filtered: dict[str, Filtered] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
-    warnings: list[str] = field(default_factory=start_warnings)  # what `warn` records
+    warnings: list[str] = field(default_factory=list)  # what `warn` records (this run's)
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -308,8 +308,8 @@ def run_experiment(
     ``torchrun`` it ends the process group and says whether this process evaluates (rank 0);
     the others return None there. With ``cfg.tracker``, the engine's losses and the final
     metrics are logged to it."""
-    with tracking(cfg.tracker, Path(out_dir)) as tracker:
-        results = _run_experiment(cfg, Path(out_dir), device, training_done)
+    with tracking(cfg.tracker, Path(out_dir)) as tracker, collecting_warnings() as warnings:
+        results = _run_experiment(cfg, Path(out_dir), device, training_done, warnings)
         if tracker is not None and results is not None:
             tracker.log_results(results.metrics, results.timings, results.config, results.stages)
     if results is not None:
@@ -363,9 +363,11 @@ def _run_experiment(
     out_dir: Path,
     device: torch.device | None,
     training_done: Callable[[], bool] | None,
+    warnings: list[str],
 ) -> Results | None:
     seeds = {group: cfg.seed_of(group) for group in GROUPS}
-    run = Run(StageCache(cfg.resolved_cache_dir()), device or resolve_device(cfg.device), seeds)
+    cache, device = StageCache(cfg.resolved_cache_dir()), device or resolve_device(cfg.device)
+    run = Run(cache, device, seeds, warnings=warnings)
     attack = cfg.attack
     front = prepare_run(cfg, run.device, timed=run.timed)
     data, downstream, poisoned, targets, given = (
