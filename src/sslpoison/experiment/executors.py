@@ -64,7 +64,7 @@ from sslpoison.train import dist
 log = logging.getLogger(__name__)
 
 #: How long a finished job's cell status may still read "running" before it counts as failed.
-STATUS_GRACE_S = 10.0
+STATUS_GRACE_S = 60.0
 
 __all__ = ["EXECUTORS", "ExecutorConfig", "Outcome", "make_executor"]
 
@@ -329,12 +329,13 @@ class SubmititExecutor:
 
     def _outcome(self, cell: Cell) -> Outcome:
         """How ``cell``'s job ended; a job that ended without saying so (killed, out of
-        memory or time) is recorded as failed. A status not yet "done" or "failed" is read again for
+        memory or time) is recorded as failed. A status still "running" is read again for
         up to :data:`STATUS_GRACE_S` seconds: a shared filesystem may show the job's last
-        write late, and a job of several tasks may end its other ranks first."""
+        write late, and submitit may call a job of several tasks done when a rank other than
+        0 (which writes the cell's status) has finished."""
         state, status = cell_state(self.out, cell.name)
         deadline = time.monotonic() + STATUS_GRACE_S
-        while status.get("state") not in ("done", "failed"):
+        while status.get("state") == "running":
             if time.monotonic() > deadline:
                 break
             time.sleep(0.5)
