@@ -25,14 +25,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslpoison.attacks import Hook, strikes
+from sslpoison.attacks import Hook, badencoder, strikes
 from sslpoison.eval.downstream import Downstream
 from sslpoison.experiment.config import ExperimentConfig, load_config
 from sslpoison.experiment.stages import attack_key, key_slice, pretrain_key, pretraining_data
 from sslpoison.experiment.sweep import load_sweep, run_name, sweep_configs
 from sslpoison.models.backbone import build_encoder
 from sslpoison.train import precision
-from sslpoison.utils import stable_hash
+from sslpoison.utils import stable_hash, tensor_hash
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 
@@ -60,7 +60,10 @@ def preset_keys(cfg: ExperimentConfig, loaded: dict | None = None) -> dict[str, 
         keys["pretrain_poisoned"] = pretrain_key(cfg.pretrain, poisoned.data, attack_seed, device)
     if strikes(attack, Hook.ENCODER):
         torch.manual_seed(seed)
-        stand_in = build_encoder(cfg.pretrain.backbone, data.channels)
+        built = ("stand-in", cfg.pretrain.backbone.model_dump_json(), data.channels, seed)
+        if built not in loaded:  # the same weights for the same backbone and seed: reused
+            loaded[built] = build_encoder(cfg.pretrain.backbone, data.channels)
+        stand_in = loaded[built]
         shadow = attack.shadow_subset(data, seed=attack_seed)
         downstream = loaded.setdefault(
             ("downstream", cfg.eval.model_dump_json(), data.image_size, data.channels, eval_seed),
@@ -83,8 +86,17 @@ def preset_keys(cfg: ExperimentConfig, loaded: dict | None = None) -> dict[str, 
 def all_preset_keys(configs: Path = CONFIGS) -> dict[str, dict[str, str]]:
     """``{preset (or sweep/run): {stage: key}}`` for every ``cpu-*.yaml`` in ``configs``,
     with the CPU taken to have no native bf16."""
-    native = precision.cpu_has_native_bf16
+    native, extract = precision.cpu_has_native_bf16, badencoder.extract_features
     precision.cpu_has_native_bf16 = lambda: False
+    features: dict = {}
+
+    def memoised(encoder, images, **kwargs):  # the stand-ins' features, once per image set
+        key = (id(encoder), tensor_hash(images), json.dumps(kwargs, default=str, sort_keys=True))
+        if key not in features:
+            features[key] = extract(encoder, images, **kwargs)
+        return features[key]
+
+    badencoder.extract_features = memoised
     try:
         table, loaded = {}, {}
         for path in sorted(configs.glob("cpu-*.yaml")):
@@ -95,7 +107,7 @@ def all_preset_keys(configs: Path = CONFIGS) -> dict[str, dict[str, str]]:
                 table[path.stem] = preset_keys(load_config(path), loaded)
         return table
     finally:
-        precision.cpu_has_native_bf16 = native
+        precision.cpu_has_native_bf16, badencoder.extract_features = native, extract
 
 
 #: Computed with the code before the attacks were organised by hook point (issue 17), for
