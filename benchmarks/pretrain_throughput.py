@@ -5,7 +5,7 @@ EMA) on random uint8 images, the FLOPs of one step counted by torch's FlopCounte
 the achieved FLOP/s as a share of a dense matmul's FLOP/s (same dtype) measured in the same
 run — in fp32, and in bf16 where the hardware has it (a CPU without native bf16 emulates it
 many times slower; the column is skipped there, and the line above the table says so). The
-first line gives the CPU capability and the fp32 matmul rate that scales the README's time
+first line gives the CPU capability and the fp32 matmul rate that scales the time
 budgets.
 
     python benchmarks/pretrain_throughput.py                 # the CPU presets' shape
@@ -132,7 +132,7 @@ def main() -> None:
         f"images {args.channels}×{args.size}², batch {args.batch}, {args.arch} width "
         f"{args.width}, stem stride {args.stem_stride}"
         f"{', channels-last' if args.channels_last else ''}; time budgets scale by "
-        f"{fp32 / 1e9:.1f} / 120 (README, 'Time budgets')"
+        f"{fp32 / 1e9:.1f} / 120 (docs/guide.md, 'Time budgets')"
     )
     if skipped:
         print(skipped)

@@ -1,5 +1,6 @@
-"""The README's Python is true to the code: its example runs (on the synthetic dataset), and
-its "Adding an attack" snippets define attacks that do what they say."""
+"""The Python of the docs is true to the code: the guide's example runs (on the synthetic
+dataset), and the snippets of docs/extending.md define attacks and a defense that do what
+they say; every relative link of the README and docs/ resolves to a file."""
 
 from __future__ import annotations
 
@@ -10,31 +11,34 @@ import pytest
 import torch
 import torch.nn as nn
 
-README = Path(__file__).parents[1] / "README.md"
+ROOT = Path(__file__).parents[1]
+README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "guide.md"
+EXTENDING = ROOT / "docs" / "extending.md"
 
 
-def python_blocks(section: str) -> list[str]:
-    """The ```python blocks of the README section whose heading is ``## {section}``."""
-    text = README.read_text()
+def python_blocks(section: str, page: Path) -> list[str]:
+    """The ```python blocks of ``page``'s section whose heading is ``## {section}``."""
+    text = page.read_text()
     start = text.index(f"\n## {section}\n")
     end = text.find("\n## ", start + 1)
     return re.findall(r"```python\n(.*?)```", text[start : end if end > 0 else None], re.S)
 
 
-def run(code: str, namespace: dict) -> None:
-    """Execute README code as a user would (without this module's ``__future__`` imports)."""
-    exec(compile(code, str(README), "exec", dont_inherit=True), namespace)
+def run(code: str, namespace: dict, page: Path) -> None:
+    """Execute the docs' code as a user would (without this module's ``__future__`` imports)."""
+    exec(compile(code, str(page), "exec", dont_inherit=True), namespace)
 
 
 @pytest.mark.slow
 def test_the_python_example_attacks_defends_and_evaluates(capsys):
-    (code,) = python_blocks("From Python: attack, defend, evaluate")
+    (code,) = python_blocks("From Python: attack, defend, evaluate", GUIDE)
     line = 'DATASET, TARGET = "fashion-mnist", "Ankle boot"'
     labelled = "labelled=2000"  # of Fashion-MNIST's 60 000; the synthetic set has 512
     assert line in code and labelled in code
     code = code.replace(labelled, "labelled=256")
     namespace: dict = {}
-    run(code.replace(line, 'DATASET, TARGET = "synthetic", "vertical"'), namespace)
+    run(code.replace(line, 'DATASET, TARGET = "synthetic", "vertical"'), namespace, GUIDE)
     rows = {row.key: row.value for row in namespace["result"].rows}
     per_encoder = ("top_class", "top_share", "ref_target")
     assert set(rows) == {
@@ -74,8 +78,8 @@ def test_the_attack_snippets_strike_where_they_say(monkeypatch):
 
     namespace: dict = {"MyTask": MyTask}
     monkeypatch.setattr("sslpoison.attacks.ATTACKS", dict(ATTACKS))  # the snippet registers
-    for code in python_blocks("Adding an attack"):
-        run(code, namespace)
+    for code in python_blocks("Adding an attack", EXTENDING):
+        run(code, namespace, EXTENDING)
     data = synthetic(n=64, num_classes=4, size=16, channels=1, seed=0, split="train")
     data.name = "synthetic"
     downstream = Downstream(EvalConfig(datasets=["synthetic"]), 16, 1)
@@ -106,8 +110,14 @@ def test_the_attack_snippets_strike_where_they_say(monkeypatch):
 
 
 def test_the_docs_link_only_files_of_the_repository():
+    """Every link of README.md and docs/*.md is relative and names a file of the repository
+    (anchors are not checked)."""
     root = README.parent
-    for page in [README, *sorted(root.joinpath("docs").glob("*.md"))]:
+    pages = [README, *sorted(root.joinpath("docs").glob("*.md"))]
+    assert {GUIDE, EXTENDING, ROOT / "docs" / "design.md", ROOT / "docs" / "reference.md"} <= set(
+        pages
+    )
+    for page in pages:
         for target in re.findall(r"\]\(([^)]+)\)", page.read_text()):
             assert "://" not in target, f"{page.name}: {target}"
             path = (page.parent / target.split("#")[0]).resolve()
@@ -122,8 +132,8 @@ def test_the_defense_snippet_filters_what_it_says(monkeypatch):
 
     namespace: dict = {}
     monkeypatch.setattr("sslpoison.defenses.DEFENSES", dict(DEFENSES))  # the snippet registers
-    (code,) = python_blocks("Adding a defense")
-    run(code, namespace)
+    (code,) = python_blocks("Adding a defense", EXTENDING)
+    run(code, namespace, EXTENDING)
     data = synthetic(n=64, num_classes=4, size=16, channels=1, seed=0)
     data.images[:3] = 255  # three blank images: the farthest from the rest
     torch.manual_seed(0)

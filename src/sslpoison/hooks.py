@@ -1,4 +1,4 @@
-"""The hook points of the pipeline, shared by attacks and defenses (DESIGN.md, "The data
+"""The hook points of the pipeline, shared by attacks and defenses (docs/design.md, "The data
 flow"), and what an attack or a defense adds to a run's evaluation.
 
 * :class:`Hook` — where an attack strikes or a defense acts: the pre-training data, the

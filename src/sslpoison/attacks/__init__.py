@@ -1,4 +1,4 @@
-"""Attacks, one file each, by where they strike the pipeline (:mod:`.base`, DESIGN.md).
+"""Attacks, one file each, by where they strike the pipeline (:mod:`.base`, docs/design.md).
 
 * pre-training data — ``poison_pretraining(data, downstream, seed) -> PoisonedSet``:
   ``ssl_backdoor`` (:mod:`.ssl_backdoor`); ``clip_backdoor`` and ``clip_targeted``, on

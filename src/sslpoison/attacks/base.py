@@ -1,6 +1,6 @@
 """What every attack is: a frozen config that strikes at one hook point of the pipeline.
 
-The three hook points (DESIGN.md, "The data flow"), one base class each:
+The three hook points (docs/design.md, "The data flow"), one base class each:
 
 * :class:`PretrainingDataAttack` — ``poison_pretraining(data, downstream, seed) ->
   PoisonedSet``: edits the pre-training set; the same pre-training then runs on the poisoned

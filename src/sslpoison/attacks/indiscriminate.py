@@ -170,7 +170,7 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
     def measure_dataset(
         self, name: str, poisoned: PoisonedDownstream, outcome: Outcome
     ) -> list[Row]:
-        """The rows of one dataset (see the README's table of keys)."""
+        """The rows of one dataset (see the table of keys in docs/guide.md, "Attacks")."""
         encoder, cache = outcome.encoders[CLEAN], outcome.features
         clean, test = outcome.downstream.train(name), outcome.downstream.test(name)
         crafted, n = poisoned.crafted, len(clean)

@@ -1,4 +1,4 @@
-"""Defenses, one file each, by where they act in the pipeline (:mod:`.base`, DESIGN.md).
+"""Defenses, one file each, by where they act in the pipeline (:mod:`.base`, docs/design.md).
 
 * pre-training data — ``filter(data, suspect, seed) -> Filtered``, then pre-training again on
   what is kept: ``patchsearch`` (:mod:`.patchsearch`), ``spectral`` (:mod:`.spectral`),

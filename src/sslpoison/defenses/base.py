@@ -1,5 +1,5 @@
 """What every defense is: a frozen config that acts at one hook point of the pipeline, the
-same three points attacks strike (:class:`~sslpoison.hooks.Hook`, DESIGN.md), one base class
+same three points attacks strike (:class:`~sslpoison.hooks.Hook`, docs/design.md), one base class
 each:
 
 * :class:`PretrainingDataDefense` — ``filter(data, suspect, seed) -> Filtered``: finds the

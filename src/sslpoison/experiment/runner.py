@@ -1,4 +1,4 @@
-"""Runs one experiment, top to bottom as DESIGN.md's pipeline: data → [poison pre-training
+"""Runs one experiment, top to bottom as docs/design.md's pipeline: data → [poison pre-training
 data] → pre-train → [attack the encoder] → [defend: filter the pre-training data and pre-train
 again on what is kept; or defend the encoder] → [detect] → downstream data → [poison
 downstream data; measured against the downstream-data defenses] → evaluate →
