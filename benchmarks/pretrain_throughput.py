@@ -5,8 +5,9 @@ EMA) on random uint8 images, the FLOPs of one step counted by torch's FlopCounte
 the achieved FLOP/s as a share of a dense matmul's FLOP/s (same dtype) measured in the same
 run — in fp32, and in bf16 where the hardware has it (a CPU without native bf16 emulates it
 many times slower; the column is skipped there, and the line above the table says so). The
-first line gives the CPU capability and the fp32 matmul rate that scales the time
-budgets.
+first line gives the CPU capability and the fp32 matmul rate; the last, on a CPU, the factor
+that scales wall times to the time budgets (fp32 SimCLR images/s at the presets' shape ÷ 350,
+the plain machine's; docs/guide.md, "Time budgets").
 
     python benchmarks/pretrain_throughput.py                 # the CPU presets' shape
     python benchmarks/pretrain_throughput.py --no-channels-last --precision fp32
@@ -28,6 +29,9 @@ from sslpoison.ssl.pretrain import PretrainConfig, PretrainTask, build_encoder
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
 from sslpoison.train.precision import cpu_capability, cpu_has_native_bf16
+
+#: fp32 SimCLR images/s of the plain 2-core AVX2 machine the time budgets are set for.
+BUDGET_IMAGES_PER_S = 350
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -131,8 +135,7 @@ def main() -> None:
     print(
         f"images {args.channels}×{args.size}², batch {args.batch}, {args.arch} width "
         f"{args.width}, stem stride {args.stem_stride}"
-        f"{', channels-last' if args.channels_last else ''}; time budgets scale by "
-        f"{fp32 / 1e9:.1f} / 120 (docs/guide.md, 'Time budgets')"
+        f"{', channels-last' if args.channels_last else ''}"
     )
     if skipped:
         print(skipped)
@@ -143,6 +146,7 @@ def main() -> None:
     images = torch.randint(
         0, 256, (n, args.channels, args.size, args.size), dtype=torch.uint8, generator=g
     ).to(device)
+    budget_line, fp32_rate = "", 0.0
     for method in args.methods:
         flops = step_flops(build_task(method, args, device), images[: args.batch])
         row = f"{method:<8} {flops / 1e9:>11.2f}"
@@ -164,9 +168,18 @@ def main() -> None:
             result = fit(task, TensorBatches(images[args.batch :], batch_size=args.batch), cfg)
             sync(device)
             rate = result.samples_per_s
+            if column == "fp32":
+                fp32_rate = rate
             share = 100 * flops * rate / args.batch / peaks[column]
             row += f" {rate:>11.0f} {share:>8.1f}%"
         print(row, flush=True)
+        if method == "simclr" and "fp32" in columns and device.type == "cpu":
+            budget_line = (
+                f"time budgets: wall s × {fp32_rate / BUDGET_IMAGES_PER_S:.2f} (this machine's "
+                f"fp32 simclr {fp32_rate:.0f} img/s ÷ {BUDGET_IMAGES_PER_S}; docs/guide.md)"
+            )
+    if budget_line:
+        print(budget_line)
 
 
 if __name__ == "__main__":
