@@ -116,8 +116,8 @@ def all_preset_keys(configs: Path = CONFIGS) -> dict[str, dict[str, str]]:
 #: images the clean encoder chooses, and ``reference_choice`` joined the config.
 PINNED = {
     "cpu-badencoder-fmnist": {"pretrain": "7b1af3e0c00a31a4", "attack": "343e8557fbf96b0a"},
-    "cpu-badencoder-given": {"encoder": "704cf8d8bba46420", "attack_config": "eeaadfea41872681"},
-    "cpu-defenses-given": {"encoder": "bed39bdaee13c746", "attack_config": "eeaadfea41872681"},
+    "cpu-badencoder-given": {"encoder": "704cf8d8bba46420", "attack_config": "9970b30e3487246b"},
+    "cpu-defenses-given": {"encoder": "bed39bdaee13c746", "attack_config": "9970b30e3487246b"},
     "cpu-vit-simclr-fmnist": {"pretrain": "39cd495dcff21915"},
     "cpu-badencoder-targets-sweep/00-kind=solid,position=_22,_22_,target_class=T-shirt_top": {
         "pretrain": "7b1af3e0c00a31a4",
