@@ -30,7 +30,7 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 
 from sslpoison.attacks.base import Measured, Outcome, PretrainingDataAttack
-from sslpoison.attacks.ssl_backdoor import patch_subset, target_index
+from sslpoison.attacks.patching import patch_subset, target_index
 from sslpoison.configbase import CountOrShare
 from sslpoison.data.captions import TEMPLATES
 from sslpoison.data.imageset import ImageSet
@@ -211,7 +211,7 @@ def _poison_stream(
 ) -> PoisonedSet:
     """:func:`poison_backdoor` of pairs streamed from shards: the pairs at the drawn
     positions of the index order (the same positions, corners and captions as
-    :func:`~sslpoison.attacks.ssl_backdoor.patch_subset` draws in memory) are named by key,
+    :func:`~sslpoison.attacks.patching.patch_subset` draws in memory) are named by key,
     and the stream patches and re-captions them as it reads them."""
     try:
         patch = PatchTrigger(trigger, data.channels, data.image_size)
