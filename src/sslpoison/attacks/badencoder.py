@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -43,11 +43,9 @@ from sslpoison.data.augment import ViewAugment, to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.features import extract_features
+from sslpoison.hooks import CheckContext
 from sslpoison.train.engine import STAGE_KEY, FitResult, TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
-
-if TYPE_CHECKING:
-    from sslpoison.experiment.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +104,12 @@ class BadEncoderConfig(EncoderAttack):
                     )
         return raw
 
-    def check(self, experiment: ExperimentConfig) -> None:
+    def check(self, context: CheckContext) -> None:
         for i, t in enumerate(self.targets):
-            if t.dataset not in experiment.eval.datasets:
+            if t.dataset not in context.eval_datasets:
                 raise ValueError(
                     f"attack.targets.{i}.dataset: {t.dataset!r} is not in eval.datasets "
-                    f"{experiment.eval.datasets}"
+                    f"{list(context.eval_datasets)}"
                 )
 
     def backdoor_targets(
