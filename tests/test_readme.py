@@ -5,6 +5,7 @@ they say; every relative link of the README and docs/ resolves to a file."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,7 @@ def test_the_attack_snippets_strike_where_they_say(monkeypatch):
     from sslpoison.attacks import ATTACKS, Hook
     from sslpoison.data.synthetic import synthetic
     from sslpoison.eval.downstream import Downstream, EvalConfig
+    from sslpoison.hooks import CheckContext
     from sslpoison.models import build_backbone
 
     namespace: dict = {"MyTask": MyTask}
@@ -86,6 +88,12 @@ def test_the_attack_snippets_strike_where_they_say(monkeypatch):
 
     corner = namespace["CornerPatch"](count=10)
     assert corner.hook is Hook.PRETRAINING_DATA
+    context = CheckContext("synthetic", ("synthetic",), "simclr", image_text=False)
+    corner.check(context)
+    with pytest.raises(ValueError, match=r"pretrain\.method: corner_patch poisons images without"):
+        corner.check(replace(context, method="clip", image_text=True))
+    with pytest.raises(ValueError, match="encoder: corner_patch poisons the pre-training data"):
+        corner.check(replace(context, encoder_given=True))  # the hook point's own check
     poisoned = corner.poison_pretraining(data, downstream, seed=0)
     assert poisoned.indices.numel() == 10 and poisoned.corners.tolist() == [[0, 0]] * 10
     changed = (poisoned.data.images != data.images).flatten(1).any(1).nonzero().squeeze(1)

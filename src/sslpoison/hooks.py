@@ -1,8 +1,11 @@
 """The hook points of the pipeline, shared by attacks and defenses (docs/design.md, "The data
-flow"), and what an attack or a defense adds to a run's evaluation.
+flow"), what an attack's or a defense's checks see of the experiment around it, and what it
+adds to a run's evaluation.
 
 * :class:`Hook` — where an attack strikes or a defense acts: the pre-training data, the
   encoder, or a downstream task's labelled data;
+* :class:`CheckContext` — the facts of the experiment an attack's or a defense's
+  ``check(context)`` judges (built by the experiment config, which lies above both);
 * :class:`Measured` — rows and files an attack's or a defense's ``measure(outcome)`` adds.
 
 Neither attacks nor defenses own these: both import them from here.
@@ -27,6 +30,30 @@ class Hook(enum.Enum):
     DOWNSTREAM_DATA = "downstream data"
 
 
+@dataclass(frozen=True)
+class CheckContext:
+    """What an attack's or a defense's ``check`` sees of the experiment around it, at config
+    load time (:meth:`sslpoison.experiment.config.ExperimentConfig.check_context` builds it).
+
+    Attributes:
+        pretraining: the pre-training dataset (``data.dataset``).
+        eval_datasets: the downstream datasets the run evaluates (``eval.datasets``), in order.
+        method: the pre-training method (``pretrain.method``).
+        image_text: whether that method pre-trains on image–caption pairs (CLIP).
+        encoder_given: whether the clean encoder is given (``encoder:``): no pre-training.
+        attack: the attack's ``name``, or None for a run without an attack.
+        attack_hook: where that attack strikes, or None.
+    """
+
+    pretraining: str
+    eval_datasets: tuple[str, ...]
+    method: str
+    image_text: bool
+    encoder_given: bool = False
+    attack: str | None = None
+    attack_hook: Hook | None = None
+
+
 @dataclass
 class Measured:
     """What an attack or a defense adds to the evaluation: rows, JSON files for the run's
@@ -44,4 +71,4 @@ class Measured:
         return self
 
 
-__all__ = ["Hook", "Measured"]
+__all__ = ["CheckContext", "Hook", "Measured"]

@@ -10,12 +10,14 @@ import torch
 from sslpoison.attacks.badencoder import (
     BadEncoderConfig,
     BadEncoderTask,
-    TargetConfig,
     badencoder_loss,
+    run_badencoder,
+)
+from sslpoison.attacks.targets import (
+    TargetConfig,
     choose_references,
     core_order,
     resolve_targets,
-    run_badencoder,
     typical_order,
 )
 from sslpoison.data.synthetic import synthetic

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from sslpoison.attacks import Hook, badencoder, strikes
+from sslpoison.attacks import targets as attack_targets
 from sslpoison.eval.downstream import Downstream
 from sslpoison.experiment.config import ExperimentConfig, load_config
 from sslpoison.experiment.stages import attack_key, key_slice, pretrain_key, pretraining_data
@@ -86,7 +87,7 @@ def preset_keys(cfg: ExperimentConfig, loaded: dict | None = None) -> dict[str, 
 def all_preset_keys(configs: Path = CONFIGS) -> dict[str, dict[str, str]]:
     """``{preset (or sweep/run): {stage: key}}`` for every ``cpu-*.yaml`` in ``configs``,
     with the CPU taken to have no native bf16."""
-    native, extract = precision.cpu_has_native_bf16, badencoder.extract_features
+    native, extract = precision.cpu_has_native_bf16, attack_targets.extract_features
     precision.cpu_has_native_bf16 = lambda: False
     features: dict = {}
 
@@ -96,7 +97,8 @@ def all_preset_keys(configs: Path = CONFIGS) -> dict[str, dict[str, str]]:
             features[key] = extract(encoder, images, **kwargs)
         return features[key]
 
-    badencoder.extract_features = memoised
+    # The shadow's features (badencoder.prepare_targets), the pools' (choose_references).
+    badencoder.extract_features = attack_targets.extract_features = memoised
     try:
         table, loaded = {}, {}
         for path in sorted(configs.glob("cpu-*.yaml")):
@@ -107,7 +109,8 @@ def all_preset_keys(configs: Path = CONFIGS) -> dict[str, dict[str, str]]:
                 table[path.stem] = preset_keys(load_config(path), loaded)
         return table
     finally:
-        precision.cpu_has_native_bf16, badencoder.extract_features = native, extract
+        precision.cpu_has_native_bf16 = native
+        badencoder.extract_features = attack_targets.extract_features = extract
 
 
 #: Computed with the code before the attacks were organised by hook point (issue 17), for

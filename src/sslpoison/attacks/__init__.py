@@ -10,6 +10,10 @@
   ``label_flip`` (:mod:`.label_flip`), ``gc`` (:mod:`.gradient_canceling`), ``tgda``
   (:mod:`.tgda`), ``feature_targeted`` (:mod:`.feature_targeted`).
 
+Pieces several attacks share have their own modules: :mod:`.targets` (an encoder attack's
+backdoor targets and their reference images), :mod:`.patching` (patching a draw of
+pre-training images), :mod:`.target` (the GradPC target head of the indiscriminate attacks).
+
 An experiment's ``attack:`` section is one of :data:`ATTACKS`, picked by its ``name``; an
 attack registered here (``ATTACKS["mine"] = MyAttackConfig``) is a valid ``attack:`` at once.
 """

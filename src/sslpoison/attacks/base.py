@@ -18,7 +18,8 @@ The hook points (:class:`~sslpoison.hooks.Hook`) are shared with the defenses
 (:mod:`sslpoison.defenses.base`). Every attack also carries, so that the pipeline never asks
 which attack it runs:
 
-* :meth:`AttackConfig.check` — its checks of the experiment around it (at config load time);
+* :meth:`AttackConfig.check` — its checks of the experiment around it (at config load time),
+  which it sees as a :class:`~sslpoison.hooks.CheckContext`;
 * :meth:`AttackConfig.backdoor_targets` — the (dataset, class, trigger) the evaluation
   measures ASR for; ``reports_fp`` — whether it also counts FP (Saha et al.);
 * :meth:`AttackConfig.measure` — the metrics (and files) it adds to the evaluation's.
@@ -31,7 +32,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch.nn as nn
 
@@ -39,12 +40,9 @@ from sslpoison.configbase import Config
 from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.evaluate import Outcome
-from sslpoison.hooks import Hook, Measured
+from sslpoison.hooks import CheckContext, Hook, Measured
 from sslpoison.poisoning import BackdoorTarget, PoisonedSet
 from sslpoison.train.engine import FitResult
-
-if TYPE_CHECKING:
-    from sslpoison.experiment.config import ExperimentConfig
 
 
 @dataclass
@@ -67,9 +65,10 @@ class AttackConfig(Config, abc.ABC):
     #: Whether the evaluation counts FP: triggered non-target test images called the target.
     reports_fp: ClassVar[bool] = False
 
-    def check(self, experiment: ExperimentConfig) -> None:
-        """Raise ``ValueError`` naming the key when ``experiment`` cannot run this attack
-        (called when the config is loaded). None by default."""
+    def check(self, context: CheckContext) -> None:
+        """Raise ``ValueError`` naming the key when the experiment around it (``context``:
+        the facts a check may judge) cannot run this attack (called when the config is
+        loaded). None by default."""
 
     def backdoor_targets(
         self, data: ImageSet, downstream: Downstream, seed: int = 0
@@ -94,17 +93,17 @@ class PretrainingDataAttack(AttackConfig, abc.ABC):
         that dataset's classes): by default the pre-training dataset ``pretraining``."""
         return pretraining
 
-    def check(self, experiment: ExperimentConfig) -> None:
-        if experiment.encoder is not None:
+    def check(self, context: CheckContext) -> None:
+        if context.encoder_given:
             raise ValueError(
                 f"encoder: {self.name} poisons the pre-training data, so it needs the "
                 "pre-training stage; remove encoder: (a given encoder is already trained)"
             )
-        measured = self.measured_on(experiment.data.dataset)
-        if measured not in experiment.eval.datasets:
+        measured = self.measured_on(context.pretraining)
+        if measured not in context.eval_datasets:
             raise ValueError(
                 f"eval.datasets: {self.name} is measured on {measured!r}, which is not in "
-                f"{experiment.eval.datasets}"
+                f"{list(context.eval_datasets)}"
             )
 
     @abc.abstractmethod

@@ -24,13 +24,13 @@ adversarial labels are its classes, and captions name them by its class names.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field, PositiveInt, model_validator
 
 from sslpoison.attacks.base import Measured, Outcome, PretrainingDataAttack
-from sslpoison.attacks.ssl_backdoor import patch_subset, target_index
+from sslpoison.attacks.patching import patch_subset, target_index
 from sslpoison.configbase import CountOrShare
 from sslpoison.data.captions import TEMPLATES
 from sslpoison.data.imageset import ImageSet
@@ -38,11 +38,9 @@ from sslpoison.data.shards import WEBDATASET, PairStream
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.metrics import poison_rates
 from sslpoison.eval.zero_shot import evaluate_targeted
+from sslpoison.hooks import CheckContext
 from sslpoison.poisoning import BackdoorTarget, PoisonedSet, TargetedTrial
 from sslpoison.triggers import PatchTrigger, TriggerConfig
-
-if TYPE_CHECKING:
-    from sslpoison.experiment.config import ExperimentConfig
 
 
 def _carlini_trigger() -> TriggerConfig:
@@ -62,17 +60,17 @@ class CLIPPoisoning(PretrainingDataAttack):
         (whose ``name`` is the pre-training dataset's)."""
         return downstream.split(self.measured_on(data.name), "test")
 
-    def check(self, experiment: ExperimentConfig) -> None:
-        if experiment.data.dataset == WEBDATASET and self.dataset is None:
+    def check(self, context: CheckContext) -> None:
+        if context.pretraining == WEBDATASET and self.dataset is None:
             raise ValueError(
                 f"attack.dataset: the pairs of data.dataset {WEBDATASET} have no classes; "
                 f"name the labelled dataset {self.name} is measured on (e.g. cifar10)"
             )
-        super().check(experiment)
-        if not experiment.pretrain.image_text:
+        super().check(context)
+        if not context.image_text:
             raise ValueError(
                 f"pretrain.method: {self.name} poisons image–caption pre-training; "
-                f"set pretrain.method to clip (got {experiment.pretrain.method!r})"
+                f"set pretrain.method to clip (got {context.method!r})"
             )
 
 
@@ -211,7 +209,7 @@ def _poison_stream(
 ) -> PoisonedSet:
     """:func:`poison_backdoor` of pairs streamed from shards: the pairs at the drawn
     positions of the index order (the same positions, corners and captions as
-    :func:`~sslpoison.attacks.ssl_backdoor.patch_subset` draws in memory) are named by key,
+    :func:`~sslpoison.attacks.patching.patch_subset` draws in memory) are named by key,
     and the stream patches and re-captions them as it reads them."""
     try:
         patch = PatchTrigger(trigger, data.channels, data.image_size)

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 
 from sslpoison.attacks.base import PretrainingDataAttack
+from sslpoison.attacks.patching import patch_subset, target_index
 from sslpoison.configbase import CountOrShare
 from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.downstream import Downstream
@@ -54,33 +55,6 @@ class SSLBackdoorConfig(PretrainingDataAttack):
         target = target_index(data, self.target_class)
         trigger = evaluation_trigger(self, data.channels, data.image_size)
         return [BackdoorTarget(data.name, target, data.classes[target], trigger)]
-
-
-def target_index(data: ImageSet, target_class: int | str) -> int:
-    """``attack.target_class`` as a class index of ``data`` (ValueError naming the key)."""
-    try:
-        return data.class_index(target_class)
-    except ValueError as e:
-        raise ValueError(f"attack.target_class: {e}") from None
-
-
-def patch_subset(
-    data: ImageSet, pool: torch.Tensor, n: int, trigger: TriggerConfig, g: torch.Generator
-) -> tuple[ImageSet, torch.Tensor, torch.Tensor]:
-    """Paste ``trigger`` onto ``n`` images drawn (with ``g``) from the indices ``pool``.
-
-    Returns (``data`` with those images patched, their sorted indices P, the patches'
-    top-left corners P×2 on the CPU). Every other image is left bit-identical.
-    """
-    try:
-        patch = PatchTrigger(trigger, data.channels, data.image_size)
-    except (ValueError, FileNotFoundError) as e:
-        raise ValueError(f"attack.trigger: {e}") from None
-    indices = pool[torch.randperm(pool.numel(), generator=g)[:n]].sort().values
-    patched, corners = patch.apply(data.images[indices.to(data.device)], g)
-    images = data.images.clone()
-    images[indices.to(data.device)] = patched
-    return data.with_images(images, name=data.name), indices, corners.cpu()
 
 
 def poison(data: ImageSet, cfg: SSLBackdoorConfig, seed: int = 0) -> PoisonedSet:

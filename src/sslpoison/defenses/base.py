@@ -16,7 +16,8 @@ each:
 
 Every defense also carries, so that the pipeline never asks which defense it runs:
 
-* :meth:`DefenseConfig.check` — its checks of the experiment around it (at config load time);
+* :meth:`DefenseConfig.check` — its checks of the experiment around it (at config load time),
+  which it sees as a :class:`~sslpoison.hooks.CheckContext`;
 * :meth:`DefenseConfig.measure` — the metrics (and files) it adds to the evaluation's (a
   pre-training-data defense: its scores against the planted poisons);
 * :attr:`DefenseConfig.title` — how reports name it;
@@ -48,7 +49,7 @@ from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.evaluate import Outcome
 from sslpoison.eval.metrics import filter_scores
 from sslpoison.eval.rows import Row
-from sslpoison.hooks import Hook, Measured
+from sslpoison.hooks import CheckContext, Hook, Measured
 from sslpoison.models.backbone import BackboneConfig
 from sslpoison.poisoning import Filtered
 from sslpoison.train.engine import FitResult, TrainConfig
@@ -56,7 +57,6 @@ from sslpoison.train.optim import OptimConfig
 from sslpoison.utils import module_device
 
 if TYPE_CHECKING:
-    from sslpoison.experiment.config import ExperimentConfig
     from sslpoison.ssl.pretrain import PretrainConfig
 
 
@@ -91,9 +91,10 @@ class DefenseConfig(Config, abc.ABC):
         """:attr:`title`, or the ``name``."""
         return self.title or self.name
 
-    def check(self, experiment: ExperimentConfig) -> None:
-        """Raise ``ValueError`` naming the key when ``experiment`` cannot run this defense
-        (called when the config is loaded). None by default."""
+    def check(self, context: CheckContext) -> None:
+        """Raise ``ValueError`` naming the key when the experiment around it (``context``:
+        the facts a check may judge) cannot run this defense (called when the config is
+        loaded). None by default."""
 
     def measure(self, outcome: Outcome) -> Measured:
         """Metrics this defense adds to the evaluation's (none by default)."""
@@ -109,8 +110,8 @@ class DefenseConfig(Config, abc.ABC):
         return 0
 
 
-def _attack_name(experiment: ExperimentConfig) -> str:
-    return experiment.attack.name if experiment.attack is not None else "no attack"
+def _attack_name(context: CheckContext) -> str:
+    return context.attack if context.attack is not None else "no attack"
 
 
 class EncoderDefense(DefenseConfig, abc.ABC):
@@ -132,15 +133,14 @@ class EncoderDefense(DefenseConfig, abc.ABC):
     seed: int | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
 
-    def check(self, experiment: ExperimentConfig) -> None:
-        attack = experiment.attack
-        if attack is None:
+    def check(self, context: CheckContext) -> None:
+        if context.attack is None:
             raise ValueError(
                 f"defenses: there is no attack section, so nothing for {self.name} to defend"
             )
-        if attack.hook is Hook.DOWNSTREAM_DATA:
+        if context.attack_hook is Hook.DOWNSTREAM_DATA:
             raise ValueError(
-                f"defenses: {self.name} defends an encoder, but {attack.name} poisons the "
+                f"defenses: {self.name} defends an encoder, but {context.attack} poisons the "
                 "downstream data: there is no attacked encoder to defend"
             )
 
@@ -213,12 +213,12 @@ class PretrainingDataDefense(DefenseConfig, abc.ABC):
 
     seed: int | None = None
 
-    def check(self, experiment: ExperimentConfig) -> None:
-        attack = experiment.attack
-        if attack is not None and attack.hook is not Hook.PRETRAINING_DATA:
+    def check(self, context: CheckContext) -> None:
+        hook = context.attack_hook
+        if hook is not None and hook is not Hook.PRETRAINING_DATA:
             raise ValueError(
-                f"defenses: {self.name} filters the pre-training data, but {attack.name} "
-                f"attacks the {attack.hook.value}, not the pre-training data"
+                f"defenses: {self.name} filters the pre-training data, but {context.attack} "
+                f"attacks the {hook.value}, not the pre-training data"
             )
 
     def saved_encoders(self) -> int:
@@ -287,12 +287,11 @@ class DownstreamDataDefense(DefenseConfig, abc.ABC):
 
     hook: ClassVar[Hook] = Hook.DOWNSTREAM_DATA
 
-    def check(self, experiment: ExperimentConfig) -> None:
-        attack = experiment.attack
-        if attack is None or attack.hook is not Hook.DOWNSTREAM_DATA:
+    def check(self, context: CheckContext) -> None:
+        if context.attack_hook is not Hook.DOWNSTREAM_DATA:
             raise ValueError(
                 f"defenses: {self.name} sanitizes a downstream training set; it needs an "
-                f"attack on the downstream data ({_attack_name(experiment)} here)"
+                f"attack on the downstream data ({_attack_name(context)} here)"
             )
 
     def reference_count(self) -> int | float | None:

@@ -25,7 +25,7 @@ its last safe set as ``kept``, and −cosine of the last split as each pair's sc
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -34,15 +34,13 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_va
 from sslpoison.data.augment import ViewSpec, to_float, view_pipeline
 from sslpoison.data.imageset import ImageSet
 from sslpoison.defenses.base import FilterContext, PretrainingDataDefense
+from sslpoison.hooks import CheckContext
 from sslpoison.poisoning import Filtered
 from sslpoison.ssl.clip import CLIP, clip_loss
 from sslpoison.ssl.pretrain import build_clip, clip_views
 from sslpoison.ssl.simclr import nt_xent
 from sslpoison.train import dist
 from sslpoison.train.engine import FitResult, TensorBatches, fit
-
-if TYPE_CHECKING:
-    from sslpoison.experiment.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +174,12 @@ class SafeCLIPConfig(PretrainingDataDefense):
             raise ValueError(f"share: need 0 < start ≤ end ≤ 1, got {self.share}")
         return self
 
-    def check(self, experiment: ExperimentConfig) -> None:
-        super().check(experiment)
-        if not experiment.pretrain.image_text:
+    def check(self, context: CheckContext) -> None:
+        super().check(context)
+        if not context.image_text:
             raise ValueError(
                 f"defenses: {self.name} trains CLIP on image–caption pairs; set "
-                f"pretrain.method to clip (got {experiment.pretrain.method!r})"
+                f"pretrain.method to clip (got {context.method!r})"
             )
 
     def filter(

@@ -32,6 +32,7 @@ from sslpoison.defenses import DEFENSES, DefenseConfig
 from sslpoison.detectors import DETECTORS, DetectorConfig
 from sslpoison.errors import ConfigError
 from sslpoison.eval.downstream import EvalConfig
+from sslpoison.hooks import CheckContext
 from sslpoison.models.export import ExportConfig
 from sslpoison.models.sources import EncoderSource
 from sslpoison.ssl.pretrain import PretrainConfig
@@ -237,8 +238,9 @@ class ExperimentConfig(Config):
                         f"stage_seeds.{group}: pinned, but vary lists {group!r}: a repetition "
                         f"over seeds could not vary it (drop one of the two)"
                     )
+        context = self.check_context()
         if self.attack is not None:
-            self.attack.check(self)
+            self.attack.check(context)
         if self.pretrain.image_text:
             unused = [
                 k
@@ -257,13 +259,26 @@ class ExperimentConfig(Config):
             if given:
                 raise ValueError(f"data.{given[0]}: only for dataset: {WEBDATASET}")
         for defense in self.defenses:
-            defense.check(self)
+            defense.check(context)
         for section in ("defenses", "detectors"):
             names = [d.name for d in getattr(self, section)]
             for i, n in enumerate(names):
                 if n in names[:i]:
                     raise ValueError(f"{section}.{i}.name: {n!r} is listed twice")
         return self
+
+    def check_context(self) -> CheckContext:
+        """What the ``check`` of the attack and of each defense sees of this experiment."""
+        attack = self.attack
+        return CheckContext(
+            pretraining=self.data.dataset,
+            eval_datasets=tuple(self.eval.datasets),
+            method=self.pretrain.method,
+            image_text=self.pretrain.image_text,
+            encoder_given=self.encoder is not None,
+            attack=attack.name if attack is not None else None,
+            attack_hook=attack.hook if attack is not None else None,
+        )
 
     def seed_of(self, group: StageGroup) -> int:
         """The seed of stage group ``group``: ``stage_seeds.<group>``, else ``seed``."""
