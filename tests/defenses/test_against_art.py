@@ -53,8 +53,14 @@ def test_activation_clustering_splits_like_art():
     theirs = clusters[0]
     same = (ours == theirs).all() or (ours == 1 - theirs).all()  # labels may be swapped
     assert same
-    assigned_clean, _, _ = ClusteringAnalyzer().analyze_by_silhouette_score(clusters, reduced)
-    flagged_by_art = np.flatnonzero(np.asarray(assigned_clean[0]) == 0)
+    # ART's analyzer (size < 35 % and silhouette ≥ 0.1 → poison) is our rule; its own output
+    # is not compared: with its unseeded k-means it flagged two clean points more in about
+    # one run of four on the very same partition. Its silhouette and verdict are compared.
+    report = ClusteringAnalyzer().analyze_by_silhouette_score(clusters, reduced)[2]["class_0"]
+    assert report["suspicious"] and float(report["avg_silhouette_score"]) == pytest.approx(
+        silhouette, abs=1e-3
+    )
     share = np.bincount(ours, minlength=2) / len(ours)
     flagged_by_us = np.flatnonzero(share[ours] < 0.35) if silhouette >= 0.1 else []
-    assert flagged_by_art.tolist() == list(flagged_by_us) == poisons.tolist()
+    assert list(flagged_by_us) == poisons.tolist()
+    assert silhouette >= 0.1
