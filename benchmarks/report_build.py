@@ -31,9 +31,9 @@ from sslpoison.eval.backdoor import backdoor_row
 from sslpoison.eval.encoder import probe_key
 from sslpoison.eval.rows import Row
 from sslpoison.eval.zero_shot import ZERO_SHOT, zs_key
-from sslpoison.experiment.html_report import write_report
 from sslpoison.experiment.results import Results, write_results
-from sslpoison.experiment.store import ResultsStore
+from sslpoison.results.html_report import write_report
+from sslpoison.results.store import ResultsStore
 
 DATASETS = ("fashion-mnist", "digits")
 DEFENSES = ("mimic", "distill", "feature_distill", "finetune", "fineprune")

@@ -22,8 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sslpoison.experiment.html_report import write_report
-from sslpoison.experiment.store import ResultsStore, run_folders
+from sslpoison.results.html_report import write_report
+from sslpoison.results.store import ResultsStore, run_folders
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 

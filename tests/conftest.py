@@ -185,8 +185,8 @@ def tiny_clip_folder(tmp_path_factory):
 @pytest.fixture
 def make_run(tmp_path):
     """``make_run(folder, rows, seed=0, wall=60, **config changes) -> path``: a hand-made run
-    folder under ``tmp_path`` (``tests/experiment/handmade.py``'s ``write_run``)."""
-    from handmade import write_run  # tests/experiment, on the path while its tests run
+    folder under ``tmp_path`` (``tests/results/handmade.py``'s ``write_run``)."""
+    from handmade import write_run  # tests/results, on the path while its tests run
 
     def make(folder, rows, seed=0, wall=60.0, **changes):
         return write_run(tmp_path, folder, rows, seed, wall, **changes)

@@ -16,7 +16,7 @@ from typing import Any
 
 
 def _filters(args: argparse.Namespace):
-    from sslpoison.experiment.store import Filters
+    from sslpoison.results.store import Filters
 
     return Filters(args.attack, args.defense, args.dataset, args.preset)
 
@@ -62,8 +62,8 @@ def format_runs(runs: list[Any]) -> str:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from sslpoison.experiment.compare import compare, format_comparison
-    from sslpoison.experiment.store import ResultsStore, store_path
+    from sslpoison.results.compare import compare, format_comparison
+    from sslpoison.results.store import ResultsStore, store_path
 
     path = store_path(args.db)
     with ResultsStore(path, read_only=True) as store:
@@ -77,7 +77,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from sslpoison.experiment.store import import_runs, store_path
+    from sslpoison.results.store import import_runs, store_path
 
     path = store_path(args.import_db or args.db)
     added, known = import_runs(args.dirs, path)
@@ -86,8 +86,8 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from sslpoison.experiment.html_report import write_report
-    from sslpoison.experiment.store import ResultsStore, run_folders, store_path
+    from sslpoison.results.html_report import write_report
+    from sslpoison.results.store import ResultsStore, run_folders, store_path
 
     if args.dirs:
         store = ResultsStore(":memory:")

@@ -26,11 +26,11 @@ from sslpoison.attacks import Measured
 from sslpoison.detectors import DetectorConfig
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.rows import ATTACKED, CLEAN, Evaluation
-from sslpoison.experiment.plots import bar_plot, plot_confusions
 from sslpoison.models import save_encoder
 from sslpoison.models.export import ExportConfig, default_role, export_encoder
 from sslpoison.models.text import TextConfig, Tokenizer
 from sslpoison.poisoning import BackdoorTarget, PoisonedSet
+from sslpoison.results.plots import bar_plot, plot_confusions
 from sslpoison.ssl.clip import CLIP, save_clip
 from sslpoison.utils import atomic_write_json, atomic_write_text
 

@@ -49,7 +49,6 @@ from sslpoison.experiment.outputs import (
 )
 from sslpoison.experiment.preflight import preflight
 from sslpoison.experiment.provenance import provenance
-from sslpoison.experiment.report import defense_panels, format_summary, summary_tables
 from sslpoison.experiment.results import Results, write_results
 from sslpoison.experiment.stages import (
     StageResult,
@@ -60,12 +59,13 @@ from sslpoison.experiment.stages import (
     pretrain_stage,
     pretraining_data,
 )
-from sslpoison.experiment.store import store_finished_run
 from sslpoison.models.backbone import BackboneConfig, build_encoder
 from sslpoison.models.hf import PairedCLIP
 from sslpoison.models.sources import LoadedEncoder, load_source
 from sslpoison.models.text import Tokenizer
 from sslpoison.poisoning import BackdoorTarget, Filtered, PoisonedSet
+from sslpoison.results.report import defense_panels, format_summary, summary_tables
+from sslpoison.results.store import store_finished_run
 from sslpoison.ssl.clip import CLIP
 from sslpoison.ssl.pretrain import PretrainConfig
 from sslpoison.train import dist

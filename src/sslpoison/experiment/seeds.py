@@ -10,7 +10,7 @@ the results store like any run — then writes the aggregate into ``OUT``:
   n − 1; ``values`` in seed order), ``seeds``, ``vary``, ``runs`` (seed → folder),
   ``missing`` (keys some seeds lack, and which), ``controls`` (each effect beside its null
   control: keys, spreads, difference, threshold, ``verdict`` — ``effect``, ``within noise``
-  or ``untested (n < 2)`` — of :func:`~sslpoison.experiment.stats.versus_control`), ``test``
+  or ``untested (n < 2)`` — of :func:`~sslpoison.results.stats.versus_control`), ``test``
   (that verdict's test), ``config`` and ``timings`` (``total``: the seeds' run times summed);
 * ``summary.md``: the effects against their null controls, then every metric as mean ± std.
 
@@ -34,7 +34,7 @@ from sslpoison.eval.rows import CATEGORICAL, Row
 from sslpoison.experiment.config import GROUPS, ExperimentConfig, StageSeeds
 from sslpoison.experiment.preflight import claim_folder, run_identity
 from sslpoison.experiment.results import Results, read_results, rows_from_json
-from sslpoison.experiment.stats import TEST, format_spread, spread, versus_control
+from sslpoison.results.stats import TEST, format_spread, spread, versus_control
 from sslpoison.train import dist
 from sslpoison.utils import atomic_write_json, atomic_write_text
 

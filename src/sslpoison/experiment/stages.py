@@ -35,11 +35,11 @@ from sslpoison.detectors import DetectorConfig
 from sslpoison.errors import ConfigError
 from sslpoison.experiment.cache import StageCache, stage_key
 from sslpoison.experiment.config import DataConfig
-from sslpoison.experiment.plots import plot_trigger
 from sslpoison.models import load_encoder, save_encoder
 from sslpoison.models.io import read_safetensors
 from sslpoison.models.text import Tokenizer
 from sslpoison.poisoning import BackdoorTarget, Filtered
+from sslpoison.results.plots import plot_trigger
 from sslpoison.ssl.clip import CLIP, load_clip, save_clip
 from sslpoison.ssl.pretrain import PretrainConfig, pretrain, pretrain_clip
 from sslpoison.train import dist

@@ -235,7 +235,7 @@ def format_heatmap(values: dict[str, dict[str, float | None]], spec: HeatmapSpec
 
 
 def plot_sweep(rows: list[dict[str, Any]], spec: PlotSpec, grid_keys: list[str], path: Path):
-    from sslpoison.experiment.plots import line_plot
+    from sslpoison.results.plots import line_plot
 
     others = [k for k in grid_keys if k != spec.x]
     series: dict[str, list[tuple[Any, Any]]] = {}
@@ -360,7 +360,7 @@ class SweepTable:
         if sweep.plot is not None and done:
             plot_sweep(done, sweep.plot, list(sweep.grid), self.out / "sweep.png")
         if sweep.heatmap is not None and done:
-            from sslpoison.experiment.plots import heat_map
+            from sslpoison.results.plots import heat_map
 
             spec = sweep.heatmap
             grid = heatmap_values(rows, spec, list(sweep.grid))

@@ -12,8 +12,8 @@ from sslpoison.eval.controls import BASELINES
 from sslpoison.eval.downstream import EvalConfig
 from sslpoison.eval.rows import Row
 from sslpoison.eval.zero_shot import ZERO_SHOT
-from sslpoison.experiment.stats import format_spread, mean_std, spread
-from sslpoison.experiment.store import StoredRun, without_seeds
+from sslpoison.results.stats import format_spread, mean_std, spread
+from sslpoison.results.store import StoredRun, without_seeds
 
 #: At most this many differing settings are named in a group's label.
 LABEL_SETTINGS = 3
@@ -118,7 +118,7 @@ def _short(value: Any) -> str:
 
 
 def group_runs(runs: Sequence[StoredRun]) -> list[Group]:
-    """The runs grouped by setting (:func:`~sslpoison.experiment.store.settings_key`), in the
+    """The runs grouped by setting (:func:`~sslpoison.results.store.settings_key`), in the
     order first met; each group's ``differs`` names the settings (seeds aside) in which it
     differs from another group of the same preset, those its value is rarest in first."""
     by_setting: dict[str, list[StoredRun]] = {}

@@ -17,8 +17,8 @@ from handmade import backdoor_rows, png
 
 from sslpoison.cli import main
 from sslpoison.eval.rows import Row
-from sslpoison.experiment.html_report import build_report
-from sslpoison.experiment.store import ResultsStore, import_runs
+from sslpoison.results.html_report import build_report
+from sslpoison.results.store import ResultsStore, import_runs
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "report_screenshot.py"
 

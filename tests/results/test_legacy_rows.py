@@ -9,7 +9,7 @@ from sslpoison.eval.backdoor import backdoor_row
 from sslpoison.eval.encoder import probe_key
 from sslpoison.eval.rows import Row, metrics_of
 from sslpoison.eval.zero_shot import ZERO_SHOT, zs_key
-from sslpoison.experiment.legacy_rows import reconstruct_rows
+from sslpoison.results.legacy_rows import reconstruct_rows
 
 
 def by_key(rows):

@@ -13,10 +13,10 @@ from handmade import backdoor_rows
 
 from sslpoison.cli import main
 from sslpoison.eval.rows import Row
-from sslpoison.experiment import store as store_module
-from sslpoison.experiment.compare import compare, format_comparison, group_runs
 from sslpoison.experiment.results import read_results
-from sslpoison.experiment.store import (
+from sslpoison.results import store as store_module
+from sslpoison.results.compare import compare, format_comparison, group_runs
+from sslpoison.results.store import (
     Filters,
     ResultsStore,
     StoreError,

@@ -9,7 +9,7 @@ The page has one section per attack (``none`` for runs without one), each with:
 * **Effects against their null controls**: each effect (ASR, FP, accuracy drop, a defended
   encoder's ASR) beside its null control (ASR-B, unseen triggers, clean duplicates, the
   defense on the clean encoder) over the seeds of each setting, with the verdict of
-  :func:`~sslpoison.experiment.stats.versus_control` and the test it applies;
+  :func:`~sslpoison.results.stats.versus_control` and the test it applies;
 * **Defenses compared**: accuracy against ASR (scatter plot, error bars over seeds), with
   the clean images each defense used and its wall time (zero-shot accuracy and ASR too for
   CLIP models);
@@ -39,7 +39,7 @@ from sslpoison.defenses.base import FILTER, FILTER_METRICS
 from sslpoison.eval.controls import null_controls
 from sslpoison.eval.rows import ATTACKED, CLEAN
 from sslpoison.eval.zero_shot import ZERO_SHOT
-from sslpoison.experiment.compare import (
+from sslpoison.results.compare import (
     BASELINES,
     Group,
     first_probe,
@@ -47,16 +47,16 @@ from sslpoison.experiment.compare import (
     group_runs,
     mean_std,
 )
-from sslpoison.experiment.report import FILTER_COLUMNS, defense_seconds, defense_title
-from sslpoison.experiment.report_figures import (
+from sslpoison.results.report import FILTER_COLUMNS, defense_seconds, defense_title
+from sslpoison.results.report_figures import (
     Point,
     Series,
     defense_scatter,
     file_uri,
     sweep_figure,
 )
-from sslpoison.experiment.stats import TEST, versus_control
-from sslpoison.experiment.store import StoredRun
+from sslpoison.results.stats import TEST, versus_control
+from sslpoison.results.store import StoredRun
 from sslpoison.utils import atomic_write_text
 
 #: Section titles of the attacks (others: their registry name).

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sslpoison.experiment.plots import plt
+from sslpoison.results.plots import plt
 
 #: Marker per dataset (cycled).
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")

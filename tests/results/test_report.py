@@ -8,7 +8,7 @@ from sslpoison.eval.backdoor import backdoor_row
 from sslpoison.eval.encoder import evaluate_encoder, probe_key
 from sslpoison.eval.rows import Row, metrics_of
 from sslpoison.eval.zero_shot import ZERO_SHOT, zs_key
-from sslpoison.experiment.report import (
+from sslpoison.results.report import (
     format_backdoor_table,
     format_detections,
     format_summary,
@@ -152,7 +152,7 @@ def test_the_null_controls_stand_beside_their_effects():
 
 
 def test_the_filters_table_and_the_zero_shot_rows_of_a_defense():
-    from sslpoison.experiment.report import format_filters, summary_tables
+    from sslpoison.results.report import format_filters, summary_tables
 
     rows = [
         Row(None, "spectral", "filter", "poison_precision", 0.5, "spectral/poison_precision"),

@@ -1,8 +1,8 @@
 """The results store: every run's ``results.json`` indexed in one SQLite database.
 
 ``results.json`` stays each run's source of truth; the store is an index over many run
-folders, for listing, comparing and reporting (:mod:`~sslpoison.experiment.compare`,
-:mod:`~sslpoison.experiment.html_report`). Where it is: the config's ``results_db``, else
+folders, for listing, comparing and reporting (:mod:`~sslpoison.results.compare`,
+:mod:`~sslpoison.results.html_report`). Where it is: the config's ``results_db``, else
 ``$SSLPOISON_RESULTS``, else ``runs/results.sqlite``.
 
 Tables: ``runs`` (one per run folder: the config, metrics, timings, stage records, artifact
@@ -34,9 +34,9 @@ from typing import Any, Literal
 
 from sslpoison.errors import UserError
 from sslpoison.eval.rows import Row
-from sslpoison.experiment.legacy_rows import reconstruct_rows
 from sslpoison.experiment.provenance import overall_precision, precisions
 from sslpoison.experiment.results import is_aggregate, rows_from_json
+from sslpoison.results.legacy_rows import reconstruct_rows
 from sslpoison.utils import stable_hash
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def _legacy_provenance(config: dict[str, Any], stages: dict[str, Any], path: Pat
 def read_run(folder: str | os.PathLike) -> StoredRun:
     """The run in ``folder`` (its ``results.json``), as the store keeps it. Folders written
     before ``results.json`` held ``rows`` get rows reconstructed from their metrics and config
-    (:mod:`~sslpoison.experiment.legacy_rows`; keys it cannot type stay in the metrics only)
+    (:mod:`~sslpoison.results.legacy_rows`; keys it cannot type stay in the metrics only)
     and a provenance of the seed alone."""
     folder = Path(folder).resolve()
     path = folder / "results.json"
