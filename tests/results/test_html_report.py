@@ -102,6 +102,28 @@ def test_the_page_is_self_contained_and_shows_each_section(tmp_path, make_run):
     assert "<script src" not in page and "<link" not in page
 
 
+def test_the_style_sheet_and_script_are_package_data_inlined_in_the_page(tmp_path, make_run):
+    """``report.css`` and ``report.js`` are files of the package, declared in pyproject so a
+    wheel carries them, and inlined in the page: the style in the head, the script at the
+    end (a page without runs has no table to sort, and no script)."""
+    package = Path(build_report.__code__.co_filename).parent
+    data = sorted(p.name for p in package.iterdir() if p.is_file() and p.suffix != ".py")
+    assert data == ["report.css", "report.js"]
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert '"sslpoison.results" = ["report.css", "report.js"]' in pyproject
+    css, js = ((package / name).read_text() for name in data)
+    assert "th[data-dir=asc]" in css and "addEventListener" in js
+    empty = build_report([])
+    assert f"<style>\n{css}</style></head>" in empty and "<script>" not in empty
+    rows = backdoor_rows({"clean": {"acc": 0.9, "asr": 0.1}, "attacked": {"acc": 0.8, "asr": 0.9}})
+    db = tmp_path / "store.sqlite"
+    import_runs([make_run("runs/one", rows)], db)
+    with ResultsStore(db, read_only=True) as store:
+        page = build_report(store.runs())
+    assert f"<style>\n{css}</style></head>" in page
+    assert page.endswith(f"<script>\n{js}</script></body></html>\n")
+
+
 def test_the_report_command_takes_folders_or_store_filters(tmp_path, make_run, capsys):
     runs = runs_folder(make_run, tmp_path)
     out = tmp_path / "a.html"

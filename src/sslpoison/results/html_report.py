@@ -31,6 +31,7 @@ import datetime
 import html
 import json
 from collections.abc import Callable, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -536,53 +537,9 @@ def runs_section(runs: Sequence[StoredRun]) -> str:
     )
 
 
-STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;
-max-width:1400px;padding:0 18px 40px;color:#1b1f24;background:#fff}
-h1{margin:18px 0 4px}h2{margin:28px 0 8px;border-bottom:2px solid #d0d7de;padding-bottom:4px}
-h2 small{font-weight:normal;color:#57606a;font-size:13px}
-summary{cursor:pointer}summary h3,summary h4{display:inline;margin:8px 0}
-details{margin:10px 0}nav a{margin-right:14px}
-.scroll{overflow-x:auto;max-height:70vh;overflow-y:auto}
-table{border-collapse:collapse;font-size:13px;margin:6px 0}
-th,td{border:1px solid #d0d7de;padding:3px 7px;text-align:left;vertical-align:top}
-th{background:#f6f8fa;cursor:pointer;position:sticky;top:0;white-space:nowrap}
-th[data-dir=asc]::after{content:" ▲"}th[data-dir=desc]::after{content:" ▼"}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tbody tr:nth-child(even){background:#fafbfc}
-.note{color:#57606a;font-size:12px;margin:4px 0}
-figure{display:inline-block;margin:6px 10px 6px 0;vertical-align:top}
-figure img{max-width:100%;border:1px solid #eaeef2}
-figcaption{font-size:12px;color:#57606a}
-.gallery figure img{max-height:300px}
-pre{font-size:11px;max-height:420px;overflow:auto;background:#f6f8fa;padding:6px}
-"""
-
-SCRIPT = """
-for (const th of document.querySelectorAll("table.sortable th")) {
-  th.addEventListener("click", () => {
-    const table = th.closest("table"), body = table.tBodies[0];
-    const i = [...th.parentNode.children].indexOf(th);
-    const dir = th.dataset.dir === "asc" ? "desc" : "asc";
-    for (const h of table.querySelectorAll("th")) delete h.dataset.dir;
-    th.dataset.dir = dir;
-    const key = (tr) => {
-      const td = tr.children[i];
-      if (td.dataset.v !== undefined) return parseFloat(td.dataset.v);
-      const text = td.textContent.trim();
-      return text === "-" ? null : text;
-    };
-    const rows = [...body.rows].sort((a, b) => {
-      const x = key(a), y = key(b);
-      if (x === null || y === null) return (x === null) - (y === null);
-      const r = typeof x === "number" && typeof y === "number" ? x - y
-        : String(x).localeCompare(String(y), undefined, {numeric: true});
-      return dir === "asc" ? r : -r;
-    });
-    body.append(...rows);
-  });
-}
-"""
+def page_asset(name: str) -> str:
+    """The text of ``name``, a data file of this package (``report.css``, ``report.js``)."""
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
 def attack_order(attack: str | None) -> tuple[int, str]:
@@ -609,7 +566,7 @@ def build_report(
     head = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>"
+        f"<title>{esc(title)}</title><style>\n{page_asset('report.css')}</style></head><body>"
         f"<h1>{esc(title)}</h1><p class=note>{len(runs)} runs · {settings} settings · "
         f"{len(attacks)} attack sections · built {esc(built)}"
         + (f" · {esc(about)}" if about else "")
@@ -618,7 +575,12 @@ def build_report(
     if not runs:
         return head + "<p>No run matches.</p></body></html>\n"
     sections = "".join(attack_section(a, by_attack[a]) for a in attacks)
-    return head + sections + runs_section(runs) + f"<script>{SCRIPT}</script></body></html>\n"
+    return (
+        head
+        + sections
+        + runs_section(runs)
+        + f"<script>\n{page_asset('report.js')}</script></body></html>\n"
+    )
 
 
 def write_report(
