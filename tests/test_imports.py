@@ -1,7 +1,7 @@
 """No module of the package imports itself back through others (no import cycles, at run time
 nor with the type-level imports of ``if TYPE_CHECKING:``), attacks, defenses and detectors
-never reach the experiment above them, and importing the library changes nothing outside
-it."""
+never reach the experiment above them, the results below it read it only as data, and
+importing the library changes nothing outside it."""
 
 from __future__ import annotations
 
@@ -161,6 +161,31 @@ def test_attacks_defenses_and_detectors_never_reach_the_experiment(package):
     assert len(below) > 1
     for module in below:
         path = reaching(graph, module, f"{PACKAGE}.experiment")
+        assert path is None, " -> ".join(path)
+
+
+#: What ``results/`` may read of ``experiment/``: a finished run's folder, as data
+#: (``results.json``'s rows, the precision of its stage records).
+RUN_FOLDER_DATA = {"sslpoison.experiment.results", "sslpoison.experiment.provenance"}
+
+
+def test_results_read_the_experiment_only_as_data():
+    """The store, comparisons and reports sit below the run: ``experiment/`` imports
+    ``results/``, never the reverse, except the data modules of a run's folder, which import
+    nothing else of ``experiment/`` (nor of ``results/``), not even for type checkers."""
+    graph = import_graph(type_level=True)
+    experiment = f"{PACKAGE}.experiment"
+    assert "sslpoison.results.store" in graph["sslpoison.experiment.runner"]
+    for module in RUN_FOLDER_DATA | {experiment}:  # the package's __init__ runs with them
+        for goal in (experiment, f"{PACKAGE}.results"):
+            path = reaching(graph, module, goal)
+            assert path is None, " -> ".join(path)
+    allowed = RUN_FOLDER_DATA | {experiment}
+    pruned = {m: e - allowed if m.startswith(f"{PACKAGE}.results") else e for m, e in graph.items()}
+    below = [m for m in graph if m == f"{PACKAGE}.results" or m.startswith(f"{PACKAGE}.results.")]
+    assert len(below) > 1 and graph["sslpoison.results.store"] >= RUN_FOLDER_DATA
+    for module in below:
+        path = reaching(pruned, module, experiment)
         assert path is None, " -> ".join(path)
 
 
