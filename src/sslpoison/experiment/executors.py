@@ -56,6 +56,7 @@ from sslpoison.experiment.cells import (
     cell_state,
     read_status,
     run_cell,
+    slurm_states,
     status_path,
     update_status,
 )
@@ -329,15 +330,18 @@ class SubmititExecutor:
 
     def _outcome(self, cell: Cell) -> Outcome:
         """How ``cell``'s job ended; a job that ended without saying so (killed, out of
-        memory or time) is recorded as failed. A status still "running" is read again for
-        up to :data:`STATUS_GRACE_S` seconds: a shared filesystem may show the job's last
-        write late, and submitit may call a job of several tasks done when a rank other than
-        0 (which writes the cell's status) has finished."""
+        memory or time) is recorded as failed. A status still "running" — or "pending" while
+        SLURM says the job is queued, running or completed — is read again for up to
+        :data:`STATUS_GRACE_S` seconds: a shared filesystem may show the job's writes late,
+        and submitit may call a job of several tasks done before rank 0 (which writes the
+        cell's status) has."""
         state, status = cell_state(self.out, cell.name)
         deadline = time.monotonic() + STATUS_GRACE_S
-        while status.get("state") == "running":
-            if time.monotonic() > deadline:
-                break
+        while state in ("pending", "running") and time.monotonic() < deadline:
+            if state == "pending":  # not started, as far as its status says
+                job = slurm_states(self.out, [cell.name]).get(cell.name)
+                if job not in ALIVE | {"COMPLETED"}:  # cancelled, failed, or no scheduler
+                    break
             time.sleep(0.5)
             state, status = cell_state(self.out, cell.name)
         log_path = self.logs.get(cell.name) or status.get("log")
