@@ -19,6 +19,7 @@ from sslpoison.data import cifar, digits, folder, gtsrb, idx, pairs, stl10, svhn
 from sslpoison.data.download import DatasetDownloadError, Resource, fetch_resources
 from sslpoison.data.imageset import ImageSet
 from sslpoison.errors import DataError, DataFileMissing, one_line, warn
+from sslpoison.paths import HOME_CACHE, configured_path
 
 ENV_VAR = "SSLPOISON_DATA"
 
@@ -42,8 +43,7 @@ class DatasetNotFound(DataFileMissing):
 
 def default_download_dir(name: str) -> Path:
     """``$SSLPOISON_DATA/<name>`` when that variable is set, else ``~/.cache/sslpoison/<name>``."""
-    env = os.environ.get(ENV_VAR)
-    return Path(env).expanduser() / name if env else Path.home() / ".cache" / "sslpoison" / name
+    return configured_path(None, ENV_VAR, HOME_CACHE) / name
 
 
 def search_paths(
@@ -57,7 +57,7 @@ def search_paths(
     env = os.environ.get(ENV_VAR)
     if env:
         paths += [Path(env).expanduser() / name, Path(env).expanduser()]
-    paths.append(Path.home() / ".cache" / "sslpoison" / name)
+    paths.append(HOME_CACHE.expanduser() / name)
     paths += [Path(p) for p in extra]
     return list(dict.fromkeys(paths))  # drop repeats, keep order
 

@@ -6,7 +6,6 @@ value fails at load time with the dotted key in the message.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +34,7 @@ from sslpoison.eval.downstream import EvalConfig
 from sslpoison.hooks import CheckContext
 from sslpoison.models.export import ExportConfig
 from sslpoison.models.sources import EncoderSource
+from sslpoison.paths import HOME_CACHE, configured_path
 from sslpoison.ssl.pretrain import PretrainConfig
 from sslpoison.train.tracker import TrackerConfig
 from sslpoison.yamlio import load_yaml, read_yaml
@@ -316,10 +316,8 @@ class ExperimentConfig(Config):
                 )
 
     def resolved_cache_dir(self) -> Path:
-        if self.cache_dir:
-            return Path(self.cache_dir).expanduser()
-        env = os.environ.get("SSLPOISON_CACHE")
-        return Path(env).expanduser() if env else Path.home() / ".cache" / "sslpoison" / "stages"
+        """``cache_dir``, else ``$SSLPOISON_CACHE``, else ``~/.cache/sslpoison/stages``."""
+        return configured_path(self.cache_dir, "SSLPOISON_CACHE", HOME_CACHE / "stages")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

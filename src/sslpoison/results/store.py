@@ -36,6 +36,7 @@ from sslpoison.errors import UserError
 from sslpoison.eval.rows import Row
 from sslpoison.experiment.provenance import overall_precision, precisions
 from sslpoison.experiment.results import is_aggregate, rows_from_json
+from sslpoison.paths import configured_path
 from sslpoison.results.legacy_rows import reconstruct_rows
 from sslpoison.utils import stable_hash
 
@@ -97,10 +98,7 @@ class StoreError(UserError, RuntimeError):
 def store_path(configured: str | os.PathLike | None = None) -> Path:
     """The store's path: ``configured`` (the config's ``results_db``), else
     ``$SSLPOISON_RESULTS``, else ``runs/results.sqlite``."""
-    if configured:
-        return Path(configured).expanduser()
-    env = os.environ.get(ENV)
-    return Path(env).expanduser() if env else DEFAULT_PATH
+    return configured_path(configured, ENV, DEFAULT_PATH)
 
 
 def without_seeds(config: Any, top: bool = True) -> Any:
