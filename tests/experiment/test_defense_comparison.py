@@ -13,7 +13,7 @@ from sslpoison.defenses import DEFENSES
 from sslpoison.hooks import Hook
 
 TRAIN = {
-    "epochs": 3,
+    "epochs": 2,
     "batch_size": 16,
     "progress": False,
     "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
