@@ -14,6 +14,15 @@ import torch
 from sslpoison.utils import atomic_write_via
 
 
+def save_png(fig, path: str | Path) -> Path:
+    """``fig`` laid out and written to ``path`` as a PNG, atomically; the figure closed."""
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write_via(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    return path
+
+
 def plot_confusions(
     matrices: dict[str, list[list[int]]], classes: list[str], path: Path, title: str
 ) -> Path:
@@ -39,11 +48,7 @@ def plot_confusions(
         ax.set_xlabel("predicted")
     axes[0][0].set_ylabel("true class")
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    atomic_write_via(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def line_plot(
@@ -58,11 +63,7 @@ def line_plot(
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    atomic_write_via(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def heat_map(
@@ -86,11 +87,7 @@ def heat_map(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    atomic_write_via(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def plot_trigger(mask: torch.Tensor, trigger: torch.Tensor, path: Path, title: str) -> Path:
@@ -106,12 +103,8 @@ def plot_trigger(mask: torch.Tensor, trigger: torch.Tensor, path: Path, title: s
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_via(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-    return path
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return save_png(fig, path)
 
 
 def bar_plot(
@@ -137,11 +130,7 @@ def bar_plot(
     axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    atomic_write_via(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def _groups(panels: dict[str, dict]) -> int:
