@@ -25,6 +25,27 @@ from pydantic import (
 
 from sslpoison.errors import ConfigError, warn
 
+#: The config keys that cannot change a run's numbers, at any depth: where and how it runs
+#: (``device``, ``threads``, ``cache_dir``), where it reports (``results_db``, ``tracker``),
+#: what it prints and how often it saves (``progress``, ``checkpoint_every``). The one list
+#: left out of a run's identity (:func:`~sslpoison.experiment.preflight.run_identity`), of
+#: stage keys (:class:`~sslpoison.train.engine.TrainConfig`) and of the settings by which the
+#: results store groups repetitions (:func:`~sslpoison.results.store.settings_key`).
+RESULT_NEUTRAL = frozenset(
+    {"device", "threads", "cache_dir", "results_db", "tracker", "progress", "checkpoint_every"}
+)
+
+
+def without_neutral(obj: Any, also: frozenset[str] = frozenset()) -> Any:
+    """``obj`` (a config as JSON data) without the :data:`RESULT_NEUTRAL` keys and ``also``,
+    at any depth."""
+    skip = RESULT_NEUTRAL | also
+    if isinstance(obj, dict):
+        return {k: without_neutral(v, also) for k, v in obj.items() if k not in skip}
+    if isinstance(obj, list):
+        return [without_neutral(v, also) for v in obj]
+    return obj
+
 
 def _count_or_share(value: int | float) -> int | float:
     if isinstance(value, float) and not 0 < value <= 1:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from sslpoison.configbase import checked_count
+from sslpoison.configbase import checked_count, without_neutral
 from sslpoison.data.imageset import ImageSet
 from sslpoison.errors import OutputError, warn
 from sslpoison.eval.downstream import Downstream
@@ -35,10 +35,6 @@ from sslpoison.utils import atomic_write_json, stable_hash
 
 #: The file that says which experiment (or sweep) an output folder holds.
 MARKER = ".sslpoison-run.json"
-#: Config keys that cannot change a run's results: a run that differs only in them is the
-#: same experiment (top-level keys, and keys of the training sections at any depth).
-VOLATILE = frozenset({"threads", "device", "cache_dir"})
-VOLATILE_NESTED = frozenset({"progress", "checkpoint_every"})
 
 __all__ = [
     "MARKER",
@@ -50,19 +46,11 @@ __all__ = [
 ]
 
 
-def _without(obj: Any, keys: frozenset[str]) -> Any:
-    if isinstance(obj, dict):
-        return {k: _without(v, keys) for k, v in obj.items() if k not in keys}
-    if isinstance(obj, list):
-        return [_without(v, keys) for v in obj]
-    return obj
-
-
 def run_identity(config: dict[str, Any]) -> str:
-    """A hash of a run's config (as ``results.json`` stores it) without :data:`VOLATILE`
-    and :data:`VOLATILE_NESTED` keys."""
-    kept = {k: v for k, v in config.items() if k not in VOLATILE}
-    return stable_hash(_without(kept, VOLATILE_NESTED), length=24)
+    """A hash of a run's config (as ``results.json`` stores it) without the keys that cannot
+    change its numbers (:data:`~sslpoison.configbase.RESULT_NEUTRAL`): a run that differs
+    only in them is the same experiment."""
+    return stable_hash(without_neutral(config), length=24)
 
 
 def writable_folder(path: Path, what: str) -> Path:

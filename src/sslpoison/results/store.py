@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sslpoison.configbase import without_neutral
 from sslpoison.errors import UserError
 from sslpoison.eval.rows import Row
 from sslpoison.experiment.provenance import overall_precision, precisions
@@ -84,11 +85,10 @@ CREATE TABLE IF NOT EXISTS labels (
 CREATE INDEX IF NOT EXISTS labels_kind ON labels (kind, value);
 """
 
-#: Top-level config keys that do not change what a run measures (left out of ``settings``).
-UNMEASURED = ("name", "threads", "cache_dir", "results_db", "tracker")
-#: Keys, at any depth, that do not change what a run measures, or that are seeds (a
-#: repetition's ``stage_seeds`` and the ``seeds`` it is one of too: ``vary`` stays).
-UNMEASURED_ANYWHERE = ("seed", "seeds", "stage_seeds", "progress", "checkpoint_every")
+#: The seeds, at any depth (a repetition's ``stage_seeds`` and the ``seeds`` it is one of
+#: too: ``vary`` stays); with :data:`~sslpoison.configbase.RESULT_NEUTRAL` left out of a
+#: setting.
+SEED_KEYS = frozenset({"seed", "seeds", "stage_seeds"})
 
 
 class StoreError(UserError, RuntimeError):
@@ -101,15 +101,11 @@ def store_path(configured: str | os.PathLike | None = None) -> Path:
     return configured_path(configured, ENV, DEFAULT_PATH)
 
 
-def without_seeds(config: Any, top: bool = True) -> Any:
-    """``config`` without seeds and the keys that cannot change a run's numbers
-    (:data:`UNMEASURED`, :data:`UNMEASURED_ANYWHERE`)."""
-    if isinstance(config, dict):
-        skip = UNMEASURED_ANYWHERE + (UNMEASURED if top else ())
-        return {k: without_seeds(v, False) for k, v in config.items() if k not in skip}
-    if isinstance(config, list):
-        return [without_seeds(v, False) for v in config]
-    return config
+def without_seeds(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without its ``name``, seeds (:data:`SEED_KEYS`) and the keys that cannot
+    change a run's numbers (:data:`~sslpoison.configbase.RESULT_NEUTRAL`)."""
+    kept = {k: v for k, v in config.items() if k != "name"}
+    return without_neutral(kept, SEED_KEYS)
 
 
 def settings_key(config: dict[str, Any]) -> str:

@@ -36,7 +36,7 @@ from pydantic import (
 )
 from tqdm.auto import tqdm
 
-from sslpoison.configbase import Config
+from sslpoison.configbase import RESULT_NEUTRAL, Config
 from sslpoison.errors import NumericsError
 from sslpoison.train import dist
 from sslpoison.train.checkpoint import (
@@ -87,12 +87,13 @@ class TrainConfig(Config):
     def _as_stage_key(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo):
         """Dumped with ``context={STAGE_KEY: device}`` (for a stage cache key): the precision a
         run on that device uses instead of ``amp``/``amp_cpu``, and no setting that cannot
-        change the trained weights (``progress``, ``checkpoint_every``)."""
+        change the trained weights (:data:`~sslpoison.configbase.RESULT_NEUTRAL`:
+        ``progress``, ``checkpoint_every``)."""
         data = handler(self)
         device = (info.context or {}).get(STAGE_KEY)
         if device is None:
             return data
-        for name in ("amp", "amp_cpu", "progress", "checkpoint_every"):
+        for name in RESULT_NEUTRAL | {"amp", "amp_cpu"}:
             data.pop(name, None)
         return data | {"precision": self.precision(device)}
 
