@@ -82,7 +82,8 @@ def tensor_hash(*tensors: torch.Tensor, length: int = 16) -> str:
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():  # the tensor's own buffer, not a copy of it
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()[:length]
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sslpoison.data.imageset import ImageSet
+from sslpoison.utils import tensor_hash
 
 
 def make(n: int = 40, classes: int = 4, channels: int = 1, size: int = 8, name: str = "t"):
@@ -127,3 +128,22 @@ def test_with_classes_keeps_the_requested_classes_with_remapped_labels() -> None
     for bad, message in (([7], "outside"), (["c9"], "not a class"), ([1, "c1"], "twice")):
         with pytest.raises(ValueError, match=rf"data\.classes: .*{message}"):
             s.with_classes(bad, key="data.classes")
+
+
+def test_images_hash_is_remembered_until_the_images_change():
+    images = torch.randint(0, 256, (6, 1, 4, 4), dtype=torch.uint8)
+    data = ImageSet(images, torch.zeros(6, dtype=torch.long), ["a"])
+    first = data.images_hash()
+    assert first == tensor_hash(images) == data.images_hash()
+    images[0, 0, 0, 0] ^= 1  # written in place: the remembered hash is stale
+    assert data.images_hash() == tensor_hash(images) != first
+    data.images = images[:3].clone()  # replaced
+    assert data.images_hash() == tensor_hash(images[:3])
+
+
+def test_tensor_hash_reads_the_bytes_of_views_and_dtypes():
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    assert tensor_hash(t.t()) == tensor_hash(t.t().contiguous())
+    assert tensor_hash(t) != tensor_hash(t.to(torch.float64))
+    assert tensor_hash(t) != tensor_hash(t.reshape(4, 3))
+    assert tensor_hash(torch.zeros(0)) == tensor_hash(torch.zeros(0))

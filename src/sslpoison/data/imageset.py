@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from sslpoison.utils import tensor_hash
+
 
 @dataclass
 class ImageSet:
@@ -30,6 +32,7 @@ class ImageSet:
     captions: list[str] | None = None
     name: str = ""
     meta: dict = field(default_factory=dict)
+    _hashed: tuple[tuple, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -54,6 +57,15 @@ class ImageSet:
                 f"ImageSet {self.name!r}: labels must lie in [0, {len(self.classes)}), "
                 f"got range [{int(self.labels.min())}, {int(self.labels.max())}]"
             )
+
+    def images_hash(self) -> str:
+        """:func:`~sslpoison.utils.tensor_hash` of ``images``, remembered until they change
+        (replaced, or written in place: torch counts each write in ``_version``)."""
+        t = self.images
+        stamp = (id(t), t.data_ptr(), tuple(t.shape), t._version)
+        if self._hashed is None or self._hashed[0] != stamp:
+            self._hashed = (stamp, tensor_hash(t))
+        return self._hashed[1]
 
     # ---- shape facts -------------------------------------------------------------------
     def __len__(self) -> int:

@@ -44,7 +44,7 @@ import torch
 
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.pairs import UNLABELLED, expand_shards, scan_shard, shard_samples
-from sslpoison.utils import atomic_write_json, stable_hash, tensor_hash
+from sslpoison.utils import atomic_write_json, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class PairStream:
         settings and the poisons."""
         added = None
         if self.added is not None:
-            added = [tensor_hash(self.added.images), self.added.captions]
+            added = [self.added.images_hash(), self.added.captions]
         return stable_hash(
             {
                 "shards": [(s.name, s.fingerprint, s.samples) for s in self.shards],

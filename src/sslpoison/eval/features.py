@@ -13,7 +13,7 @@ from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.errors import ModelFileError, warn
 from sslpoison.models.io import check_finite, read_safetensors
-from sslpoison.utils import atomic_write_via, module_hash, tensor_hash
+from sslpoison.utils import atomic_write_via, module_hash
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class FeatureCache:
         self.misses = 0
 
     def key(self, encoder: nn.Module, data: ImageSet) -> str:
-        return f"{module_hash(encoder)}-{tensor_hash(data.images)}"
+        return f"{module_hash(encoder)}-{data.images_hash()}"
 
     def get(self, encoder: nn.Module, data: ImageSet, batch_size: int = 1024) -> torch.Tensor:
         key = self.key(encoder, data)

@@ -44,7 +44,7 @@ from sslpoison.ssl.clip import CLIP, load_clip, save_clip
 from sslpoison.ssl.pretrain import PretrainConfig, pretrain, pretrain_clip
 from sslpoison.train import dist
 from sslpoison.train.engine import STAGE_KEY, FitResult
-from sslpoison.utils import atomic_write_via, module_device, module_hash, stable_hash, tensor_hash
+from sslpoison.utils import atomic_write_via, module_device, module_hash, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def data_fingerprint(data: ImageSet | PairStream) -> str:
     for streamed pairs :meth:`~sslpoison.data.shards.PairStream.fingerprint`)."""
     if isinstance(data, PairStream):
         return data.fingerprint()
-    return stable_hash([tensor_hash(data.images), data.captions])
+    return stable_hash([data.images_hash(), data.captions])
 
 
 def cached_stage(
@@ -194,10 +194,10 @@ def pretrain_key(
     if isinstance(data, PairStream):  # the shards and the stream's settings, not the pixels
         parts: dict[str, Any] = {"stream": data.fingerprint(), "seed": seed}
     elif pretrain.image_text:
-        parts = {"data": tensor_hash(data.images), "seed": seed}
+        parts = {"data": data.images_hash(), "seed": seed}
         parts["captions"] = stable_hash(data.captions)
     else:
-        parts = {"data": tensor_hash(data.images), "seed": seed}
+        parts = {"data": data.images_hash(), "seed": seed}
         exclude["text"] = True
     return stage_key("pretrain", pretrain=key_slice(pretrain, device, exclude), **parts)
 
@@ -276,7 +276,7 @@ def attack_key(
         "attack",
         attack=key_slice(attack, device),
         clean=module_hash(clean),
-        shadow=tensor_hash(shadow.images),
+        shadow=shadow.images_hash(),
         targets=[t.record() for t in targets],
         seed=seed,
     )
@@ -319,7 +319,7 @@ def defense_key(
         "defense",
         defense=key_slice(defense, device, exclude={"control": True, "seed": True}),
         suspect=module_hash(suspect),
-        clean=tensor_hash(clean.images),
+        clean=clean.images_hash(),
         seed=seed,
     )
 
@@ -369,7 +369,7 @@ def filter_key(
     part), the suspect encoder's weights, the pre-training images (and captions), the
     pre-training recipe (a defense that trains uses it; the precision on ``device``) and the
     seed."""
-    parts: dict[str, Any] = {"data": tensor_hash(data.images), "seed": seed}
+    parts: dict[str, Any] = {"data": data.images_hash(), "seed": seed}
     if data.captions is not None:
         parts["captions"] = stable_hash(data.captions)
     exclude = None if recipe.image_text else {"text": True}
@@ -466,7 +466,7 @@ def detect_stage(
         "detect",
         detector=key_slice(detector, module_device(encoder)),
         encoder=module_hash(encoder),
-        clean=tensor_hash(subset.images),
+        clean=subset.images_hash(),
         seed=seed,
     )
 
