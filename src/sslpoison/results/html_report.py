@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sslpoison.attacks import ATTACKS
-from sslpoison.defenses.base import FILTER, FILTER_METRICS
+from sslpoison.defenses.base import FILTER
 from sslpoison.eval.controls import null_controls
 from sslpoison.eval.rows import ATTACKED, CLEAN
 from sslpoison.eval.zero_shot import ZERO_SHOT
@@ -48,7 +48,8 @@ from sslpoison.results.compare import (
     group_runs,
     mean_std,
 )
-from sslpoison.results.report import FILTER_COLUMNS, defense_seconds, defense_title
+from sslpoison.results.names import attack_title, defense_metrics, defense_title
+from sslpoison.results.report import defense_seconds
 from sslpoison.results.report_figures import (
     Point,
     Series,
@@ -60,18 +61,6 @@ from sslpoison.results.stats import TEST, versus_control
 from sslpoison.results.store import StoredRun
 from sslpoison.utils import atomic_write_text
 
-#: Section titles of the attacks (others: their registry name).
-TITLES = {
-    "badencoder": "BadEncoder",
-    "ssl_backdoor": "SSL-Backdoor",
-    "clip_backdoor": "CLIP backdoor",
-    "clip_targeted": "Targeted CLIP poisoning",
-    "label_flip": "Label flipping",
-    "gc": "Gradient canceling",
-    "tgda": "TGDA",
-    "feature_targeted": "Feature-targeted poisoning",
-    None: "No attack: pre-training and evaluation",
-}
 #: The encoder table's number columns, in order: (column, header). ``drop`` holds CA − BA of
 #: a backdoor evaluation and an indiscriminate attack's ``acc_drop``.
 COLUMNS = (
@@ -107,10 +96,6 @@ LineKey = tuple[str | None, str, str, str | None, str | None]
 
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
-
-
-def attack_title(attack: str | None) -> str:
-    return TITLES.get(attack, str(attack))
 
 
 # --- what each run contributes ------------------------------------------------------------
@@ -400,19 +385,17 @@ def filters_section(groups: Sequence[Group]) -> str | None:
         return out
 
     per_group = [(g, merged(g, cells)) for g in groups]
-    used = [m for m in FILTER_METRICS if any(m in v for _, c in per_group for v in c.values())]
+    used = [
+        m for m in defense_metrics() if any(m.name in v for _, c in per_group for v in c.values())
+    ]
     lines = []
     for g, found in per_group:
         for name, values in sorted(found.items()):
-            digits = [FILTER_COLUMNS[m][1] for m in used]
-            tds = [
-                number_td(values.get(m, []), d if d is not None else 0)
-                for m, d in zip(used, digits, strict=True)
-            ]
+            tds = [number_td(values.get(m.name, []), m.digits) for m in used]
             lines.append([group_td(g), str(len(g.runs)), name, defense_title(name), *tds])
     if not lines:
         return None
-    headers = ["setting", "runs", "defense", "what", *(FILTER_COLUMNS[m][0] for m in used)]
+    headers = ["setting", "runs", "defense", "what", *(m.header for m in used)]
     note = (
         "<p class=note>precision and recall of the removed items against the planted poisons, "
         "AUROC of the filter's scores, clean out: the share of clean items removed (without a "
