@@ -76,6 +76,9 @@ TOP_SHARE = Metric("top_share", "top class share", about="the share of them it t
 REF_TARGET = Metric(
     "ref_target", "references on target", about="the target's reference images called the target"
 )
+#: Metrics whose values are class indices, not quantities: over seeds, their values count,
+#: not their mean.
+CATEGORICAL = frozenset({TOP_CLASS.name})
 #: Each encoder's numbers, in the order tables show them (and the log line).
 BACKDOOR_METRICS = (ACC, ASR, ASR_OTHER_TRIGGER, FP, FP_OTHER_TRIGGER)
 #: The numbers of each target of several.
@@ -89,14 +92,14 @@ def metric_key(encoder: str, dataset: str, metric: str, target: str | None = Non
         dataset = f"{dataset}/{target}"
     if encoder == CLEAN:
         names = {
-            "acc": "ca", "asr": "asr_b", "fp": "fp_clean",
-            "fp_other_trigger": "fp_other_trigger_clean",
+            ACC.name: "ca", ASR.name: "asr_b", FP.name: "fp_clean",
+            FP_OTHER_TRIGGER.name: "fp_other_trigger_clean",
         }  # fmt: skip
         return f"{dataset}/{names.get(metric, f'{metric}_b')}"
     if encoder == ATTACKED:
-        names = {"acc": "ba", "fp": "fp_poisoned"}
+        names = {ACC.name: "ba", FP.name: "fp_poisoned"}
         return f"{dataset}/{names.get(metric, metric)}"
-    return f"{encoder}/{dataset}/{'ba' if metric == 'acc' else metric}"
+    return f"{encoder}/{dataset}/{'ba' if metric == ACC.name else metric}"
 
 
 def backdoor_row(

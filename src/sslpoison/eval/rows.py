@@ -13,9 +13,6 @@ from dataclasses import dataclass, field
 CLEAN, ATTACKED = "clean", "attacked"
 #: Suffix of a defense applied to the clean encoder as a control (``defenses.N.control``).
 ON_CLEAN = "_on_clean"
-#: Metrics whose values are class indices, not quantities: over seeds, their values count,
-#: not their mean.
-CATEGORICAL = frozenset({"top_class"})
 
 
 @dataclass(frozen=True)
@@ -97,7 +94,6 @@ def metrics_of(rows: Iterable[Row]) -> dict[str, float | int]:
 
 __all__ = [
     "ATTACKED",
-    "CATEGORICAL",
     "CLEAN",
     "ON_CLEAN",
     "Evaluation",

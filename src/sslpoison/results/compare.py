@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sslpoison.eval.controls import BASELINES
+from sslpoison.detectors.base import FLAGGED
+from sslpoison.eval.backdoor import ACC, ASR, FP
+from sslpoison.eval.controls import ACC_DROP, BASELINES
 from sslpoison.eval.downstream import EvalConfig
 from sslpoison.eval.rows import Row
 from sslpoison.eval.zero_shot import ZERO_SHOT
@@ -28,14 +30,14 @@ def is_headline(row: Row, probe: str) -> bool:
     if row.target is not None or row.setting is not None:
         return False
     if row.dataset is None:
-        return row.metric == "flagged"
+        return row.metric == FLAGGED.name
     if row.encoder in BASELINES:
         return False
     if row.probe == ZERO_SHOT:
         return True
-    if row.metric in ("acc", "asr", "fp"):
+    if row.metric in (ACC.name, ASR.name, FP.name):
         return row.probe == probe
-    return row.metric == "acc_drop" and row.probe == "linear"
+    return row.metric == ACC_DROP.name and row.probe == "linear"
 
 
 def headline_keys(runs: Sequence[StoredRun]) -> list[str]:

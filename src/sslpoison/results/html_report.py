@@ -39,8 +39,8 @@ from pathlib import Path
 
 from sslpoison.attacks import ATTACKS
 from sslpoison.detectors.base import FLAGGED
-from sslpoison.eval.backdoor import ACC, ASR, FP
-from sslpoison.eval.rows import CATEGORICAL, Metric
+from sslpoison.eval.backdoor import ACC, ASR, CATEGORICAL, FP
+from sslpoison.eval.rows import Metric
 from sslpoison.eval.zero_shot import ZS_ACC, ZS_ASR
 from sslpoison.results.compare import Group, group_runs
 from sslpoison.results.html_widgets import (
