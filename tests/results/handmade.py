@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
 from sslpoison.eval.backdoor import backdoor_row
 from sslpoison.eval.rows import Row
-from sslpoison.experiment.results import Results, write_results
+from sslpoison.experiment.results import CONFUSION, Results, write_results
 
 #: The config of a hand-made BadEncoder run (its ``results.json`` form, trimmed).
 CONFIG = {
@@ -47,13 +48,20 @@ def backdoor_rows(values: dict[str, dict[str, float]], probe: str = "mlp") -> li
 
 
 def write_run(
-    root: Path, folder: str, rows: list[Row], seed: int = 0, wall: float = 60.0, **changes: Any
-) -> Path:
+    root: Path, folder: str, rows: list[Row], seed: int = 0, wall: float = 60.0,
+    classes: list[str] | None = None, **changes: Any,
+) -> Path:  # fmt: skip
     """A run folder ``root/folder`` whose ``results.json`` holds ``rows``, the :data:`CONFIG`
-    (with ``changes``), a trigger picture and a defense stage record per defense."""
+    (with ``changes``), a trigger picture and a defense stage record per defense; with
+    ``classes``, the synthetic set's class names in ``confusion.json`` (target ``vertical``)."""
     config = copy.deepcopy(CONFIG) | {"seed": seed} | changes
     out = root / folder
     trigger = png(out / "trigger-synthetic-vertical.png")
+    artifacts = {"trigger:synthetic/vertical": str(trigger), "encoder": "elsewhere"}
+    if classes is not None:
+        confusion = {"classes": classes, "clean": {}, "triggered": {"vertical": {}}}
+        artifacts[CONFUSION] = str(out / "confusion.json")
+        (out / "confusion.json").write_text(json.dumps({"synthetic": confusion}))
     stages: dict[str, Any] = {
         "pretrain": {"key": "k", "precision": "fp32", "cached": False, "losses": [2.0, 1.5]}
     }
@@ -63,7 +71,7 @@ def write_run(
         rows=rows,
         config=config,
         timings={"pretrain": wall, "total": 2 * wall},
-        artifacts={"trigger:synthetic/vertical": str(trigger), "encoder": "elsewhere"},
+        artifacts=artifacts,
         stages=stages,
         tables=[],
         provenance={"seed": seed, "precision": "fp32", "torch": "2.x"},

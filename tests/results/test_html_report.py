@@ -4,6 +4,7 @@ sections each attack calls for; and its screenshot in headless Chromium where th
 from __future__ import annotations
 
 import base64
+import copy
 import html
 import re
 import shutil
@@ -13,9 +14,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from handmade import backdoor_rows, png
+from handmade import CONFIG, backdoor_rows, png
 
+from sslpoison.attacks.indiscriminate import Rows
 from sslpoison.cli import main
+from sslpoison.eval.backdoor import backdoor_row
 from sslpoison.eval.rows import Row
 from sslpoison.results.html_report import build_report
 from sslpoison.results.store import ResultsStore, import_runs
@@ -197,3 +200,41 @@ def test_the_filters_have_their_own_section(tmp_path, make_run):
         assert value in page
     assert ">Detectors<" not in page  # the filter's rows are not a detector's
     assert ">160.0<" in page  # wall s: the filter (60) and the pre-training again (100)
+
+
+def test_the_page_opens_with_headlines_and_names_classes_and_settings(tmp_path, make_run):
+    """A headline figure per attack before the tables; class names, not indices, where the
+    run kept them; each setting labelled by what departs from the preset's usual setting."""
+    names = ["horizontal", "vertical", "diagonal"]
+    cells = {"clean": {"acc": 0.9, "asr": 0.1}, "attacked": {"acc": 0.85, "asr": 0.95}}
+    for seed, top in enumerate((1, 1, 2)):
+        top_row = backdoor_row("attacked", "synthetic", "mlp", "top_class", top)
+        make_run(f"runs/named{seed}", [*backdoor_rows(cells), top_row], seed, classes=names)
+    for key, value in (("lambda2", 5.0), ("lambda1", 2.0)):  # one key changed each
+        attack = copy.deepcopy(CONFIG["attack"]) | {key: value}
+        make_run(f"runs/{key}", backdoor_rows(cells), attack=attack)
+    rows = [*backdoor_rows(cells), backdoor_row("attacked", "synthetic", "mlp", "top_class", 2)]
+    make_run("runs/unnamed", rows, name="hand-unnamed")  # no confusion.json: the index
+    for seed in (0, 1):
+        made = Rows("synthetic")
+        made.accuracies("linear", None, 0.9, 0.8)
+        made.null(["linear"], None, 0.9, 0.9 - 0.01 * seed)
+        make_run(f"runs/gc{seed}", made.rows, seed, name="hand-gc", attack={"name": "gc"})
+    make_run("runs/ssl", [Row("synthetic", "clean", "linear", "acc", 0.7, "s/l")], attack=None)
+    db = tmp_path / "store.sqlite"
+    import_runs([tmp_path / "runs"], db)
+    with ResultsStore(db, read_only=True) as store:
+        page = build_report(store.runs())
+    opening = page[: page.index('<section id="attack-')]
+    assert ">At a glance<" in opening and opening.count("<figure>") == 2  # none without attack
+    assert "BadEncoder: ASR against accuracy" in opening
+    assert "Gradient canceling: acc. drop against drop null" in opening
+    for uri in re.findall(r'src="data:image/png;base64,([^"]+)"', opening):
+        assert base64.b64decode(uri).startswith(b"\x89PNG")
+    assert "<td>vertical ×2, diagonal ×1</td>" in page  # the top class over three seeds
+    assert "<td>vertical</td>" in page  # the target, by name
+    assert "<td>2</td>" in page  # no class names kept: the index
+    for label in ("hand-badencoder", "hand-badencoder (attack.lambda2=5.0)",
+                  "hand-badencoder (attack.lambda1=2.0)"):  # fmt: skip
+        assert f">{label}</td>" in page, label
+    assert "more)" not in page

@@ -3,6 +3,7 @@ functions the evaluation uses, kept where the metrics have the key."""
 
 from __future__ import annotations
 
+from sslpoison.attacks.indiscriminate import POISONS, REMOVED_POISONS
 from sslpoison.attacks.indiscriminate import Rows as PoisoningRows
 from sslpoison.detectors import DETECTORS
 from sslpoison.eval.backdoor import backdoor_row
@@ -63,10 +64,10 @@ def test_unattacked_and_indiscriminate_rows_come_back_typed():
         "eval": {"datasets": ["a"], "probes": ["linear"]},
     }
     made = PoisoningRows("a")
-    made.add("poisons", 30)
+    made.add(POISONS, 30)
     made.accuracies("linear", None, 0.9, 0.8)
     made.accuracies("finetune", "sphere", 0.9, 0.85)
-    made.add("removed_poisons", 3, "linear", "sphere")
+    made.add(REMOVED_POISONS, 3, "linear", "sphere")
     found = reconstruct_rows(poisoning, metrics_of(made.rows), {})
     assert by_key(found) == by_key(made.rows)
     assert isinstance(next(r for r in found if r.metric == "poisons").value, int)

@@ -35,7 +35,7 @@ def test_backdoor_table_has_one_row_per_dataset_and_encoder():
     )
     assert [r.key for r in rows] == ["b/ca", "b/ba", "a/ca", "a/ba", "a/asr", "a/asr_b"]
     lines = format_backdoor_table(rows, "mlp").splitlines()
-    assert lines[0].split() == ["dataset", "encoder", "acc", "ASR"]
+    assert lines[0].split() == ["dataset", "encoder", "accuracy", "ASR"]
     assert lines[2].split() == ["a", "clean", "0.9000", "0.0100"]
     assert lines[3].split() == ["a", "attacked", "0.8900", "0.9700"]
     assert lines[5].split() == ["b", "attacked", "0.5000", "-"]
@@ -50,7 +50,7 @@ def test_backdoor_table_has_one_row_per_dataset_and_encoder():
     rows.append(backdoor_row("attacked", "a", "linear", "acc", 0.1, suffix="_linear"))
     stages = {"defense:kd": {"clean_images": 64, "wall_s": 12.3}}
     lines = format_backdoor_table(rows, "mlp", stages).splitlines()
-    assert lines[0].split() == ["dataset", "encoder", "acc", "ASR", "FP", "clean", "time", "s"]
+    assert lines[0].split() == ["dataset", "encoder", "accuracy", "ASR", "FP", "clean", "time", "s"]
     assert lines[2].split() == ["a", "clean", "0.9000", "0.0100", "3", "-", "-"]
     assert lines[3].split() == ["a", "attacked", "0.8900", "0.9700", "40", "-", "-"]
     assert lines[4].split() == ["a", "kd", "0.8800", "0.0200", "2", "64", "12"]
@@ -74,7 +74,9 @@ def test_zero_shot_table_and_detections():
     ]
     rows.append(Row("d", "attacked", "linear", "targeted_success", 0.5, "d/targeted_success_probe"))
     lines = format_zero_shot(rows).splitlines()
-    assert lines[0].split() == ["dataset", "CLIP", "zs", "acc", "zs", "ASR", "probe", "tgt"]
+    assert lines[0].split() == [
+        "dataset", "CLIP", "zero-shot", "acc.", "zero-shot", "ASR", "targeted", "success", "(probe)"
+    ]  # fmt: skip
     assert lines[2].split() == ["d", "clean", "0.8000", "0.1000", "-"]
     assert lines[3].split() == ["d", "poisoned", "0.7500", "0.6000", "0.5000"]
     # The clean model alone (CLIP pre-training without an attack) makes no table.
@@ -141,8 +143,8 @@ def test_the_null_controls_stand_beside_their_effects():
         ("kd", "a", "asr", 0.04),
     )
     lines = format_backdoor_table(rows, "mlp").splitlines()
-    head = ["dataset", "encoder", "acc", "ASR", "other", "FP", "FP", "other", "clean", "time"]
-    assert lines[0].split() == [*head, "s"]
+    head = ["dataset", "encoder", "accuracy", "ASR", "ASR", "other", "FP", "FP", "other", "clean"]
+    assert lines[0].split() == [*head, "time", "s"]
     assert lines[2].split() == ["a", "clean", "0.9000", "0.0100", "0.0200", "3", "4.5", "-", "-"]
     assert lines[3].split()[2:7] == ["0.8900", "0.9700", "0.0500", "40", "2.0"]
     assert [line.split()[1] for line in lines[4:6]] == ["kd", "kd_on_clean"]  # side by side

@@ -148,14 +148,23 @@ def test_comparison_is_mean_and_std_over_seeds_of_one_setting(tmp_path, make_run
 
 
 def test_groups_name_what_sets_them_apart():
-    def run(seed, lr, name="p"):
-        config = {"name": name, "seed": seed, "attack": {"name": "x", "lr": lr}, "threads": seed}
+    def run(seed, lr, name="p", depth=1):
+        attack = {"name": "x", "lr": lr, "depth": depth}
+        config = {"name": name, "seed": seed, "attack": attack, "threads": seed}
         return store_module.StoredRun("u", "f", config, {}, [], {}, {}, {}, {}, "results.json")
 
     groups = group_runs([run(0, 0.1), run(1, 0.1), run(0, 0.2), run(0, 0.1, name="q")])
-    assert [(g.label, len(g.runs)) for g in groups] == [("p (lr=0.1)", 2), ("p (lr=0.2)", 1), (
-        "q", 1
-    )]  # fmt: skip
+    labels = [(g.label, len(g.runs)) for g in groups]
+    assert labels == [("p (attack.lr=0.1)", 2), ("p (attack.lr=0.2)", 1), ("q", 1)]
+    # A base setting and variants of one key each: a variant names its key only (the base,
+    # whose every value most settings share, none); all keys, never "+N more".
+    runs = [run(0, 0.1), run(0, 0.2), run(0, 0.1, depth=2), run(0, 0.1, depth=3)]
+    runs.append(run(0, 0.3, depth=4))
+    assert [g.label for g in group_runs(runs)] == [
+        "p", "p (attack.lr=0.2)", "p (attack.depth=2)", "p (attack.depth=3)",
+        "p (attack.lr=0.3, attack.depth=4)",
+    ]  # fmt: skip
+    assert group_runs(runs)[4].full_label == "p (attack.lr=0.3, attack.depth=4)"
 
 
 def test_config_metrics_and_rows_round_trip_unchanged(tmp_path, make_run):

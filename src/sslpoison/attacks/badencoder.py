@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -41,8 +41,10 @@ from sslpoison.attacks.targets import Target, TargetConfig, choose_references, r
 from sslpoison.configbase import CountOrShare
 from sslpoison.data.augment import ViewAugment, to_float
 from sslpoison.data.imageset import ImageSet
+from sslpoison.eval.backdoor import ACC, ASR
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.features import extract_features
+from sslpoison.eval.rows import Headline
 from sslpoison.hooks import CheckContext
 from sslpoison.train.engine import STAGE_KEY, FitResult, TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
@@ -77,6 +79,9 @@ class BadEncoderConfig(EncoderAttack):
     lambda2: NonNegativeFloat = 1.0
     center: bool = True
     train: TrainConfig = Field(default_factory=_paper_train)
+
+    title: ClassVar[str] = "BadEncoder"
+    headline: ClassVar[Headline | None] = Headline(ACC, ASR)
 
     @model_serializer(mode="wrap")
     def _retired_keys_in_stage_keys(

@@ -22,7 +22,10 @@ which attack it runs:
   which it sees as a :class:`~sslpoison.hooks.CheckContext`;
 * :meth:`AttackConfig.backdoor_targets` — the (dataset, class, trigger) the evaluation
   measures ASR for; ``reports_fp`` — whether it also counts FP (Saha et al.);
-* :meth:`AttackConfig.measure` — the metrics (and files) it adds to the evaluation's.
+* :meth:`AttackConfig.measure` — the metrics (and files) it adds to the evaluation's;
+* :attr:`AttackConfig.title`, :attr:`AttackConfig.metrics`,
+  :attr:`AttackConfig.summary_columns` and :attr:`AttackConfig.headline` — how reports name
+  it, head its numbers and draw the ones it is judged by.
 
 An attack is listed once, in :data:`sslpoison.attacks.ATTACKS`, under its ``name``.
 """
@@ -40,6 +43,7 @@ from sslpoison.configbase import Config
 from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.evaluate import Outcome
+from sslpoison.eval.rows import Headline, Metric
 from sslpoison.hooks import CheckContext, Hook, Measured
 from sslpoison.poisoning import BackdoorTarget, PoisonedSet
 from sslpoison.train.engine import FitResult
@@ -64,6 +68,14 @@ class AttackConfig(Config, abc.ABC):
     hook: ClassVar[Hook]
     #: Whether the evaluation counts FP: triggered non-target test images called the target.
     reports_fp: ClassVar[bool] = False
+    #: How reports name the attack (its ``name`` when empty).
+    title: ClassVar[str] = ""
+    #: The metrics of the rows :meth:`measure` adds, in the order tables show them.
+    metrics: ClassVar[tuple[Metric, ...]] = ()
+    #: Those a run's ``summary.md`` shows as columns, per dataset, victim and countermeasure.
+    summary_columns: ClassVar[tuple[Metric, ...]] = ()
+    #: The numbers it is judged by, drawn first in the HTML report (None: no figure).
+    headline: ClassVar[Headline | None] = None
 
     def check(self, context: CheckContext) -> None:
         """Raise ``ValueError`` naming the key when the experiment around it (``context``:

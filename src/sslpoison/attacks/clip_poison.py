@@ -24,7 +24,7 @@ adversarial labels are its classes, and captions name them by its class names.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, PositiveInt, model_validator
@@ -37,7 +37,8 @@ from sslpoison.data.imageset import ImageSet
 from sslpoison.data.shards import WEBDATASET, PairStream
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.metrics import poison_rates
-from sslpoison.eval.zero_shot import evaluate_targeted
+from sslpoison.eval.rows import Headline, Metric
+from sslpoison.eval.zero_shot import TARGETED_SUCCESS, ZS_ACC, ZS_ASR, evaluate_targeted
 from sslpoison.hooks import CheckContext
 from sslpoison.poisoning import BackdoorTarget, PoisonedSet, TargetedTrial
 from sslpoison.triggers import PatchTrigger, TriggerConfig
@@ -85,6 +86,9 @@ class CLIPBackdoorConfig(CLIPPoisoning):
     trigger: TriggerConfig = Field(default_factory=_carlini_trigger)
     dataset: str | None = None  # measured on (its classes); default: the pre-training dataset
 
+    title: ClassVar[str] = "CLIP backdoor"
+    headline: ClassVar[Headline | None] = Headline(ZS_ACC, ZS_ASR)
+
     def poison_pretraining(
         self, data: ImageSet, downstream: Downstream, seed: int = 0
     ) -> PoisonedSet:
@@ -113,6 +117,10 @@ class CLIPTargetedConfig(CLIPPoisoning):
     images: list[int] | None = None
     labels: list[int | str] | None = None
     dataset: str | None = None  # test images drawn from; default: the pre-training dataset
+
+    title: ClassVar[str] = "Targeted CLIP poisoning"
+    metrics: ClassVar[tuple[Metric, ...]] = (TARGETED_SUCCESS,)
+    headline: ClassVar[Headline | None] = Headline(ZS_ACC, TARGETED_SUCCESS)
 
     @model_validator(mode="after")
     def _consistent(self) -> CLIPTargetedConfig:

@@ -27,7 +27,7 @@ The accuracy drop is reported after stage 2 (as if those features were reachable
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -35,7 +35,12 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from sslpoison.attacks.gradient_canceling import PoisonLabels, image_box
-from sslpoison.attacks.indiscriminate import Crafted, IndiscriminateAttack
+from sslpoison.attacks.indiscriminate import (
+    INVERSION_KEPT,
+    TARGET_METRICS,
+    Crafted,
+    IndiscriminateAttack,
+)
 from sslpoison.attacks.label_flip import pick_base
 from sslpoison.attacks.linear_victim import LinearVictim, raw_head
 from sslpoison.attacks.optimise import optimise_poisons, quantise
@@ -52,6 +57,7 @@ from sslpoison.configbase import Config
 from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.features import extract_features
+from sslpoison.eval.rows import Metric
 from sslpoison.utils import frozen
 
 log = logging.getLogger(__name__)
@@ -100,6 +106,11 @@ class FeatureTargetedConfig(IndiscriminateAttack, PoisonLabels):
     follower_iterations: PositiveInt = 30
     cg_iterations: PositiveInt = 16
     inversion: InversionConfig = Field(default_factory=InversionConfig)
+
+    title: ClassVar[str] = "Feature-targeted poisoning"
+    metrics: ClassVar[tuple[Metric, ...]] = (
+        *IndiscriminateAttack.metrics, INVERSION_KEPT, *TARGET_METRICS,
+    )  # fmt: skip
 
     def craft(
         self, encoder: nn.Module, train: ImageSet, features: torch.Tensor,

@@ -16,13 +16,13 @@ engine, from seeded copies.
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from sslpoison.attacks.indiscriminate import Crafted, IndiscriminateAttack
+from sslpoison.attacks.indiscriminate import TARGET_METRICS, Crafted, IndiscriminateAttack
 from sslpoison.attacks.label_flip import pick_base
 from sslpoison.attacks.linear_victim import LinearVictim, confused_labels, raw_head
 from sslpoison.attacks.optimise import optimise_poisons, quantise
@@ -30,6 +30,7 @@ from sslpoison.attacks.target import GCObjective, TargetConfig, choose_target, g
 from sslpoison.configbase import Config
 from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
+from sslpoison.eval.rows import Metric
 from sslpoison.utils import frozen
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class GCConfig(IndiscriminateAttack, PoisonLabels):
     steps: PositiveInt = 300
     lr: PositiveFloat = 0.01
     linf: PositiveFloat | None = None
+
+    title: ClassVar[str] = "Gradient canceling"
+    metrics: ClassVar[tuple[Metric, ...]] = (*IndiscriminateAttack.metrics, *TARGET_METRICS)
 
     def craft(
         self, encoder: nn.Module, train: ImageSet, features: torch.Tensor,

@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -36,12 +36,13 @@ from sslpoison.data.imageset import ImageSet
 from sslpoison.data.pictures import save_rows
 from sslpoison.defenses.base import DownstreamDataDefense
 from sslpoison.errors import warn
+from sslpoison.eval.controls import ACC_DROP, ACC_DROP_NULL
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.features import extract_features
 from sslpoison.eval.finetune import finetune_accuracy, finetune_training
 from sslpoison.eval.metrics import accuracy, accuracy_drop
 from sslpoison.eval.probes import Probe, ProbeConfig, select_l2, standardiser, train_probe
-from sslpoison.eval.rows import CLEAN, Row
+from sslpoison.eval.rows import CLEAN, Headline, Metric, Row
 from sslpoison.poisoning import PoisonedSet
 from sslpoison.train.engine import TrainConfig
 from sslpoison.utils import atomic_write_via
@@ -49,6 +50,31 @@ from sslpoison.utils import atomic_write_via
 log = logging.getLogger(__name__)
 
 Victim = Literal["linear", "finetune"]
+
+# What the indiscriminate attacks measure (see docs/guide.md, "Attacks"); ACC_DROP and its
+# null control ACC_DROP_NULL are :mod:`sslpoison.eval.controls`'.
+ACC_CLEAN = Metric("acc_clean", "acc. clean", about="the victim's, trained on the clean set")
+ACC_POISONED = Metric("acc_poisoned", "acc. poisoned", about="trained with the poisons")
+REMOVED_POISONS = Metric("removed_poisons", "poisons out", 0, "poisons the countermeasure removed")
+REMOVED_CLEAN = Metric("removed_clean", "clean out", 0, "clean points it removed")
+REMOVED_UNPOISONED = Metric(
+    "removed_unpoisoned", "out of clean set", 0, "points it removes from the clean set alone"
+)
+RELABELLED_POISONS = Metric("relabelled_poisons", "poisons relabelled", 0)
+RELABELLED_CLEAN = Metric("relabelled_clean", "clean relabelled", 0)
+POISONS = Metric("poisons", "poisons", 0)
+POISON_RATE = Metric("poison_rate", "poison rate", about="poisons per clean training point")
+POISON_LINF = Metric("poison_linf", "poison L∞", 3, "mean L∞ distance to the base image")
+POISON_L2 = Metric("poison_l2", "poison L2", 3, "mean L2 distance to the base image")
+INVERSION_KEPT = Metric(
+    "inversion_kept", "inversion kept",
+    about="the share of the drop of victim features (the linear head on the poisoned features "
+    "before inversion) that the images keep",
+)  # fmt: skip
+TO_TARGET = Metric("to_target", "to target θ*", about="‖θ − θ*‖ / ‖θ*‖ of each trained head")
+TRAIN_ACC = Metric("train_acc", "train acc.", about="each head's accuracy on the clean set")
+#: The metrics of the attacks that aim at a target head (:meth:`Rows.target`).
+TARGET_METRICS = (TO_TARGET, TRAIN_ACC)
 
 
 @dataclass
@@ -113,6 +139,16 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
     epsilon: float = Field(0.03, gt=0.0, le=1.0)
     victims: list[Victim] = Field(default_factory=lambda: ["linear"], min_length=1)
     finetune: TrainConfig = Field(default_factory=finetune_training)
+
+    metrics: ClassVar[tuple[Metric, ...]] = (
+        ACC_DROP, ACC_DROP_NULL, ACC_CLEAN, ACC_POISONED, REMOVED_POISONS, REMOVED_CLEAN,
+        REMOVED_UNPOISONED, RELABELLED_POISONS, RELABELLED_CLEAN, POISONS, POISON_RATE,
+        POISON_LINF, POISON_L2,
+    )  # fmt: skip
+    summary_columns: ClassVar[tuple[Metric, ...]] = (
+        ACC_CLEAN, ACC_POISONED, ACC_DROP, ACC_DROP_NULL, REMOVED_POISONS, REMOVED_CLEAN,
+    )  # fmt: skip
+    headline: ClassVar[Headline | None] = Headline(ACC_DROP_NULL, ACC_DROP, diagonal=True)
 
     def poison_count(self, n: int) -> int:
         """⌈ε·n⌉ poisons for a clean set of ``n``."""
@@ -191,12 +227,12 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
 
         log.info("%s: measuring the poisons (linear victim, λ %.0e)", name, probe.l2_grid[0])
         rows = Rows(name)
-        rows.add("poisons", poisoned.indices.numel())
-        rows.add("poison_rate", poisoned.rates["rate_of_clean_set"])
+        rows.add(POISONS, poisoned.indices.numel())
+        rows.add(POISON_RATE, poisoned.rates["rate_of_clean_set"])
         base = crafted.start_images(clean).to(clean.device).float() / 255
         change = crafted.images.to(base.device).float() / 255 - base
-        rows.add("poison_linf", change.flatten(1).abs().amax(1).mean().item())
-        rows.add("poison_l2", change.flatten(1).norm(dim=1).mean().item())
+        rows.add(POISON_LINF, change.flatten(1).abs().amax(1).mean().item())
+        rows.add(POISON_L2, change.flatten(1).norm(dim=1).mean().item())
         # The null control: as many clean duplicates (the base images, true labels).
         duplicates = null_duplicates(crafted, n, outcome.seed).to(f_clean.device)
         f_null = torch.cat([f_clean, f_clean[duplicates]])
@@ -222,7 +258,7 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
             on_clean = cm.sanitize(f_clean, y_clean, reference)
             kept = on_clean.kept
             acc = linear(f_clean[kept], on_clean.labels[kept])
-            rows.add("removed_unpoisoned", int((~kept).sum()), "linear", cm.name)
+            rows.add(REMOVED_UNPOISONED, int((~kept).sum()), "linear", cm.name)
             sets = [("linear", f_all, y_all)]
             if crafted.features is not None:
                 sets.append(("features", f_feat, y_feat))
@@ -230,12 +266,12 @@ class IndiscriminateAttack(DownstreamDataAttack, abc.ABC):
                 done = cm.sanitize(f, y, reference)
                 kept, labels = done.kept, done.labels
                 rows.accuracies(victim, cm.name, acc, linear(f[kept], labels[kept]))
-                rows.add("removed_poisons", int((~kept[n:]).sum()), victim, cm.name)
-                rows.add("removed_clean", int((~kept[:n]).sum()), victim, cm.name)
+                rows.add(REMOVED_POISONS, int((~kept[n:]).sum()), victim, cm.name)
+                rows.add(REMOVED_CLEAN, int((~kept[:n]).sum()), victim, cm.name)
                 if cm.relabels():
                     changed = labels != y
-                    rows.add("relabelled_poisons", int(changed[n:].sum()), victim, cm.name)
-                    rows.add("relabelled_clean", int(changed[:n].sum()), victim, cm.name)
+                    rows.add(RELABELLED_POISONS, int(changed[n:].sum()), victim, cm.name)
+                    rows.add(RELABELLED_CLEAN, int(changed[:n].sum()), victim, cm.name)
             on_null = cm.sanitize(f_null, y_null, reference)
             kept = on_null.kept
             acc_null = linear(f_null[kept], on_null.labels[kept])
@@ -310,13 +346,21 @@ class Rows:
         self.rows: list[Row] = []
 
     def add(
-        self, metric: str, value: float | int, victim: str = "linear",
+        self, metric: Metric, value: float | int, victim: str = "linear",
         countermeasure: str | None = None,
     ) -> None:  # fmt: skip
         suffix = "".join(f"_{s}" for s in (victim, countermeasure) if s and s != "linear")
-        key = f"{self.dataset}/{metric}{suffix}"
+        key = f"{self.dataset}/{metric.name}{suffix}"
         self.rows.append(
-            Row(self.dataset, CLEAN, victim, metric, value, key, setting=countermeasure)
+            Row(self.dataset, CLEAN, victim, metric.name, value, key, setting=countermeasure)
+        )
+
+    def value(self, metric: Metric, victim: str = "linear") -> float | int:
+        """The value of ``metric`` added for ``victim`` without a countermeasure."""
+        return next(
+            r.value
+            for r in self.rows
+            if r.metric == metric.name and r.probe == victim and r.setting is None
         )
 
     def accuracies(
@@ -324,9 +368,9 @@ class Rows:
     ) -> None:
         """``acc_clean``, ``acc_poisoned`` and ``acc_drop`` of one victim and countermeasure
         (the victim ``features``: the linear head on the poisoned features before inversion)."""
-        self.add("acc_clean", clean, victim, countermeasure)
-        self.add("acc_poisoned", poisoned, victim, countermeasure)
-        self.add("acc_drop", accuracy_drop(clean, poisoned), victim, countermeasure)
+        self.add(ACC_CLEAN, clean, victim, countermeasure)
+        self.add(ACC_POISONED, poisoned, victim, countermeasure)
+        self.add(ACC_DROP, accuracy_drop(clean, poisoned), victim, countermeasure)
 
     def null(
         self, victims: list[str], countermeasure: str | None, clean: float, duplicated: float
@@ -334,16 +378,14 @@ class Rows:
         """``acc_drop_null`` of each of ``victims`` under one countermeasure: the accuracy
         trained clean minus trained on clean ∪ the clean duplicates."""
         for victim in victims:
-            self.add("acc_drop_null", accuracy_drop(clean, duplicated), victim, countermeasure)
+            self.add(ACC_DROP_NULL, accuracy_drop(clean, duplicated), victim, countermeasure)
 
     def inversion_kept(self) -> None:
         """``inversion_kept``: the share of the poisoned features' drop that the images keep
         (drop of the linear victim ÷ drop of the ``features`` victim; NaN when the features
         dropped nothing)."""
-        found = {r.key: r.value for r in self.rows}
-        images = found[f"{self.dataset}/acc_drop"]
-        features = found[f"{self.dataset}/acc_drop_features"]
-        self.add("inversion_kept", images / features if features > 0 else math.nan)
+        images, features = self.value(ACC_DROP), self.value(ACC_DROP, "features")
+        self.add(INVERSION_KEPT, images / features if features > 0 else math.nan)
 
     def target(
         self, target: tuple[torch.Tensor, torch.Tensor], heads: dict[str, Probe],
@@ -365,14 +407,14 @@ class Rows:
             return w_std, b + w @ mean
 
         with torch.no_grad():
-            self.add("train_acc", ((x @ (a * std).T + c + a @ mean).argmax(1) == labels)
+            self.add(TRAIN_ACC, ((x @ (a * std).T + c + a @ mean).argmax(1) == labels)
                      .double().mean().item(), "target")  # fmt: skip
             for victim, head in heads.items():
                 w, b = on_clean(head)
                 distance = (torch.cat([w.flatten(), b]) - goal).norm() / goal.norm()
-                self.add("to_target", distance.item(), victim)
+                self.add(TO_TARGET, distance.item(), victim)
                 acc = ((x @ w.T + b).argmax(1) == labels).double().mean().item()
-                self.add("train_acc", acc, victim)
+                self.add(TRAIN_ACC, acc, victim)
 
 
 def poison_writers(
@@ -408,4 +450,12 @@ def poison_writers(
     return {f"poisons:{name}": tensors, f"poisons_png:{name}": picture}
 
 
-__all__ = ["Crafted", "IndiscriminateAttack", "PoisonedDownstream", "Rows", "calibration"]
+__all__ = [
+    "INVERSION_KEPT",
+    "TARGET_METRICS",
+    "Crafted",
+    "IndiscriminateAttack",
+    "PoisonedDownstream",
+    "Rows",
+    "calibration",
+]

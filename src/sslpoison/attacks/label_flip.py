@@ -4,7 +4,7 @@ linear head confuses the point with most (its second choice)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -27,6 +27,8 @@ class LabelFlipConfig(IndiscriminateAttack):
 
     name: Literal["label_flip"] = "label_flip"
     flip: Literal["confused", "random"] = "confused"
+
+    title: ClassVar[str] = "Label flipping"
 
     def craft(
         self, encoder: nn.Module, train: ImageSet, features: torch.Tensor,

@@ -18,8 +18,10 @@ from sslpoison.attacks.base import PretrainingDataAttack
 from sslpoison.attacks.patching import patch_subset, target_index
 from sslpoison.configbase import CountOrShare
 from sslpoison.data.imageset import ImageSet
+from sslpoison.eval.backdoor import ACC, FP
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.metrics import poison_rates
+from sslpoison.eval.rows import Headline
 from sslpoison.poisoning import BackdoorTarget, PoisonedSet
 from sslpoison.triggers import PatchTrigger, TriggerConfig
 
@@ -43,6 +45,8 @@ class SSLBackdoorConfig(PretrainingDataAttack):
     test_box: tuple[float, float] = (0.1, 0.9)
 
     reports_fp: ClassVar[bool] = True
+    title: ClassVar[str] = "SSL-Backdoor"
+    headline: ClassVar[Headline | None] = Headline(ACC, FP)
 
     def poison_pretraining(
         self, data: ImageSet, downstream: Downstream, seed: int = 0

@@ -19,7 +19,7 @@ trained with Adam through the engine.
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -90,6 +90,8 @@ class TGDAConfig(IndiscriminateAttack, PoisonLabels):
     follower_iterations: PositiveInt = 30
     cg_iterations: PositiveInt = 16
     linf: PositiveFloat | None = None
+
+    title: ClassVar[str] = "TGDA"
 
     def craft(
         self, encoder: nn.Module, train: ImageSet, features: torch.Tensor,

@@ -20,7 +20,8 @@ Every defense also carries, so that the pipeline never asks which defense it run
   which it sees as a :class:`~sslpoison.hooks.CheckContext`;
 * :meth:`DefenseConfig.measure` — the metrics (and files) it adds to the evaluation's (a
   pre-training-data defense: its scores against the planted poisons);
-* :attr:`DefenseConfig.title` — how reports name it;
+* :attr:`DefenseConfig.title` and :attr:`DefenseConfig.metrics` — how reports name it and
+  head the numbers it adds;
 * :meth:`DefenseConfig.pretraining_counts` and :meth:`DefenseConfig.saved_encoders` — what
   the checks before training (:mod:`sslpoison.experiment.preflight`) need to know.
 
@@ -47,8 +48,14 @@ from pydantic import Field
 from sslpoison.configbase import Config, CountOrShare
 from sslpoison.data.imageset import ImageSet
 from sslpoison.eval.evaluate import Outcome
-from sslpoison.eval.metrics import filter_scores
-from sslpoison.eval.rows import Row
+from sslpoison.eval.metrics import (
+    CLEAN_REMOVED,
+    POISON_AUROC,
+    POISON_PRECISION,
+    POISON_RECALL,
+    filter_scores,
+)
+from sslpoison.eval.rows import Metric, Row
 from sslpoison.hooks import CheckContext, Hook, Measured
 from sslpoison.models.backbone import BackboneConfig
 from sslpoison.poisoning import Filtered
@@ -85,6 +92,8 @@ class DefenseConfig(Config, abc.ABC):
     hook: ClassVar[Hook]
     #: How reports name the defense (its ``name`` when empty).
     title: ClassVar[str] = ""
+    #: The metrics of the rows :meth:`measure` adds, in the order tables show them.
+    metrics: ClassVar[tuple[Metric, ...]] = ()
 
     @property
     def label(self) -> str:
@@ -191,11 +200,11 @@ class FilterContext:
 #: The ``probe`` of the rows that score a pre-training-data defense (dataset None, encoder
 #: the defense's name); reports gather a filters table from them.
 FILTER = "filter"
-#: The metrics of those rows, in the order tables show them.
-FILTER_METRICS = (
-    "poison_precision", "poison_recall", "poison_auroc", "clean_removed", "removed",
-    "filter_s", "retrain_s",
-)  # fmt: skip
+#: What a filter removed (a count), and the wall seconds of the filter and of the
+#: pre-training again on what it kept (the original run's when a stage came from the cache).
+REMOVED = Metric("removed", "removed", 0)
+FILTER_S = Metric("filter_s", "filter s", 0)
+RETRAIN_S = Metric("retrain_s", "again s", 0)
 
 
 class PretrainingDataDefense(DefenseConfig, abc.ABC):
@@ -210,6 +219,9 @@ class PretrainingDataDefense(DefenseConfig, abc.ABC):
     """
 
     hook: ClassVar[Hook] = Hook.PRETRAINING_DATA
+    metrics: ClassVar[tuple[Metric, ...]] = (
+        POISON_PRECISION, POISON_RECALL, POISON_AUROC, CLEAN_REMOVED, REMOVED, FILTER_S, RETRAIN_S
+    )  # fmt: skip
 
     seed: int | None = None
 
@@ -252,9 +264,10 @@ class PretrainingDataDefense(DefenseConfig, abc.ABC):
         if poisoned is not None and poisoned.indices.numel():
             values |= filter_scores(filtered.kept, filtered.scores, poisoned.indices)
         else:
-            values["clean_removed"] = filtered.removed / len(filtered.kept)
-        values["removed"] = filtered.removed
-        for what in ("filter_s", "retrain_s"):
+            values[CLEAN_REMOVED.name] = filtered.removed / len(filtered.kept)
+        values[REMOVED.name] = filtered.removed
+        timings = (FILTER_S.name, RETRAIN_S.name)
+        for what in timings:
             if isinstance(filtered.record.get(what), (int, float)):
                 values[what] = float(filtered.record[what])
         rows = [
@@ -264,7 +277,7 @@ class PretrainingDataDefense(DefenseConfig, abc.ABC):
         return Measured(rows, {f"filtered:{self.name}": (f"filtered-{self.name}.json", {
             "kept": filtered.kept.sum().item(), "removed": filtered.removed,
             "removed_indices": (~filtered.kept).nonzero().squeeze(1).tolist(),
-            **{k: v for k, v in filtered.record.items() if k not in ("filter_s", "retrain_s")},
+            **{k: v for k, v in filtered.record.items() if k not in timings},
         })})  # fmt: skip
 
 
@@ -468,7 +481,6 @@ def _student_of(arch: BackboneConfig, teacher: nn.Module, seed: int, size: int |
 
 __all__ = [
     "FILTER",
-    "FILTER_METRICS",
     "Defended",
     "DefenseConfig",
     "DownstreamDataDefense",

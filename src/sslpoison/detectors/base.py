@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -23,8 +23,12 @@ from pydantic import Field
 
 from sslpoison.configbase import Config, CountOrShare
 from sslpoison.data.imageset import ImageSet
-from sslpoison.eval.rows import Row
+from sslpoison.eval.rows import Metric, Row
 from sslpoison.train.engine import FitResult, TrainConfig
+
+#: The verdict row every detector adds: 1 when it judged the encoder backdoored, else 0.
+FLAGGED = Metric("flagged", "flagged", 0)
+SCORE = Metric("score", "score")
 
 
 @dataclass
@@ -61,19 +65,24 @@ class DetectorConfig(Config, abc.ABC):
     clean: CountOrShare = 1000
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    #: How reports name the detector (its ``name`` when empty).
+    title: ClassVar[str] = ""
+    #: The metrics of :meth:`numbers`, in the order tables show them.
+    metrics: ClassVar[tuple[Metric, ...]] = (SCORE,)
+
     def clean_subset(self, data: ImageSet, seed: int = 0) -> ImageSet:
         """The defender's ``clean`` images of ``data``: seeded, not stratified (no labels)."""
         return data.take(self.clean, seed=seed, stratified=False)
 
-    def metrics(self, detection: dict[str, Any]) -> dict[str, float]:
-        """The numbers of a detection record worth a metric key (``<name>/<encoder>_<k>``);
-        the verdict is added as ``<name>/<encoder>_flagged``."""
-        return {"score": float(detection["score"])}
+    def numbers(self, detection: dict[str, Any]) -> dict[str, float]:
+        """The numbers of a detection record worth a row, by metric name (:attr:`metrics`);
+        the verdict is added as :data:`FLAGGED`."""
+        return {SCORE.name: float(detection["score"])}
 
     def rows(self, encoder: str, detection: dict[str, Any]) -> list[Row]:
-        """:meth:`metrics` of a detection record of ``encoder`` and its verdict (0 or 1,
+        """:meth:`numbers` of a detection record of ``encoder`` and its verdict (0 or 1,
         metric ``flagged``), as rows keyed ``<name>/<encoder>_<metric>``."""
-        found = {**self.metrics(detection), "flagged": int(detection["flagged"])}
+        found = {**self.numbers(detection), FLAGGED.name: int(detection["flagged"])}
         return [
             Row(None, encoder, self.name, metric, value, f"{self.name}/{encoder}_{metric}")
             for metric, value in found.items()
@@ -95,4 +104,4 @@ class DetectorConfig(Config, abc.ABC):
         """
 
 
-__all__ = ["Detection", "DetectorConfig"]
+__all__ = ["FLAGGED", "SCORE", "Detection", "DetectorConfig"]

@@ -59,7 +59,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -70,6 +70,7 @@ from sslpoison.configbase import CountOrShare
 from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
 from sslpoison.detectors.base import Detection, DetectorConfig
+from sslpoison.eval.rows import Metric
 from sslpoison.train import dist
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
@@ -259,6 +260,12 @@ def _decree_train() -> TrainConfig:
     )
 
 
+#: The inverted mask's L1 norm relative to the image area H·W (flagged below the threshold),
+#: and in pixels.
+PL1 = Metric("pl1", "PL1 norm")
+NORM = Metric("norm", "L1", 1)
+
+
 class DecreeConfig(DetectorConfig):
     """The ``detector:`` section for DECREE (see the module docstring).
 
@@ -283,6 +290,9 @@ class DecreeConfig(DetectorConfig):
     lambda_max: PositiveFloat = 1e5
     train: TrainConfig = Field(default_factory=_decree_train)
 
+    title: ClassVar[str] = "DECREE (Feng et al.)"
+    metrics: ClassVar[tuple[Metric, ...]] = (PL1, NORM)
+
     @model_validator(mode="after")
     def _check(self) -> DecreeConfig:
         if not self.lambda_min <= self.lambda_init <= self.lambda_max:
@@ -297,9 +307,8 @@ class DecreeConfig(DetectorConfig):
             )
         return self
 
-    def metrics(self, detection: dict[str, Any]) -> dict[str, float]:
-        """``norm``: |m|_1 of the inverted mask (pixels); ``pl1``: relative to H·W."""
-        return {"norm": detection["mask_l1"], "pl1": detection["relative_norm"]}
+    def numbers(self, detection: dict[str, Any]) -> dict[str, float]:
+        return {NORM.name: detection["mask_l1"], PL1.name: detection["relative_norm"]}
 
     def detect(
         self,

@@ -54,14 +54,35 @@ from sslpoison.eval.metrics import (
     false_positives,
     top_prediction,
 )
-from sslpoison.eval.rows import ATTACKED, CLEAN, Evaluation, Row
+from sslpoison.eval.rows import ATTACKED, CLEAN, Evaluation, Metric, Row
 from sslpoison.poisoning import BackdoorTarget
 from sslpoison.triggers import PatchTrigger, other_patterns
 
 log = logging.getLogger(__name__)
 
-#: The metrics of each encoder the log line shows.
-SHOWN = ("acc", "asr", "fp", "asr_other_trigger", "fp_other_trigger")
+ACC = Metric("acc", "accuracy", about="CA for the clean encoder, BA for the others")
+ASR = Metric(
+    "asr", "ASR", about="triggered non-target test images called the target (clean: ASR-B)"
+)
+FP = Metric("fp", "FP", 1, "the number of triggered non-target test images called the target")
+ASR_OTHER_TRIGGER = Metric(
+    "asr_other_trigger", "ASR other", about="ASR with unseen triggers of the same size and place"
+)
+FP_OTHER_TRIGGER = Metric("fp_other_trigger", "FP other", 1, "FP with unseen triggers")
+TOP_CLASS = Metric(
+    "top_class", "top class", 0, "the class most triggered non-target test images are called"
+)
+TOP_SHARE = Metric("top_share", "top class share", about="the share of them it takes")
+REF_TARGET = Metric(
+    "ref_target", "references on target", about="the target's reference images called the target"
+)
+#: Metrics whose values are class indices, not quantities: over seeds, their values count,
+#: not their mean.
+CATEGORICAL = frozenset({TOP_CLASS.name})
+#: Each encoder's numbers, in the order tables show them (and the log line).
+BACKDOOR_METRICS = (ACC, ASR, ASR_OTHER_TRIGGER, FP, FP_OTHER_TRIGGER)
+#: The numbers of each target of several.
+TARGET_METRICS = (TOP_CLASS, TOP_SHARE, REF_TARGET)
 
 
 def metric_key(encoder: str, dataset: str, metric: str, target: str | None = None) -> str:
@@ -71,14 +92,14 @@ def metric_key(encoder: str, dataset: str, metric: str, target: str | None = Non
         dataset = f"{dataset}/{target}"
     if encoder == CLEAN:
         names = {
-            "acc": "ca", "asr": "asr_b", "fp": "fp_clean",
-            "fp_other_trigger": "fp_other_trigger_clean",
+            ACC.name: "ca", ASR.name: "asr_b", FP.name: "fp_clean",
+            FP_OTHER_TRIGGER.name: "fp_other_trigger_clean",
         }  # fmt: skip
         return f"{dataset}/{names.get(metric, f'{metric}_b')}"
     if encoder == ATTACKED:
-        names = {"acc": "ba", "fp": "fp_poisoned"}
+        names = {ACC.name: "ba", FP.name: "fp_poisoned"}
         return f"{dataset}/{names.get(metric, metric)}"
-    return f"{encoder}/{dataset}/{'ba' if metric == 'acc' else metric}"
+    return f"{encoder}/{dataset}/{'ba' if metric == ACC.name else metric}"
 
 
 def backdoor_row(
@@ -178,7 +199,7 @@ def evaluate_backdoor(
                 at = {"encoder": role, "dataset": name, "probe": kind, "suffix": suffix}
                 predict = train_predictor(kind, f_train, y_train, train.num_classes, cfg, seed)
                 pred = predict(f_test)
-                rows.append(backdoor_row(**at, metric="acc", value=accuracy(pred, y_test)))
+                rows.append(backdoor_row(**at, metric=ACC.name, value=accuracy(pred, y_test)))
                 if i == 0:
                     conf["clean"][role] = confusion_matrix(pred, y_test, test.num_classes).tolist()
                 rates, fps, other_rates, other_fps = [], 0, [], 0.0
@@ -188,7 +209,7 @@ def evaluate_backdoor(
                     fps += false_positives(pred_t, y_test, t.target_class)
                     one = {**at, "target": t.class_name if len(mine) > 1 else None}
                     if len(mine) > 1:
-                        rows.append(backdoor_row(**one, metric="asr", value=rates[-1]))
+                        rows.append(backdoor_row(**one, metric=ASR.name, value=rates[-1]))
                     if f_other:
                         preds = [predict(fo) for fo in f_other]
                         rate = [attack_success_rate(p, y_test, t.target_class) for p in preds]
@@ -198,15 +219,15 @@ def evaluate_backdoor(
                         if len(mine) > 1:
                             value = other_rates[-1]
                             rows.append(
-                                backdoor_row(**one, metric="asr_other_trigger", value=value)
+                                backdoor_row(**one, metric=ASR_OTHER_TRIGGER.name, value=value)
                             )
                     top, share = top_prediction(pred_t, y_test, t.target_class)
-                    rows.append(backdoor_row(**one, metric="top_class", value=top))
-                    rows.append(backdoor_row(**one, metric="top_share", value=share))
+                    rows.append(backdoor_row(**one, metric=TOP_CLASS.name, value=top))
+                    rows.append(backdoor_row(**one, metric=TOP_SHARE.name, value=share))
                     ref_target = None
                     if f_ref is not None:
                         ref_target = (predict(f_ref) == t.target_class).double().mean().item()
-                        rows.append(backdoor_row(**one, metric="ref_target", value=ref_target))
+                        rows.append(backdoor_row(**one, metric=REF_TARGET.name, value=ref_target))
                     if i == 0 and role != CLEAN and top != t.target_class and share >= 0.5:
                         out.notes.append(
                             collapse_note(role, t, test.classes[top], share, rates[-1], ref_target)
@@ -216,19 +237,20 @@ def evaluate_backdoor(
                             pred_t, y_test, test.num_classes
                         ).tolist()
                 if rates:
-                    rows.append(backdoor_row(**at, metric="asr", value=sum(rates) / len(rates)))
+                    rows.append(backdoor_row(**at, metric=ASR.name, value=sum(rates) / len(rates)))
                     if count_fp:
-                        rows.append(backdoor_row(**at, metric="fp", value=fps))
+                        rows.append(backdoor_row(**at, metric=FP.name, value=fps))
                 if other_rates:
                     mean = sum(other_rates) / len(other_rates)
-                    rows.append(backdoor_row(**at, metric="asr_other_trigger", value=mean))
+                    rows.append(backdoor_row(**at, metric=ASR_OTHER_TRIGGER.name, value=mean))
                     if count_fp:
-                        rows.append(backdoor_row(**at, metric="fp_other_trigger", value=other_fps))
-            first = cfg.probes[0]
+                        other = backdoor_row(**at, metric=FP_OTHER_TRIGGER.name, value=other_fps)
+                        rows.append(other)
+            first, logged = cfg.probes[0], {m.name for m in BACKDOOR_METRICS}
             shown = {
                 r.metric: round(r.value, 4)
                 for r in rows
-                if r.probe == first and not r.target and r.metric in SHOWN
+                if r.probe == first and not r.target and r.metric in logged
             }
             log.info("%s encoder on %s: %s", role, name, shown)
             out.rows += rows

@@ -23,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sslpoison.eval.rows import ATTACKED, CLEAN, ON_CLEAN, Row
+from sslpoison.eval.backdoor import ACC, ASR, ASR_OTHER_TRIGGER, FP, FP_OTHER_TRIGGER
+from sslpoison.eval.rows import ATTACKED, CLEAN, ON_CLEAN, Metric, Row
+from sslpoison.eval.zero_shot import TARGETED_SUCCESS, ZS_ASR, ZS_ASR_OTHER_TRIGGER
 
 #: A row's identity: (dataset, encoder, probe, metric, target, setting).
 RowId = tuple[str | None, str, str, str, str | None, str | None]
@@ -32,13 +34,21 @@ RowId = tuple[str | None, str, str, str, str | None, str | None]
 BASELINE_NAMES = {"random_init": "the untrained network", "pixels": "raw pixels"}
 BASELINES = tuple(BASELINE_NAMES)
 #: Metrics whose base rate is the same number through the clean encoder.
-BASE_RATE = ("asr", "fp", "zs_asr", "targeted_success")
+BASE_RATE = (ASR.name, FP.name, ZS_ASR.name, TARGETED_SUCCESS.name)
 #: Metric → its other-trigger control on the same encoder.
 OTHER_TRIGGER = {
-    "asr": "asr_other_trigger", "fp": "fp_other_trigger", "zs_asr": "zs_asr_other_trigger"
+    m.name: other.name
+    for m, other in (
+        (ASR, ASR_OTHER_TRIGGER), (FP, FP_OTHER_TRIGGER), (ZS_ASR, ZS_ASR_OTHER_TRIGGER)
+    )
 }  # fmt: skip
-#: The indiscriminate accuracy drop's control.
-DROP, DROP_NULL = "acc_drop", "acc_drop_null"
+#: An accuracy drop (an indiscriminate attack's; a report's CA − BA) and its null control.
+ACC_DROP = Metric(
+    "acc_drop", "acc. drop", about="CA − BA (same probe); an indiscriminate attack's own"
+)
+ACC_DROP_NULL = Metric(
+    "acc_drop_null", "drop null", about="the drop as many clean duplicates cause (true labels)"
+)
 
 
 def row_id(row: Row) -> RowId:
@@ -71,13 +81,13 @@ def null_controls(ids: Iterable[RowId]) -> list[Pairing]:
             wanted.append((CLEAN, m, "the clean encoder"))
         if (e == ATTACKED or _defended(e)) and m in OTHER_TRIGGER:
             wanted.append((e, OTHER_TRIGGER[m], "unseen triggers of the same size and place"))
-        if _defended(e) and m in ("asr", "fp"):
+        if _defended(e) and m in (ASR.name, FP.name):
             wanted.append((f"{e}{ON_CLEAN}", m, "the defense on the clean encoder"))
-        if e == CLEAN and m == DROP:
-            wanted.append((CLEAN, DROP_NULL, "as many clean duplicates, true labels"))
-        if e == CLEAN and m == "acc" and s is None:
+        if e == CLEAN and m == ACC_DROP.name:
+            wanted.append((CLEAN, ACC_DROP_NULL.name, "as many clean duplicates, true labels"))
+        if e == CLEAN and m == ACC.name and s is None:
             wanted += [
-                (b, "acc", f"the same probe on {what}") for b, what in BASELINE_NAMES.items()
+                (b, ACC.name, f"the same probe on {what}") for b, what in BASELINE_NAMES.items()
             ]
         for encoder, metric, what in wanted:
             control = (d, encoder, p, metric, t, s)
@@ -86,4 +96,12 @@ def null_controls(ids: Iterable[RowId]) -> list[Pairing]:
     return pairs
 
 
-__all__ = ["BASELINES", "Pairing", "RowId", "null_controls", "row_id"]
+__all__ = [
+    "ACC_DROP",
+    "ACC_DROP_NULL",
+    "BASELINES",
+    "Pairing",
+    "RowId",
+    "null_controls",
+    "row_id",
+]

@@ -16,6 +16,7 @@ import logging
 import torch
 import torch.nn as nn
 
+from sslpoison.eval.backdoor import ACC
 from sslpoison.eval.downstream import Downstream, EvalConfig, train_predictor
 from sslpoison.eval.features import FeatureCache
 from sslpoison.eval.metrics import accuracy
@@ -63,7 +64,7 @@ def evaluate_encoder(
             for kind in cfg.probes:
                 predict = train_predictor(kind, f_train, y_train, train.num_classes, cfg, seed)
                 value = accuracy(predict(f_test), y_test)
-                rows.append(Row(name, who, kind, "acc", value, probe_key(name, kind, who)))
+                rows.append(Row(name, who, kind, ACC.name, value, probe_key(name, kind, who)))
     return rows
 
 

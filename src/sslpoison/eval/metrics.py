@@ -27,6 +27,14 @@ from __future__ import annotations
 
 import torch
 
+from sslpoison.eval.rows import Metric
+
+#: How a filter did against the planted poisons (:func:`filter_scores`).
+POISON_PRECISION = Metric("poison_precision", "precision")
+POISON_RECALL = Metric("poison_recall", "recall")
+POISON_AUROC = Metric("poison_auroc", "AUROC")
+CLEAN_REMOVED = Metric("clean_removed", "clean out")
+
 __all__ = [
     "accuracy",
     "accuracy_drop",
@@ -309,8 +317,8 @@ def filter_scores(
     removed = ~kept
     caught = int((removed & is_poison).sum())
     return {
-        "poison_precision": caught / int(removed.sum()) if removed.any() else 0.0,
-        "poison_recall": caught / int(is_poison.sum()),
-        "poison_auroc": auroc(scores, is_poison),
-        "clean_removed": int((removed & ~is_poison).sum()) / int((~is_poison).sum()),
+        POISON_PRECISION.name: caught / int(removed.sum()) if removed.any() else 0.0,
+        POISON_RECALL.name: caught / int(is_poison.sum()),
+        POISON_AUROC.name: auroc(scores, is_poison),
+        CLEAN_REMOVED.name: int((removed & ~is_poison).sum()) / int((~is_poison).sum()),
     }

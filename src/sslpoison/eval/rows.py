@@ -13,9 +13,31 @@ from dataclasses import dataclass, field
 CLEAN, ATTACKED = "clean", "attacked"
 #: Suffix of a defense applied to the clean encoder as a control (``defenses.N.control``).
 ON_CLEAN = "_on_clean"
-#: Metrics whose values are class indices, not quantities: over seeds, their values count,
-#: not their mean.
-CATEGORICAL = frozenset({"top_class"})
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What a row measures (``Row.metric`` is its ``name``), how a report heads its column
+    (``digits``: the decimal places of a value; 0 for counts and seconds) and explains it
+    (``about``, when the header does not say it all). Each metric is defined once, beside
+    what measures it; attacks, defenses and detectors list theirs as class attributes
+    (``metrics``), and reports iterate over those."""
+
+    name: str
+    header: str
+    digits: int = 4
+    about: str = ""
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The numbers an attack is judged by, drawn as its headline figure: ``y`` against ``x``
+    per setting and encoder; ``diagonal``: ``x`` is ``y``'s null control, so y = x is "no
+    effect"."""
+
+    x: Metric
+    y: Metric
+    diagonal: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,4 +92,13 @@ def metrics_of(rows: Iterable[Row]) -> dict[str, float | int]:
     return metrics
 
 
-__all__ = ["ATTACKED", "CATEGORICAL", "CLEAN", "ON_CLEAN", "Evaluation", "Row", "metrics_of"]
+__all__ = [
+    "ATTACKED",
+    "CLEAN",
+    "ON_CLEAN",
+    "Evaluation",
+    "Headline",
+    "Metric",
+    "Row",
+    "metrics_of",
+]

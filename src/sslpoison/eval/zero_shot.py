@@ -28,7 +28,7 @@ from sslpoison.eval.backdoor import other_triggered, triggered_copy
 from sslpoison.eval.downstream import Downstream, EvalConfig, train_predictor
 from sslpoison.eval.features import FeatureCache
 from sslpoison.eval.metrics import accuracy, attack_success_rate
-from sslpoison.eval.rows import ATTACKED, CLEAN, Row
+from sslpoison.eval.rows import ATTACKED, CLEAN, Metric, Row
 from sslpoison.models.text import Tokenizer
 from sslpoison.poisoning import BackdoorTarget, TargetedTrial
 from sslpoison.ssl.clip import CLIP, zero_shot_classifier, zero_shot_predict
@@ -37,6 +37,15 @@ log = logging.getLogger(__name__)
 
 #: The ``probe`` of a zero-shot row: the model's own prompt classifier.
 ZERO_SHOT = "zero_shot"
+ZS_ACC = Metric("zs_acc", "zero-shot acc.", about="by the CLIP model's own prompt classifier")
+ZS_ASR = Metric("zs_asr", "zero-shot ASR")
+ZS_ASR_OTHER_TRIGGER = Metric("zs_asr_other_trigger", "zero-shot ASR other")
+#: The share of targeted trials flipped (zero-shot, or by a probe: ``Row.probe`` says which).
+TARGETED_SUCCESS = Metric(
+    "targeted_success", "targeted success", about="the share of targeted trials flipped"
+)
+#: The zero-shot numbers of each model, in the order tables show them.
+ZERO_SHOT_METRICS = (ZS_ACC, ZS_ASR, ZS_ASR_OTHER_TRIGGER)
 
 
 def zs_key(role: str, dataset: str, metric: str) -> str:
@@ -69,7 +78,8 @@ def evaluate_zero_shot(
             weights = zero_shot_classifier(model, tokenizer, test.classes)
             pred = zero_shot_predict(model, weights, test.images)
             acc = accuracy(pred, test.labels.cpu())
-            rows.append(Row(name, role, ZERO_SHOT, "zs_acc", acc, zs_key(role, name, "zs_acc")))
+            key = zs_key(role, name, ZS_ACC.name)
+            rows.append(Row(name, role, ZERO_SHOT, ZS_ACC.name, acc, key))
             rates = [
                 attack_success_rate(
                     zero_shot_predict(model, weights, t.images),
@@ -80,7 +90,8 @@ def evaluate_zero_shot(
             ]
             asr = sum(rates) / len(rates) if rates else None
             if asr is not None:
-                rows.append(Row(name, role, ZERO_SHOT, "zs_asr", asr, zs_key(role, name, "zs_asr")))
+                key = zs_key(role, name, ZS_ASR.name)
+                rows.append(Row(name, role, ZERO_SHOT, ZS_ASR.name, asr, key))
             other = []
             for t, sets in zip(mine, others, strict=True):
                 if sets:
@@ -89,7 +100,7 @@ def evaluate_zero_shot(
                     rates_o = [attack_success_rate(p, labels, t.target_class) for p in preds]
                     other.append(sum(rates_o) / len(rates_o))
             if other:
-                metric = "zs_asr_other_trigger"
+                metric = ZS_ASR_OTHER_TRIGGER.name
                 value = sum(other) / len(other)
                 rows.append(Row(name, role, ZERO_SHOT, metric, value, zs_key(role, name, metric)))
             log.info(
@@ -133,8 +144,8 @@ def evaluate_targeted(
         weights = zero_shot_classifier(model, tokenizer, test.classes)
         pred = zero_shot_predict(model, weights, chosen.images)
         share = (pred == wanted).float().mean().item()
-        key = zs_key(role, dataset, "targeted_success")
-        rows.append(Row(dataset, role, ZERO_SHOT, "targeted_success", share, key))
+        key = zs_key(role, dataset, TARGETED_SUCCESS.name)
+        rows.append(Row(dataset, role, ZERO_SHOT, TARGETED_SUCCESS.name, share, key))
         for r, p in zip(records, pred.tolist(), strict=True):
             r[f"zero_shot_{role}"] = p
     train = downstream.train(dataset)
@@ -146,11 +157,21 @@ def evaluate_targeted(
         )
         pred = predict(cache.get(encoder, chosen)).cpu()
         share = (pred == wanted).float().mean().item()
-        key = zs_key(role, dataset, "targeted_success_probe")
-        rows.append(Row(dataset, role, kind, "targeted_success", share, key))
+        key = zs_key(role, dataset, f"{TARGETED_SUCCESS.name}_probe")
+        rows.append(Row(dataset, role, kind, TARGETED_SUCCESS.name, share, key))
         for r, p in zip(records, pred.tolist(), strict=True):
             r[f"{kind}_{role}"] = p
     return rows, records
 
 
-__all__ = ["ZERO_SHOT", "evaluate_targeted", "evaluate_zero_shot", "zs_key"]
+__all__ = [
+    "TARGETED_SUCCESS",
+    "ZERO_SHOT",
+    "ZERO_SHOT_METRICS",
+    "ZS_ACC",
+    "ZS_ASR",
+    "ZS_ASR_OTHER_TRIGGER",
+    "evaluate_targeted",
+    "evaluate_zero_shot",
+    "zs_key",
+]

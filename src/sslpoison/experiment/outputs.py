@@ -26,6 +26,7 @@ from sslpoison.attacks import Measured
 from sslpoison.detectors import DetectorConfig
 from sslpoison.eval.downstream import Downstream
 from sslpoison.eval.rows import ATTACKED, CLEAN, Evaluation
+from sslpoison.experiment.results import CONFUSION, inverted_trigger
 from sslpoison.models import save_encoder
 from sslpoison.models.export import ExportConfig, default_role, export_encoder
 from sslpoison.models.text import TextConfig, Tokenizer
@@ -66,7 +67,7 @@ def write_backdoor_artifacts(
         artifacts["poison"] = str(out / "poison.json")
     if evaluation.confusion:
         atomic_write_json(out / "confusion.json", evaluation.confusion)
-        artifacts["confusion"] = str(out / "confusion.json")
+        artifacts[CONFUSION] = str(out / "confusion.json")
     for name, conf in evaluation.confusion.items():
         for cls, per_encoder in conf["triggered"].items():
             path = out / file_name(f"confusion-{name}-{cls}.png")
@@ -95,7 +96,7 @@ def write_summary(
         if record.get("trigger_png"):
             path = out / f"{detector.name}-{role}.png"
             shutil.copyfile(record["trigger_png"], path)
-            artifacts[f"trigger_inverted:{detector.name}/{role}"] = str(path)
+            artifacts[inverted_trigger(detector.name, role)] = str(path)
     return artifacts
 
 

@@ -21,6 +21,25 @@ from typing import Any
 from sslpoison.eval.rows import Row, metrics_of
 from sslpoison.utils import atomic_write_json
 
+#: The artifact holding the confusion matrices (``confusion.json``: per dataset its ``classes``
+#: and, per target class name, the matrices of the triggered test images).
+CONFUSION = "confusion"
+
+
+def defense_stage_name(name: str) -> str:
+    """The key of defense ``name``'s record in ``stages`` (``name`` may be ``<d>_on_clean``)."""
+    return f"defense:{name}"
+
+
+def detect_stage_name(detector: str, role: str) -> str:
+    """The key in ``stages`` of ``detector``'s verdict on the ``role`` encoder."""
+    return f"detect:{detector}:{role}"
+
+
+def inverted_trigger(detector: str, role: str) -> str:
+    """The artifact name of ``detector``'s inverted trigger on the ``role`` encoder."""
+    return f"trigger_inverted:{detector}/{role}"
+
 
 @dataclass
 class Results:

@@ -49,7 +49,12 @@ from sslpoison.experiment.outputs import (
 )
 from sslpoison.experiment.preflight import preflight
 from sslpoison.experiment.provenance import provenance
-from sslpoison.experiment.results import Results, write_results
+from sslpoison.experiment.results import (
+    Results,
+    defense_stage_name,
+    detect_stage_name,
+    write_results,
+)
 from sslpoison.experiment.stages import (
     StageResult,
     attack_stage,
@@ -254,7 +259,8 @@ class Run:
         role, name = (ATTACKED if poisoned is not None else CLEAN), defense.name
         judged = poisoned.data if poisoned is not None else data
         args = (defense, self.encoders[role], judged, recipe, self.seed, self.cache, self.device)
-        filtered, record = self.stage(f"defense:{name}", filter_stage, *args, self.clips.get(role))
+        stage = defense_stage_name(name)
+        filtered, record = self.stage(stage, filter_stage, *args, self.clips.get(role))
         filtered.record = dict(record)
         model = filtered.model
         if model is None:
@@ -262,7 +268,7 @@ class Run:
             self.pretrain(name, f"pretrain:{name}", recipe, judged.where(filtered.kept), about)
             seconds = self.stages[f"pretrain:{name}"].get("seconds")
             if isinstance(seconds, (int, float)):
-                filtered.record["retrain_s"] = self.stages[f"defense:{name}"]["retrain_s"] = seconds
+                filtered.record["retrain_s"] = self.stages[stage]["retrain_s"] = seconds
         elif isinstance(model, tuple):  # a CLIP model and its tokenizer
             self.clips[name], self.encoders[name] = model, model[0].backbone
         else:
@@ -279,14 +285,15 @@ class Run:
             suspects[f"{defense.name}{ON_CLEAN}"] = self.encoders[CLEAN]
         for name, suspect in suspects.items():
             args = (defense, suspect, data, self.seed, self.cache, self.device)
-            self.encoders[name], _ = self.stage(f"defense:{name}", defense_stage, *args)
+            self.encoders[name], _ = self.stage(defense_stage_name(name), defense_stage, *args)
 
     def detect(self, detector: DetectorConfig, data: ImageSet) -> None:
         """``detector``'s verdict on the clean and (if any) the attacked encoder."""
         for role in (r for r in (CLEAN, ATTACKED) if r in self.encoders):
             args = (detector, self.encoders[role], data, self.seed, self.cache)
             timing = f"detect:{detector.name}"
-            _, record = self.stage(f"{timing}:{role}", detect_stage, *args, timing=timing)
+            stage = detect_stage_name(detector.name, role)
+            _, record = self.stage(stage, detect_stage, *args, timing=timing)
             self.detections.append((detector, role, record))
 
     def rows(self, evaluation: Evaluation, measured: Measured) -> list[Row]:

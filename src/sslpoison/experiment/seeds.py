@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sslpoison.eval.backdoor import CATEGORICAL
 from sslpoison.eval.controls import RowId, null_controls, row_id
-from sslpoison.eval.rows import CATEGORICAL, Row
+from sslpoison.eval.rows import Row
 from sslpoison.experiment.config import GROUPS, ExperimentConfig, StageSeeds
 from sslpoison.experiment.preflight import claim_folder, run_identity
 from sslpoison.experiment.results import Results, read_results, rows_from_json

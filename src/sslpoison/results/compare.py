@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sslpoison.eval.controls import BASELINES
+from sslpoison.detectors.base import FLAGGED
+from sslpoison.eval.backdoor import ACC, ASR, FP
+from sslpoison.eval.controls import ACC_DROP, BASELINES
 from sslpoison.eval.downstream import EvalConfig
 from sslpoison.eval.rows import Row
 from sslpoison.eval.zero_shot import ZERO_SHOT
 from sslpoison.results.stats import format_spread, mean_std, spread
 from sslpoison.results.store import StoredRun, without_seeds
-
-#: At most this many differing settings are named in a group's label.
-LABEL_SETTINGS = 3
 
 
 def first_probe(config: dict[str, Any]) -> str:
@@ -31,14 +30,14 @@ def is_headline(row: Row, probe: str) -> bool:
     if row.target is not None or row.setting is not None:
         return False
     if row.dataset is None:
-        return row.metric == "flagged"
+        return row.metric == FLAGGED.name
     if row.encoder in BASELINES:
         return False
     if row.probe == ZERO_SHOT:
         return True
-    if row.metric in ("acc", "asr", "fp"):
+    if row.metric in (ACC.name, ASR.name, FP.name):
         return row.probe == probe
-    return row.metric == "acc_drop" and row.probe == "linear"
+    return row.metric == ACC_DROP.name and row.probe == "linear"
 
 
 def headline_keys(runs: Sequence[StoredRun]) -> list[str]:
@@ -67,24 +66,21 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 @dataclass
 class Group:
-    """The runs of one setting (same config but for seeds), and what tells it apart from the
-    other groups of the same preset (``differs``: dotted key → value)."""
+    """The runs of one setting (same config but for seeds), what tells it apart from the
+    other groups of the same preset (``differs``: dotted key → value), and where it departs
+    from their most common setting (``departs``: the same, for fewer keys)."""
 
     name: str
     runs: list[StoredRun]
     differs: dict[str, Any]
+    departs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
-        """The preset's name and, briefly, what sets this group apart (the last part of each
-        differing key, one entry per key part and value, at most :data:`LABEL_SETTINGS`)."""
-        brief = list(
-            dict.fromkeys(f"{k.split('.')[-1]}={_short(v)}" for k, v in self.differs.items())
-        )
-        shown = brief[:LABEL_SETTINGS]
-        if len(brief) > LABEL_SETTINGS:
-            shown.append(f"+{len(brief) - LABEL_SETTINGS} more")
-        return f"{self.name} ({', '.join(shown)})" if shown else self.name
+        """The preset's name and each key in which this group departs from the most common
+        setting of its preset, e.g. ``p (attack.lambda2=5)``."""
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in self.departs.items())
+        return f"{self.name} ({shown})" if shown else self.name
 
     @property
     def full_label(self) -> str:
@@ -120,7 +116,9 @@ def _short(value: Any) -> str:
 def group_runs(runs: Sequence[StoredRun]) -> list[Group]:
     """The runs grouped by setting (:func:`~sslpoison.results.store.settings_key`), in the
     order first met; each group's ``differs`` names the settings (seeds aside) in which it
-    differs from another group of the same preset, those its value is rarest in first."""
+    differs from another group of the same preset, those its value is rarest in first, and
+    ``departs`` those of them where its value is not the one most groups of the preset share
+    (every group names a key no value of which is shared by more groups than the others)."""
     by_setting: dict[str, list[StoredRun]] = {}
     for run in runs:
         by_setting.setdefault(run.settings, []).append(run)
@@ -137,8 +135,17 @@ def group_runs(runs: Sequence[StoredRun]) -> list[Group]:
             for k in sorted(keys, key=lambda k: shared[k])  # what sets it apart most, first
             if shared[k] < len(peers)
         }
-        groups.append(Group(name, members, differs))
+        departs = {
+            k: v for k, v in differs.items() if not _most_common(v, [p.get(k, "-") for p in peers])
+        }
+        groups.append(Group(name, members, differs, departs))
     return groups
+
+
+def _most_common(value: Any, others: list[Any]) -> bool:
+    """Whether ``value``, once more than among ``others``, is more common than any other."""
+    count = 1 + sum(o == value for o in others)
+    return all(sum(o == u for o in others) < count for u in others if u != value)
 
 
 @dataclass

@@ -12,23 +12,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from sslpoison.attacks import ATTACKS
 from sslpoison.attacks.indiscriminate import Rows as PoisoningRows
 from sslpoison.defenses import DEFENSES
 from sslpoison.detectors import DETECTORS
-from sslpoison.eval.backdoor import metric_key
+from sslpoison.eval.backdoor import ACC, ASR, FP, metric_key
 from sslpoison.eval.downstream import EvalConfig
 from sslpoison.eval.encoder import probe_key
-from sslpoison.eval.rows import ATTACKED, CLEAN, ON_CLEAN, Row
-from sslpoison.eval.zero_shot import ZERO_SHOT, zs_key
+from sslpoison.eval.rows import ATTACKED, CLEAN, ON_CLEAN, Metric, Row
+from sslpoison.eval.zero_shot import TARGETED_SUCCESS, ZERO_SHOT, ZS_ACC, ZS_ASR, zs_key
+from sslpoison.experiment.results import detect_stage_name
 from sslpoison.hooks import Hook
 
-#: What the indiscriminate attacks measure per dataset, victim and countermeasure.
-POISONING_METRICS = (
-    "acc_clean", "acc_poisoned", "acc_drop", "removed_poisons", "removed_clean",
-    "removed_unpoisoned", "relabelled_poisons", "relabelled_clean", "poisons", "poison_rate",
-    "poison_linf", "poison_l2",
-)  # fmt: skip
 POISONING_VICTIMS = ("linear", "features", "finetune")
+
+
+def poisoning_metrics() -> list[Metric]:
+    """What the downstream-data attacks of :data:`~sslpoison.attacks.ATTACKS` measure, each
+    once."""
+    kinds = [kind for kind in ATTACKS.values() if kind.hook is Hook.DOWNSTREAM_DATA]
+    return list(dict.fromkeys(m for kind in kinds for m in kind.metrics))
 
 
 def _backdoor(datasets, probes, encoders, targets) -> Iterator[Row]:
@@ -37,7 +40,7 @@ def _backdoor(datasets, probes, encoders, targets) -> Iterator[Row]:
             suffix = "" if i == 0 else f"_{probe}"
             for encoder in encoders:
                 for target in (None, *targets):
-                    for metric in ("acc", "asr", "fp"):
+                    for metric in (ACC.name, ASR.name, FP.name):
                         key = metric_key(encoder, dataset, metric, target) + suffix
                         yield Row(dataset, encoder, probe, metric, 0, key, target)
 
@@ -45,25 +48,26 @@ def _backdoor(datasets, probes, encoders, targets) -> Iterator[Row]:
 def _zero_shot(datasets, probe) -> Iterator[Row]:
     for dataset in datasets:
         for role in (CLEAN, ATTACKED):
-            for metric in ("zs_acc", "zs_asr", "targeted_success"):
+            for metric in (ZS_ACC.name, ZS_ASR.name, TARGETED_SUCCESS.name):
                 yield Row(dataset, role, ZERO_SHOT, metric, 0, zs_key(role, dataset, metric))
-            key = zs_key(role, dataset, "targeted_success_probe")
-            yield Row(dataset, role, probe, "targeted_success", 0, key)
+            key = zs_key(role, dataset, f"{TARGETED_SUCCESS.name}_probe")
+            yield Row(dataset, role, probe, TARGETED_SUCCESS.name, 0, key)
 
 
 def _encoder(datasets, probes, baselines) -> Iterator[Row]:
     for dataset in datasets:
         for who in (CLEAN, *baselines):
             for probe in probes:
-                yield Row(dataset, who, probe, "acc", 0, probe_key(dataset, probe, who))
+                yield Row(dataset, who, probe, ACC.name, 0, probe_key(dataset, probe, who))
 
 
 def _poisoning(datasets, countermeasures) -> Iterator[Row]:
+    metrics = poisoning_metrics()
     for dataset in datasets:
         rows = PoisoningRows(dataset)
         for victim in POISONING_VICTIMS:
             for cm in (None, *countermeasures):
-                for metric in POISONING_METRICS:
+                for metric in metrics:
                     rows.add(metric, 0, victim, cm)
         yield from rows.rows
 
@@ -76,7 +80,7 @@ def _detectors(detectors: list[dict[str, Any]], stages: dict[str, Any]) -> Itera
         except ValueError:  # a config of an older schema: no rows from it
             detector = None
         for role in (CLEAN, ATTACKED):
-            record = stages.get(f"detect:{spec.get('name')}:{role}")
+            record = stages.get(detect_stage_name(str(spec.get("name")), role))
             if detector is not None and isinstance(record, dict):
                 try:
                     yield from detector.rows(role, record)

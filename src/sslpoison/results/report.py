@@ -11,16 +11,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sslpoison.defenses import DEFENSES
-from sslpoison.defenses.base import FILTER, FILTER_METRICS
-from sslpoison.eval.rows import ATTACKED, CLEAN, ON_CLEAN, Row, metrics_of
-from sslpoison.eval.zero_shot import ZERO_SHOT
+from sslpoison.attacks import ATTACKS
+from sslpoison.defenses.base import FILTER
+from sslpoison.detectors.base import FLAGGED
+from sslpoison.eval.backdoor import ACC, ASR, ASR_OTHER_TRIGGER, BACKDOOR_METRICS
+from sslpoison.eval.controls import ACC_DROP
+from sslpoison.eval.rows import ATTACKED, CLEAN, ON_CLEAN, Metric, Row, metrics_of
+from sslpoison.eval.zero_shot import TARGETED_SUCCESS, ZERO_SHOT, ZS_ACC, ZS_ASR
+from sslpoison.experiment.results import defense_stage_name
+from sslpoison.results.names import (
+    attack_metrics,
+    columns,
+    defense_metrics,
+    defense_title,
+    detector_metrics,
+)
 
-#: One row of the backdoor table: (dataset, encoder, {metric of :data:`BACKDOOR_METRICS` →
-#: value or None}).
+#: One row of the backdoor table: (dataset, encoder, {metric name of
+#: :data:`~sslpoison.eval.backdoor.BACKDOOR_METRICS` → value or None}).
 TableRow = tuple[str, str, dict[str, float | int | None]]
-#: The backdoor table's metrics: accuracy, ASR, FP and their other-trigger null controls.
-BACKDOOR_METRICS = ("acc", "asr", "fp", "asr_other_trigger", "fp_other_trigger")
 
 
 def format_metrics(rows: Sequence[Row]) -> str:
@@ -41,21 +50,22 @@ def backdoor_rows(rows: Sequence[Row], probe: str) -> list[TableRow]:
     backdoor evaluation measured with ``probe`` (the first of ``eval.probes``): per dataset
     (sorted) ``clean`` (CA, ASR-B, FP), ``attacked`` (BA, ASR, FP), then each defense (by
     name), each followed by its control on the clean encoder."""
+    names = [m.name for m in BACKDOOR_METRICS]
     found = {
         (r.dataset, r.encoder, r.metric): r.value
         for r in rows
-        if r.probe == probe and r.target is None and r.metric in BACKDOOR_METRICS
+        if r.probe == probe and r.target is None and r.metric in names
     }
-    datasets = sorted({d for d, e, m in found if e == ATTACKED and m == "acc"})
+    datasets = sorted({d for d, e, m in found if e == ATTACKED and m == ACC.name})
     defenses = sorted(
-        {e for d, e, m in found if e not in (CLEAN, ATTACKED) and m == "acc"},
+        {e for d, e, m in found if e not in (CLEAN, ATTACKED) and m == ACC.name},
         key=lambda e: (e.removesuffix(ON_CLEAN), e.endswith(ON_CLEAN)),
     )
     out = []
     for d in datasets:
         for encoder in (CLEAN, ATTACKED, *defenses):
-            values = {m: found.get((d, encoder, m)) for m in BACKDOOR_METRICS}
-            if values["acc"] is not None:
+            values = {m: found.get((d, encoder, m)) for m in names}
+            if values[ACC.name] is not None:
                 out.append((d, encoder, values))
     return out
 
@@ -72,7 +82,7 @@ def defense_seconds(record: dict[str, Any]) -> float | None:
 
 def _defense_cost(encoder: str, stages: dict[str, Any] | None) -> tuple[str, str]:
     """(clean images, wall seconds) of a defense's stage, as table cells ("-" otherwise)."""
-    rec = (stages or {}).get(f"defense:{encoder}")
+    rec = (stages or {}).get(defense_stage_name(encoder))
     if not rec:
         return "-", "-"
     seconds = defense_seconds(rec)
@@ -92,28 +102,28 @@ def format_backdoor_table(
     table = backdoor_rows(rows, probe)
     if not table:
         return None
-    has = {m: any(v[m] is not None for _, _, v in table) for m in BACKDOOR_METRICS}
+    has = {m.name: any(v[m.name] is not None for _, _, v in table) for m in BACKDOOR_METRICS}
     with_cost = any(e not in (CLEAN, ATTACKED) for _, e, _ in table)
     dw = max(len("dataset"), *(len(d) for d, _, _ in table))
     ew = max(len("encoder"), *(len(e) for _, e, _ in table))
-    columns = [("acc", "acc"), ("asr", "ASR"), ("asr_other_trigger", "other")]
-    columns += [("fp", "FP"), ("fp_other_trigger", "FP other")]
-    columns = [(m, h) for m, h in columns if m in ("acc", "asr") or has[m]]
-    head = f"{'dataset':<{dw}}  {'encoder':<{ew}}" + "".join(f"  {h:>6}" for _, h in columns)
+    shown = [m for m in BACKDOOR_METRICS if m in (ACC, ASR) or has[m.name]]
+    head = f"{'dataset':<{dw}}  {'encoder':<{ew}}" + "".join(f"  {m.header:>6}" for m in shown)
     head += f"  {'clean':>6}  {'time s':>6}" if with_cost else ""
     lines = [head, "-" * len(head)]
     for d, e, v in table:
         line = f"{d:<{dw}}  {e:<{ew}}" + "".join(
-            f"  {_cell(v[m], m.startswith('fp')):>{max(6, len(h))}}" for m, h in columns
+            f"  {_cell(v[m.name], m.digits):>{max(6, len(m.header))}}" for m in shown
         )
         if with_cost:
             clean, seconds = _defense_cost(e, stages)
             line += f"  {clean:>6}  {seconds:>6}"
         lines.append(line)
-    lines.append("acc: CA for the clean encoder, BA otherwise; the clean encoder's ASR is ASR-B.")
-    if has["asr_other_trigger"]:
+    lines.append(
+        f"{ACC.header}: CA for the clean encoder, BA otherwise; the clean encoder's ASR is ASR-B."
+    )
+    if has[ASR_OTHER_TRIGGER.name]:
         lines.append(
-            "other, FP other: the same encoder with unseen triggers of the same size and "
+            "ASR other, FP other: the same encoder with unseen triggers of the same size and "
             "place (the null control; mean over eval.other_triggers patterns)."
         )
     if with_cost:
@@ -121,76 +131,90 @@ def format_backdoor_table(
             "clean: clean images the defense used; time s: its wall time (a filter of the "
             "pre-training data: the filter and the pre-training again on what it kept)."
         )
-    ca = {d: v["acc"] for d, e, v in table if e == CLEAN}
+    ca = {d: v[ACC.name] for d, e, v in table if e == CLEAN}
     for d, e, v in table:
-        if e.endswith(ON_CLEAN) and v["acc"] is not None and ca.get(d) is not None:
+        acc, asr = v[ACC.name], v[ASR.name]
+        if e.endswith(ON_CLEAN) and acc is not None and ca.get(d) is not None:
             lines.append(
                 f"{d}, {e}: {e.removesuffix(ON_CLEAN)} applied to the clean encoder (its "
-                f"control): accuracy cost CA − acc {ca[d] - v['acc']:.4f}, ASR {_cell(v['asr'])}"
+                f"control): accuracy cost CA − acc {ca[d] - acc:.4f}, ASR {_cell(asr)}"
             )
     return "\n".join(lines)
 
 
-def _cell(value: float | int | None, count: bool = False) -> str:
-    """A table cell: ``-``, a count as it is, a fraction to 4 places (a mean FP to 1)."""
+def _cell(value: float | int | None, digits: int = 4) -> str:
+    """A table cell: ``-``, a count as it is, a number to ``digits`` places."""
     if value is None:
         return "-"
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    return f"{value:.1f}" if count else f"{value:.4f}"
+    return f"{value:.{digits}f}"
 
 
 def format_detections(rows: Sequence[Row]) -> str | None:
-    """One line per detector and encoder (the rows of metric ``flagged``), or None."""
+    """One line per detector and encoder (the rows of metric ``flagged``), with the numbers
+    its class lists (``metrics``), or None."""
     found = {(r.probe, r.encoder, r.metric): r.value for r in rows if r.dataset is None}
     lines = []
-    for det, role in sorted((d, e) for d, e, m in found if m == "flagged"):
-        verdict = "BACKDOORED" if found[det, role, "flagged"] else "clean"
-        line = f"{det}: {role} encoder judged {verdict}"
-        if (score := found.get((det, role, "pl1"))) is not None:
-            line += f" (PL1 norm {score:.4f}, L1 {found.get((det, role, 'norm'), 0):.1f})"
-        lines.append(line)
+    for det, role in sorted((d, e) for d, e, m in found if m == FLAGGED.name):
+        verdict = "BACKDOORED" if found[det, role, FLAGGED.name] else "clean"
+        numbers = [
+            f"{m.header} {_cell(found[det, role, m.name], m.digits)}"
+            for m in detector_metrics()
+            if (det, role, m.name) in found
+        ]
+        more = f" ({', '.join(numbers)})" if numbers else ""
+        lines.append(f"{det}: {role} encoder judged {verdict}{more}")
     return "\n".join(lines) or None
 
 
-#: The zero-shot columns: (header, metric, whether read zero-shot rather than by a probe).
+#: The zero-shot columns: (metric, whether read zero-shot rather than by a probe).
 ZERO_SHOT_COLUMNS = (
-    ("zs acc", "zs_acc", True),
-    ("zs ASR", "zs_asr", True),
-    ("targeted", "targeted_success", True),
-    ("probe tgt", "targeted_success", False),
-)
+    (ZS_ACC, True), (ZS_ASR, True), (TARGETED_SUCCESS, True), (TARGETED_SUCCESS, False)
+)  # fmt: skip
+
+
+def _zs_header(metric: Metric, zero_shot: bool) -> str:
+    return metric.header if zero_shot else f"{metric.header} (probe)"
 
 
 def format_zero_shot(rows: Sequence[Row]) -> str | None:
     """dataset | CLIP | zero-shot accuracy | zero-shot ASR | targeted success (zero-shot,
     probe) for the clean and the poisoned CLIP model and each one a defense trained, else
     None."""
+    wanted = {m.name for m, _ in ZERO_SHOT_COLUMNS}
     found = {
         (r.dataset, r.encoder, r.metric, r.probe == ZERO_SHOT): r.value
         for r in rows
-        if r.metric in ("zs_acc", "zs_asr", "targeted_success")
+        if r.metric in wanted
     }
-    datasets = sorted({d for d, e, m, _ in found if e != CLEAN and m == "zs_acc"})
+    acc = ZS_ACC.name
+    datasets = sorted({d for d, e, m, _ in found if e != CLEAN and m == acc})
     if not datasets:
         return None
-    others = sorted({e for _, e, m, _ in found if e not in (CLEAN, ATTACKED) and m == "zs_acc"})
+    others = sorted({e for _, e, m, _ in found if e not in (CLEAN, ATTACKED) and m == acc})
     roles = [("clean", CLEAN), ("poisoned", ATTACKED), *((e, e) for e in others)]
     used = [
-        (h, m, zs)
-        for h, m, zs in ZERO_SHOT_COLUMNS
-        if any((d, r, m, zs) in found for d in datasets for _, r in roles[1:])
+        (m.name, zs, _zs_header(m, zs))
+        for m, zs in ZERO_SHOT_COLUMNS
+        if any((d, r, m.name, zs) in found for d in datasets for _, r in roles[1:])
     ]
     dw = max(len("dataset"), *(len(d) for d in datasets))
     cw = max(8, *(len(shown) for shown, _ in roles))
-    head = f"{'dataset':<{dw}}  {'CLIP':<{cw}}" + "".join(f"  {h:>9}" for h, _, _ in used)
+    widths = [max(9, len(h)) for _, _, h in used]
+    head = f"{'dataset':<{dw}}  {'CLIP':<{cw}}" + "".join(
+        f"  {h:>{w}}" for (_, _, h), w in zip(used, widths, strict=True)
+    )
     lines = [head, "-" * len(head)]
     for d in datasets:
         for shown, role in roles:
-            if (d, role, "zs_acc", True) not in found:
+            if (d, role, acc, True) not in found:
                 continue
-            cells = [found.get((d, role, m, zs)) for _, m, zs in used]
-            text = "".join(f"  {v:>9.4f}" if v is not None else f"  {'-':>9}" for v in cells)
+            cells = [found.get((d, role, m, zs)) for m, zs, _ in used]
+            text = "".join(
+                f"  {v:>{w}.4f}" if v is not None else f"  {'-':>{w}}"
+                for v, w in zip(cells, widths, strict=True)
+            )
             lines.append(f"{d:<{dw}}  {shown:<{cw}}{text}")
     lines.append(
         "zero-shot with the class-prompt ensemble; zs ASR: triggered non-target test images "
@@ -199,78 +223,57 @@ def format_zero_shot(rows: Sequence[Row]) -> str | None:
     return "\n".join(lines)
 
 
-#: The poisoning table's columns: (header, metric).
-POISONING_COLUMNS = (
-    ("clean acc", "acc_clean"),
-    ("poisoned", "acc_poisoned"),
-    ("drop", "acc_drop"),
-    ("drop null", "acc_drop_null"),
-    ("poisons out", "removed_poisons"),
-    ("clean out", "removed_clean"),
-)
+def poisoning_columns() -> tuple[Metric, ...]:
+    """The columns of the poisoning table: the registered attacks' ``summary_columns``."""
+    return tuple(dict.fromkeys(m for kind in ATTACKS.values() for m in kind.summary_columns))
 
 
 def format_poisoning_table(rows: Sequence[Row]) -> str | None:
-    """dataset | victim | countermeasure | accuracy trained clean | trained poisoned | drop |
-    poisons and clean points the countermeasure removed — for an indiscriminate
-    downstream-data attack, else None."""
+    """dataset | victim | countermeasure | the attack's summary columns (accuracy trained
+    clean, trained poisoned, drop, its null control, poisons and clean points the
+    countermeasure removed) — for an indiscriminate downstream-data attack, else None."""
+    shown = poisoning_columns()
     found = {
         (r.dataset, r.probe, r.setting, r.metric): r.value
         for r in rows
-        if r.metric in {m for _, m in POISONING_COLUMNS}
+        if r.metric in {m.name for m in shown}
     }
     lines_of = sorted(
-        {(d, p, s) for d, p, s, m in found if m == "acc_drop"},
+        {(d, p, s) for d, p, s, m in found if m == ACC_DROP.name},
         key=lambda t: (t[0], t[1] != "linear", t[1], t[2] or ""),
     )
     if not lines_of:
         return None
+    widths = [max(11, len(m.header)) for m in shown]
     head = f"{'dataset':<14}  {'victim':<8}  {'sanitized':<9}" + "".join(
-        f"  {h:>11}" for h, _ in POISONING_COLUMNS
+        f"  {m.header:>{w}}" for m, w in zip(shown, widths, strict=True)
     )
     lines = [head, "-" * len(head)]
     for d, p, s in lines_of:
-        cells = ""
-        for _, m in POISONING_COLUMNS:
-            v = found.get((d, p, s, m))
-            cells += (
-                f"  {'-':>11}"
-                if v is None
-                else (f"  {v:>11.4f}" if isinstance(v, float) else f"  {v:>11}")
-            )
+        cells = "".join(
+            f"  {_cell(found.get((d, p, s, m.name)), m.digits):>{w}}"
+            for m, w in zip(shown, widths, strict=True)
+        )
         lines.append(f"{d:<14}  {p:<8}  {s or '-':<9}{cells}")
-    counts = {(r.dataset, r.metric): r.value for r in rows if r.metric.startswith("poison")}
+    once = [m for m in attack_metrics() if m not in shown]  # per dataset: the linear victim's
     for d in sorted({d for d, _, _ in lines_of}):
-        if (d, "poisons") in counts:
-            lines.append(
-                f"{d}: {counts[d, 'poisons']} poisons ({100 * counts[d, 'poison_rate']:.1f} % "
-                f"of the clean set), mean distance to their base image L∞ "
-                f"{counts[d, 'poison_linf']:.3f}, L2 {counts[d, 'poison_l2']:.3f}"
-            )
+        mine = {
+            r.metric: r.value
+            for r in rows
+            if r.dataset == d and r.probe == "linear" and r.setting is None
+        }
+        if numbers := [
+            f"{m.header} {_cell(mine[m.name], m.digits)}" for m in once if m.name in mine
+        ]:
+            lines.append(f"{d}: {', '.join(numbers)}")
     lines.append(
-        "victim features: the linear head on the poisoned features before inversion; drop: "
-        "accuracy trained clean minus trained poisoned (both sanitized, with a countermeasure); "
-        "drop null: the same with as many clean duplicates (the poisons' base images, true "
-        "labels) instead of the poisons — the null control."
+        "victim features: the linear head on the poisoned features before inversion; acc. "
+        "drop: accuracy trained clean minus trained poisoned (both sanitized, with a "
+        "countermeasure); its null control: the same with as many clean duplicates (the "
+        "poisons' base images, true labels) instead of the poisons; poison L∞, L2: the mean "
+        "distance of a poison to its base image."
     )
     return "\n".join(lines)
-
-
-#: The filters table's columns: (header, metric, digits; None: a count).
-FILTER_COLUMNS = dict(
-    zip(
-        FILTER_METRICS,
-        (("precision", 4), ("recall", 4), ("AUROC", 4), ("clean out", 4), ("removed", None),
-         ("filter s", 0), ("again s", 0)),
-        strict=True,
-    )
-)  # fmt: skip
-
-
-def defense_title(name: str) -> str:
-    """How reports name a defense: its class's title, or ``name`` (not registered)."""
-    kind = DEFENSES.get(name)
-    return kind.title or name if kind is not None else name
 
 
 def format_filters(rows: Sequence[Row]) -> str | None:
@@ -280,16 +283,12 @@ def format_filters(rows: Sequence[Row]) -> str | None:
     names = sorted({e for e, _ in found})
     if not names:
         return None
-    used = [m for m in FILTER_METRICS if any((e, m) in found for e in names)]
+    used = columns({m for _, m in found}, defense_metrics())
     nw = max(len("defense"), *(len(e) for e in names))
-    head = f"{'defense':<{nw}}" + "".join(f"  {FILTER_COLUMNS[m][0]:>9}" for m in used)
+    head = f"{'defense':<{nw}}" + "".join(f"  {m.header:>9}" for m in used)
     lines = [head, "-" * len(head)]
     for e in names:
-        cells = ""
-        for m in used:
-            v, digits = found.get((e, m)), FILTER_COLUMNS[m][1]
-            text = "-" if v is None else str(int(v)) if digits is None else f"{v:.{digits}f}"
-            cells += f"  {text:>9}"
+        cells = "".join(f"  {_cell(found.get((e, m.name)), m.digits):>9}" for m in used)
         lines.append(f"{e:<{nw}}{cells}")
     lines.append(
         "Filters of the pre-training data, against the planted poisons: precision and recall "
@@ -326,6 +325,7 @@ def defense_panels(rows: Sequence[Row], probe: str) -> dict[str, dict[str, dict[
     bar plot of the defenses."""
     panels: dict[str, dict[str, dict[str, float]]] = {}
     for dataset, encoder, v in backdoor_rows(rows, probe):
-        bars = {"accuracy": v["acc"]} | ({"ASR": v["asr"]} if v["asr"] is not None else {})
+        acc, asr = v[ACC.name], v[ASR.name]
+        bars = {ACC.header: acc} | ({ASR.header: asr} if asr is not None else {})
         panels.setdefault(dataset, {})[encoder] = bars
     return panels

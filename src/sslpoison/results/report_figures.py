@@ -39,46 +39,53 @@ def figure_uri(fig) -> str:
 
 @dataclass(frozen=True)
 class Point:
-    """One encoder of one setting on one dataset: accuracy and ASR, mean and std over seeds
-    (std None for one run)."""
+    """One point of a scatter: ``x`` and ``y`` as mean and std over seeds (std None for one
+    run); ``colour`` and ``marker`` name what its colour and its marker stand for."""
 
-    encoder: str
-    dataset: str
-    acc: float
-    asr: float
-    acc_std: float | None = None
-    asr_std: float | None = None
+    colour: str
+    marker: str
+    x: float
+    y: float
+    x_std: float | None = None
+    y_std: float | None = None
 
 
-def defense_scatter(points: Sequence[Point], title: str) -> str:
-    """Accuracy (x) against ASR (y), a colour per encoder (``clean`` and ``attacked`` in grey
-    and black), a marker per dataset, error bars over seeds."""
+def scatter(
+    points: Sequence[Point], xlabel: str, ylabel: str, title: str, *,
+    unit_y: bool = False, diagonal: bool = False,
+) -> str:  # fmt: skip
+    """``y`` against ``x``, a colour per ``colour`` (``clean`` and ``attacked`` in grey and
+    black), a marker per ``marker``, error bars over seeds; ``unit_y``: y is a share, drawn
+    on [0, 1]; ``diagonal``: the line y = x ("no effect" when x is y's null control)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    encoders = list(dict.fromkeys(p.encoder for p in points))
-    datasets = list(dict.fromkeys(p.dataset for p in points))
+    colours = list(dict.fromkeys(p.colour for p in points))
+    markers = list(dict.fromkeys(p.marker for p in points))
     palette = plt.get_cmap("tab10")
     fixed = {"clean": "0.6", "attacked": "black"}
-    others = [e for e in encoders if e not in fixed]
-    colors = fixed | {e: palette(i % 10) for i, e in enumerate(others)}
+    others = [c for c in colours if c not in fixed]
+    shade = fixed | {c: palette(i % 10) for i, c in enumerate(others)}
     for p in points:
         ax.errorbar(
-            p.acc, p.asr, xerr=p.acc_std, yerr=p.asr_std, fmt="none",
-            ecolor=colors[p.encoder], alpha=0.6, capsize=2,
+            p.x, p.y, xerr=p.x_std, yerr=p.y_std, fmt="none",
+            ecolor=shade[p.colour], alpha=0.6, capsize=2,
         )  # fmt: skip
-        marker = MARKERS[datasets.index(p.dataset) % len(MARKERS)]
-        ax.scatter(p.acc, p.asr, color=colors[p.encoder], marker=marker, s=36, zorder=3)
-    handles = [
-        plt.Line2D([], [], color=colors[e], marker="o", ls="", label=e)
-        for e in encoders if e in colors
-    ]  # fmt: skip
+        marker = MARKERS[markers.index(p.marker) % len(MARKERS)]
+        ax.scatter(p.x, p.y, color=shade[p.colour], marker=marker, s=36, zorder=3)
+    if diagonal and points:
+        ends = [min(min(p.x, p.y) for p in points), max(max(p.x, p.y) for p in points)]
+        ax.plot(ends, ends, ls="--", color="0.5", lw=1, label="y = x: no effect")
+    handles = [plt.Line2D([], [], color=shade[c], marker="o", ls="", label=c) for c in colours]
     handles += [
-        plt.Line2D([], [], color="0.3", marker=MARKERS[i % len(MARKERS)], ls="", label=d)
-        for i, d in enumerate(datasets)
+        plt.Line2D([], [], color="0.3", marker=MARKERS[i % len(MARKERS)], ls="", label=m)
+        for i, m in enumerate(markers)
     ]
+    if diagonal:
+        handles.append(plt.Line2D([], [], ls="--", color="0.5", label="y = x: no effect"))
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_xlabel("accuracy (CA for clean, BA otherwise)")
-    ax.set_ylabel("ASR (ASR-B for clean)")
-    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if unit_y:
+        ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -119,4 +126,4 @@ def sweep_figure(panels: dict[str, list[Series]], xlabel: str, title: str) -> st
     return figure_uri(fig)
 
 
-__all__ = ["Point", "Series", "defense_scatter", "figure_uri", "file_uri", "sweep_figure"]
+__all__ = ["Point", "Series", "figure_uri", "file_uri", "scatter", "sweep_figure"]
