@@ -1,7 +1,7 @@
 """No module of the package imports itself back through others (no import cycles, at run time
 nor with the type-level imports of ``if TYPE_CHECKING:``), attacks, defenses and detectors
-never reach the experiment above them, the results below it read it only as data, and
-importing the library changes nothing outside it."""
+never reach the experiment above them, the results below it read it only as data, nothing
+below the sweeps imports them, and importing the library changes nothing outside it."""
 
 from __future__ import annotations
 
@@ -161,6 +161,19 @@ def test_attacks_defenses_and_detectors_never_reach_the_experiment(package):
     assert len(below) > 1
     for module in below:
         path = reaching(graph, module, f"{PACKAGE}.experiment")
+        assert path is None, " -> ".join(path)
+
+
+def test_nothing_below_the_sweeps_reaches_them():
+    """``sweeps/`` runs the experiment over a grid: only the command line imports it, not
+    even ``experiment/`` for type checkers."""
+    graph = import_graph(type_level=True)
+    sweeps = f"{PACKAGE}.sweeps"
+    assert "sslpoison.experiment.runner" in graph["sslpoison.sweeps.plan"]
+    for module in graph:
+        if module.startswith((sweeps, f"{PACKAGE}.cli")):
+            continue
+        path = reaching(graph, module, sweeps)
         assert path is None, " -> ".join(path)
 
 
