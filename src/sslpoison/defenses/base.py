@@ -54,7 +54,7 @@ from sslpoison.models.backbone import BackboneConfig
 from sslpoison.poisoning import Filtered
 from sslpoison.train.engine import FitResult, TrainConfig
 from sslpoison.train.optim import OptimConfig
-from sslpoison.utils import module_device
+from sslpoison.utils import module_device, seeded
 
 if TYPE_CHECKING:
     from sslpoison.ssl.pretrain import PretrainConfig
@@ -350,7 +350,7 @@ def reinitialise(module: nn.Module, seed: int) -> nn.Module:
     """A deep copy of ``module`` with every learnable weight drawn afresh from ``seed``.
 
     Each submodule's ``reset_parameters()`` is called (children before parents) under
-    ``torch.random.fork_rng`` seeded with ``seed``, on the CPU, so the weights depend on the
+    ``seed`` (:func:`~sslpoison.utils.seeded`), on the CPU, so the weights depend on the
     seed alone (not on the device, nor on the global RNG, which is left untouched).
     BatchNorm running statistics are reset by BatchNorm's own ``reset_parameters``. Buffers
     that are not statistics (e.g. the input normalisation of
@@ -370,8 +370,7 @@ def reinitialise(module: nn.Module, seed: int) -> nn.Module:
     device = first.device if first is not None else torch.device("cpu")
     fresh.cpu()
     covered: set[int] = set()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         for m in _reset_order(fresh):
             reset = getattr(m, "reset_parameters", None)
             if callable(reset):
@@ -446,8 +445,7 @@ def width_adapter(
     student.train(was)
     if d_s == d_t:
         return None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return nn.Linear(d_s, d_t).to(module_device(teacher))
 
 
@@ -460,8 +458,7 @@ def _student_of(arch: BackboneConfig, teacher: nn.Module, seed: int, size: int |
     if hasattr(teacher, "mean") and hasattr(teacher, "std"):
         given = {"mean": teacher.mean.flatten().tolist(), "std": teacher.std.flatten().tolist()}
     channels = int(getattr(teacher, "in_channels", 3))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         student = build_encoder(arch, channels, size, **given)
     return student.to(module_device(teacher)).requires_grad_(True).train()
 
