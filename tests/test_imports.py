@@ -136,17 +136,8 @@ def test_no_module_imports_itself_back():
     assert cycle is None, " -> ".join(cycle)
 
 
-#: Type-level imports that still close a circle, each a known debt (issue 30): the
-#: evaluation's ``Outcome.downstream_defenses`` names the defense type above it.
-TYPE_LEVEL_CIRCLES = {("sslpoison.eval.evaluate", "sslpoison.defenses.base")}
-
-
 def test_no_module_imports_itself_back_even_for_type_checkers():
-    graph = import_graph(type_level=True)
-    for module, imports in TYPE_LEVEL_CIRCLES:  # the module and the packages above it
-        assert imports in graph[module], f"{module} no longer imports {imports}: drop the entry"
-        graph[module] = {m for m in graph[module] if not f"{imports}.".startswith(f"{m}.")}
-    cycle = find_cycle(graph)
+    cycle = find_cycle(import_graph(type_level=True))
     assert cycle is None, " -> ".join(cycle)
 
 

@@ -51,7 +51,7 @@ from sslpoison.eval.metrics import filter_scores
 from sslpoison.eval.rows import Row
 from sslpoison.hooks import CheckContext, Hook, Measured
 from sslpoison.models.backbone import BackboneConfig
-from sslpoison.poisoning import Filtered
+from sslpoison.poisoning import Filtered, Sanitized
 from sslpoison.train.engine import FitResult, TrainConfig
 from sslpoison.train.optim import OptimConfig
 from sslpoison.utils import module_device, seeded
@@ -266,16 +266,6 @@ class PretrainingDataDefense(DefenseConfig, abc.ABC):
             "removed_indices": (~filtered.kept).nonzero().squeeze(1).tolist(),
             **{k: v for k, v in filtered.record.items() if k not in ("filter_s", "retrain_s")},
         })})  # fmt: skip
-
-
-@dataclass
-class Sanitized:
-    """What a downstream-data defense makes of a labelled training set of N points: the
-    points it keeps (N bool) and the labels they train with (N int64; relabelled points
-    differ from the given labels)."""
-
-    kept: torch.Tensor
-    labels: torch.Tensor
 
 
 class DownstreamDataDefense(DefenseConfig, abc.ABC):
