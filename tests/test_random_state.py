@@ -1,6 +1,7 @@
 """Library calls leave torch's global random state as they found it
-(:func:`~sslpoison.utils.seeded`): the engine, pre-training, an encoder defense, the probes
-and the untrained baseline. Their numbers come from their seed alone."""
+(:func:`~sslpoison.utils.seeded`): pre-training, encoder defenses, the probes and the
+untrained baseline (the engine: ``tests/train/test_engine.py``). Their numbers come from their
+seed alone."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from sslpoison.eval.probes import train_probe
 from sslpoison.experiment.runner import random_encoder
 from sslpoison.models.backbone import BackboneConfig
 from sslpoison.ssl.pretrain import PretrainConfig, pretrain
-from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 from sslpoison.utils import seeded
 
 TRAIN = {"epochs": 1, "batch_size": 32, "progress": False}
@@ -43,33 +43,7 @@ def test_seeded_draws_from_its_seed_and_puts_the_state_back():
     assert torch.equal(torch.get_rng_state(), before)
 
 
-class Noisy(nn.Module):
-    """Least squares through dropout: the loss depends on the global RNG."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 1))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (self.net(x).squeeze(1) - y).pow(2).mean()
-
-
-def test_the_engine_trains_from_its_seed_and_leaves_the_rng_alone():
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(64, 4, generator=g), torch.randn(64, generator=g)
-
-    def train(state: int) -> list[torch.Tensor]:
-        with seeded(1):
-            task = Noisy()
-        batches = TensorBatches(x, y, batch_size=32)
-        leaves_the_rng_alone(lambda: fit(task, batches, TrainConfig(**TRAIN), seed=2), state)
-        return weights(task)
-
-    first, second = train(123), train(456)  # whatever the global state was before
-    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
-
-
-def test_pretraining_and_a_defense_leave_the_rng_alone(tiny_set):
+def test_pretraining_and_encoder_defenses_leave_the_rng_alone(tiny_set):
     cfg = PretrainConfig(backbone={"width": 0.125}, train=TRAIN)
     encoder, _ = leaves_the_rng_alone(lambda: pretrain(tiny_set, cfg, seed=0))
     again, _ = leaves_the_rng_alone(lambda: pretrain(tiny_set, cfg, seed=0), state=456)
