@@ -1,7 +1,7 @@
 """No module of the package imports itself back through others (no import cycles, at run time
 nor with the type-level imports of ``if TYPE_CHECKING:``), attacks, defenses and detectors
-never reach the experiment above them, the results below it read it only as data, and
-importing the library changes nothing outside it."""
+never reach the experiment above them, the results below it read it only as data, nothing
+below the sweeps imports them, and importing the library changes nothing outside it."""
 
 from __future__ import annotations
 
@@ -136,17 +136,8 @@ def test_no_module_imports_itself_back():
     assert cycle is None, " -> ".join(cycle)
 
 
-#: Type-level imports that still close a circle, each a known debt (issue 30): the
-#: evaluation's ``Outcome.downstream_defenses`` names the defense type above it.
-TYPE_LEVEL_CIRCLES = {("sslpoison.eval.evaluate", "sslpoison.defenses.base")}
-
-
 def test_no_module_imports_itself_back_even_for_type_checkers():
-    graph = import_graph(type_level=True)
-    for module, imports in TYPE_LEVEL_CIRCLES:  # the module and the packages above it
-        assert imports in graph[module], f"{module} no longer imports {imports}: drop the entry"
-        graph[module] = {m for m in graph[module] if not f"{imports}.".startswith(f"{m}.")}
-    cycle = find_cycle(graph)
+    cycle = find_cycle(import_graph(type_level=True))
     assert cycle is None, " -> ".join(cycle)
 
 
@@ -161,6 +152,19 @@ def test_attacks_defenses_and_detectors_never_reach_the_experiment(package):
     assert len(below) > 1
     for module in below:
         path = reaching(graph, module, f"{PACKAGE}.experiment")
+        assert path is None, " -> ".join(path)
+
+
+def test_nothing_below_the_sweeps_reaches_them():
+    """``sweeps/`` runs the experiment over a grid: only the command line imports it, not
+    even ``experiment/`` for type checkers."""
+    graph = import_graph(type_level=True)
+    sweeps = f"{PACKAGE}.sweeps"
+    assert "sslpoison.experiment.runner" in graph["sslpoison.sweeps.plan"]
+    for module in graph:
+        if module.startswith((sweeps, f"{PACKAGE}.cli")):
+            continue
+        path = reaching(graph, module, sweeps)
         assert path is None, " -> ".join(path)
 
 

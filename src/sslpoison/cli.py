@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from sslpoison.experiment.sweep import (
+    from sslpoison.sweeps.sweep import (
         SweepIncomplete,
         load_sweep,
         run_sweep,
@@ -97,7 +97,7 @@ def _sweep(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / safe_name(sweep.name)
     overrides = [*(args.set or []), *seed_overrides(args.seeds)]
     if args.status:
-        from sslpoison.experiment.cells import slurm_states, status_table
+        from sslpoison.sweeps.cells import slurm_states, status_table
 
         names = [c.name for c in sweep_cells(sweep, base, out, overrides)[0]]
         print(status_table(out, names, slurm_states(out, names)))

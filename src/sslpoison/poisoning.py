@@ -8,7 +8,9 @@ reads them; both import them from here, so neither imports the other.
 * :class:`TargetedTrial` — one targeted-poisoning draw: a test image and the label it should get;
 * :class:`Filtered` — what a defense on the pre-training data leaves: which items it kept, a
   score per item (scored against :attr:`PoisonedSet.indices`), and the model it trained, if
-  it trained one itself.
+  it trained one itself;
+* :class:`Sanitized` — what a defense on the downstream data makes of a labelled training
+  set: the points it keeps and their labels.
 """
 
 from __future__ import annotations
@@ -164,4 +166,14 @@ class Filtered:
         return int((~self.kept).sum())
 
 
-__all__ = ["BackdoorTarget", "Filtered", "PoisonedSet", "TargetedTrial"]
+@dataclass
+class Sanitized:
+    """What a downstream-data defense (:class:`~sslpoison.defenses.base.DownstreamDataDefense`)
+    makes of a labelled training set of N points: the points it keeps (N bool) and the labels
+    they train with (N int64; relabelled points differ from the given labels)."""
+
+    kept: torch.Tensor
+    labels: torch.Tensor
+
+
+__all__ = ["BackdoorTarget", "Filtered", "PoisonedSet", "Sanitized", "TargetedTrial"]

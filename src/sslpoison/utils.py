@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, stable hashing, device choice."""
+"""Small shared helpers: atomic writes, stable hashing, device choice, seeded blocks."""
 
 from __future__ import annotations
 
@@ -111,6 +111,24 @@ def module_device(module: torch.nn.Module) -> torch.device:
     for t in (*module.parameters(), *module.buffers()):
         return t.device
     return torch.device("cpu")
+
+
+@contextmanager
+def seeded(seed: int | None = None, device: torch.device | str | None = None) -> Iterator[None]:
+    """A block that draws from torch's global RNG seeded with ``seed`` (None: as it is) and
+    leaves it as it found it: the CPU's state and that of the CUDA ``device`` (default: the
+    current one, once CUDA is initialised) are put back afterwards."""
+    cuda = torch.device(device) if device is not None else None
+    if cuda is not None and cuda.type == "cuda":
+        devices = [cuda]
+    elif torch.cuda.is_available() and torch.cuda.is_initialized():
+        devices = [torch.cuda.current_device()]
+    else:
+        devices = []
+    with torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 @contextmanager

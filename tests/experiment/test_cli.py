@@ -117,7 +117,7 @@ def test_overrides_are_parsed_as_yaml_and_missing_files_named(
 def test_every_preset_loads():
     from pathlib import Path
 
-    from sslpoison.experiment.sweep import load_sweep, sweep_configs
+    from sslpoison.sweeps.sweep import load_sweep, sweep_configs
 
     presets = sorted(Path(__file__).parents[2].joinpath("configs").glob("*.yaml"))
     assert presets

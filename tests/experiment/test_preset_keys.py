@@ -30,8 +30,8 @@ from sslpoison.attacks import targets as attack_targets
 from sslpoison.eval.downstream import Downstream
 from sslpoison.experiment.config import ExperimentConfig, load_config
 from sslpoison.experiment.stages import attack_key, key_slice, pretrain_key, pretraining_data
-from sslpoison.experiment.sweep import load_sweep, run_name, sweep_configs
 from sslpoison.models.backbone import build_encoder
+from sslpoison.sweeps.sweep import load_sweep, run_name, sweep_configs
 from sslpoison.train import precision
 from sslpoison.utils import stable_hash, tensor_hash
 

@@ -31,8 +31,8 @@ from sslpoison.experiment.seeds import (
     repetition_config,
     run_seeds,
 )
-from sslpoison.experiment.sweep import load_sweep, run_sweep
 from sslpoison.results.store import ResultsStore, read_run, run_folders
+from sslpoison.sweeps.sweep import load_sweep, run_sweep
 
 #: A run that pre-trains and evaluates in about a second on the synthetic set.
 MICRO = {

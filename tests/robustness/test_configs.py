@@ -246,7 +246,7 @@ def test_every_cpu_preset_and_sweep_run_passes_the_preflight_counts(monkeypatch)
     from sslpoison.eval.downstream import Downstream
     from sslpoison.experiment.config import load_config
     from sslpoison.experiment.preflight import check_counts
-    from sslpoison.experiment.sweep import load_sweep, sweep_configs
+    from sslpoison.sweeps.sweep import load_sweep, sweep_configs
 
     torch.set_num_threads(1)  # two threads crawl on a busy 2-core machine
     cached = functools.cache(downstream_module.load_fitted)  # each split loaded once

@@ -12,6 +12,7 @@ import torch.nn as nn
 from sslpoison.train.checkpoint import load_checkpoint
 from sslpoison.train.engine import TensorBatches, TrainConfig, ema_momentum, ema_update, fit
 from sslpoison.train.optim import OptimConfig, build_optimizer, lr_factor
+from sslpoison.utils import seeded
 
 
 class Regression(nn.Module):
@@ -96,6 +97,20 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert len(list(tmp_path.glob("ckpt-*.safetensors"))) == 1  # old checkpoints pruned
+
+
+def test_fit_trains_from_its_seed_and_leaves_the_global_rng_as_it_was():
+    x, y = _data()
+    trained = []
+    for state in (1, 2):  # whatever the global state is before
+        with seeded(0):
+            task = Regression()
+        torch.manual_seed(state)
+        before = torch.get_rng_state()
+        fit(task, TensorBatches(x, y, batch_size=16), _cfg(epochs=2), seed=3)
+        assert torch.equal(torch.get_rng_state(), before)
+        trained.append([p.detach() for p in task.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*trained, strict=True))
 
 
 def test_lr_schedule_warms_up_then_follows_a_cosine():

@@ -1,7 +1,7 @@
 """The feature-targeted (FT) attack of Lu, Yang, Kamath, Yu (SaTML 2024), in three stages:
 
 1. **target**: head parameters θ* by GradPC, at a given radius or at the largest that
-   feature-space gradient canceling reaches (:mod:`sslpoison.attacks.target`);
+   feature-space gradient canceling reaches (:mod:`sslpoison.attacks.target_head`);
 2. **poisoned features**: ⌈ε·N⌉ feature vectors with labels, treating the encoder's features
    as the dataset, kept within the per-dimension range of the real (clean) features, so that
    the victim's head trained on clean ∪ poisoned features becomes θ*. ``solver``:
@@ -44,11 +44,11 @@ from sslpoison.attacks.indiscriminate import (
 from sslpoison.attacks.label_flip import pick_base
 from sslpoison.attacks.linear_victim import LinearVictim, raw_head
 from sslpoison.attacks.optimise import optimise_poisons, quantise
-from sslpoison.attacks.target import (
+from sslpoison.attacks.target_head import (
     GCObjective,
     PoisonObjective,
-    Target,
-    TargetConfig,
+    TargetHead,
+    TargetHeadConfig,
     choose_target,
     gc_loss,
 )
@@ -97,7 +97,7 @@ class FeatureTargetedConfig(IndiscriminateAttack, PoisonLabels):
 
     name: Literal["feature_targeted"] = "feature_targeted"
     labels: Literal["true", "confused"] = "confused"
-    target: TargetConfig = Field(default_factory=lambda: TargetConfig(radius=0.1))
+    target: TargetHeadConfig = Field(default_factory=lambda: TargetHeadConfig(radius=0.1))
     solver: Literal["gc", "match"] = "match"
     gc_objective: GCObjective = "newton"
     steps: PositiveInt = 100
@@ -159,7 +159,7 @@ class FeatureTargetedConfig(IndiscriminateAttack, PoisonLabels):
         )  # fmt: skip
 
     def victim_objective(
-        self, victim: LinearVictim, stage1: Target, x: torch.Tensor, labels: torch.Tensor
+        self, victim: LinearVictim, stage1: TargetHead, x: torch.Tensor, labels: torch.Tensor
     ) -> PoisonObjective:
         """The victim-level objective of standardised poisons (P×D) and their labels that
         stage 2 minimises and stage 3 refines: the Newton distance (or gradient norm) at θ*

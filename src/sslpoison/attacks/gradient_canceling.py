@@ -6,8 +6,8 @@ on clean ∪ poisons. The authors cancel the victim's training-objective gradien
 Newton distance ‖H⁻¹∇θ L‖² instead (``newton``, :mod:`sslpoison.attacks.newton`), which
 also counts the directions the victim's weak L2 penalty barely curves.
 
-θ* comes from GradPC (:class:`~sslpoison.attacks.target.TargetConfig`), by default at the
-largest radius that gradient canceling in feature space reaches (``radius: auto``). The
+θ* comes from GradPC (:class:`~sslpoison.attacks.target_head.TargetHeadConfig`), by default at
+the largest radius that gradient canceling in feature space reaches (``radius: auto``). The
 authors' code starts the poisons from the first ε·N training points with their true labels
 and takes plain gradient steps with a cosine-annealed size; here Adam (cosine) through the
 engine, from seeded copies.
@@ -26,7 +26,7 @@ from sslpoison.attacks.indiscriminate import TARGET_METRICS, Crafted, Indiscrimi
 from sslpoison.attacks.label_flip import pick_base
 from sslpoison.attacks.linear_victim import LinearVictim, confused_labels, raw_head
 from sslpoison.attacks.optimise import optimise_poisons, quantise
-from sslpoison.attacks.target import GCObjective, TargetConfig, choose_target, gc_loss
+from sslpoison.attacks.target_head import GCObjective, TargetHeadConfig, choose_target, gc_loss
 from sslpoison.configbase import Config
 from sslpoison.data.augment import to_float
 from sslpoison.data.imageset import ImageSet
@@ -67,7 +67,7 @@ class GCConfig(IndiscriminateAttack, PoisonLabels):
     ``linf``: optional L∞ budget around each base image."""
 
     name: Literal["gc"] = "gc"
-    target: TargetConfig = Field(default_factory=lambda: TargetConfig(radius="auto"))
+    target: TargetHeadConfig = Field(default_factory=lambda: TargetHeadConfig(radius="auto"))
     objective: GCObjective = "newton"
     steps: PositiveInt = 300
     lr: PositiveFloat = 0.01

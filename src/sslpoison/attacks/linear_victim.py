@@ -146,7 +146,8 @@ def refit_bias(head: nn.Linear, x: torch.Tensor, labels: torch.Tensor) -> nn.Lin
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
-    head = nn.Linear(weight.shape[1], weight.shape[0]).to(weight.device, weight.dtype)
+    d, k = weight.shape[1], weight.shape[0]
+    head = nn.utils.skip_init(nn.Linear, d, k, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         head.weight.copy_(weight)
         head.bias.copy_(bias)

@@ -5,8 +5,8 @@
 * :func:`patch_subset` — paste a trigger patch onto a seeded draw of images of a pool.
 
 Not to be confused with :mod:`sslpoison.attacks.targets` (an encoder attack's backdoor
-targets and their reference images) nor :mod:`sslpoison.attacks.target` (the GradPC target
-head of the indiscriminate attacks).
+targets and their reference images) nor :mod:`sslpoison.attacks.target_head` (the GradPC
+target head of the indiscriminate attacks).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ Gong, S&P 2022; shared by any encoder attack that aims at a class through refere
 * :func:`choose_references` — the references, picked from the pool with the clean encoder:
   the core of the class (:func:`core_order`) or a seeded draw.
 
-Not to be confused with :mod:`sslpoison.attacks.target` (singular): the target *head*
-parameters θ* (GradPC) of the indiscriminate downstream-data attacks.
+Not to be confused with :mod:`sslpoison.attacks.target_head`: the target *head* parameters θ*
+(GradPC) of the indiscriminate downstream-data attacks.
 """
 
 from __future__ import annotations

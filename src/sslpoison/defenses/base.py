@@ -58,10 +58,10 @@ from sslpoison.eval.metrics import (
 from sslpoison.eval.rows import Metric, Row
 from sslpoison.hooks import CheckContext, Hook, Measured
 from sslpoison.models.backbone import BackboneConfig
-from sslpoison.poisoning import Filtered
+from sslpoison.poisoning import Filtered, Sanitized
 from sslpoison.train.engine import FitResult, TrainConfig
 from sslpoison.train.optim import OptimConfig
-from sslpoison.utils import module_device
+from sslpoison.utils import module_device, seeded
 
 if TYPE_CHECKING:
     from sslpoison.ssl.pretrain import PretrainConfig
@@ -281,16 +281,6 @@ class PretrainingDataDefense(DefenseConfig, abc.ABC):
         })})  # fmt: skip
 
 
-@dataclass
-class Sanitized:
-    """What a downstream-data defense makes of a labelled training set of N points: the
-    points it keeps (N bool) and the labels they train with (N int64; relabelled points
-    differ from the given labels)."""
-
-    kept: torch.Tensor
-    labels: torch.Tensor
-
-
 class DownstreamDataDefense(DefenseConfig, abc.ABC):
     """A countermeasure the victim of a downstream-data attack runs on its labelled training
     set, in the encoder's feature space, before training its head. It does not know which
@@ -363,7 +353,7 @@ def reinitialise(module: nn.Module, seed: int) -> nn.Module:
     """A deep copy of ``module`` with every learnable weight drawn afresh from ``seed``.
 
     Each submodule's ``reset_parameters()`` is called (children before parents) under
-    ``torch.random.fork_rng`` seeded with ``seed``, on the CPU, so the weights depend on the
+    ``seed`` (:func:`~sslpoison.utils.seeded`), on the CPU, so the weights depend on the
     seed alone (not on the device, nor on the global RNG, which is left untouched).
     BatchNorm running statistics are reset by BatchNorm's own ``reset_parameters``. Buffers
     that are not statistics (e.g. the input normalisation of
@@ -383,8 +373,7 @@ def reinitialise(module: nn.Module, seed: int) -> nn.Module:
     device = first.device if first is not None else torch.device("cpu")
     fresh.cpu()
     covered: set[int] = set()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         for m in _reset_order(fresh):
             reset = getattr(m, "reset_parameters", None)
             if callable(reset):
@@ -459,8 +448,7 @@ def width_adapter(
     student.train(was)
     if d_s == d_t:
         return None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return nn.Linear(d_s, d_t).to(module_device(teacher))
 
 
@@ -473,8 +461,7 @@ def _student_of(arch: BackboneConfig, teacher: nn.Module, seed: int, size: int |
     if hasattr(teacher, "mean") and hasattr(teacher, "std"):
         given = {"mean": teacher.mean.flatten().tolist(), "std": teacher.std.flatten().tolist()}
     channels = int(getattr(teacher, "in_channels", 3))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         student = build_encoder(arch, channels, size, **given)
     return student.to(module_device(teacher)).requires_grad_(True).train()
 

@@ -67,7 +67,7 @@ from sslpoison.models.backbone import BackboneConfig
 from sslpoison.ssl.moco import enqueue, gather_keys
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
-from sslpoison.utils import frozen
+from sslpoison.utils import frozen, seeded
 
 log = logging.getLogger(__name__)
 
@@ -281,8 +281,7 @@ class DistillTask(nn.Module):
 
 
 def _seeded_linear(d_in: int, d_out: int, seed: int) -> nn.Linear:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return nn.Linear(d_in, d_out)
 
 

@@ -38,7 +38,7 @@ from sslpoison.models import backbone_parameters, build_backbone
 from sslpoison.ssl import METHODS
 from sslpoison.ssl.pretrain import AugmentConfig, PretrainConfig, train_backbone
 from sslpoison.train.engine import TrainConfig
-from sslpoison.utils import frozen
+from sslpoison.utils import frozen, seeded
 
 
 class FinetuneConfig(EncoderDefense):
@@ -101,16 +101,16 @@ def run_finetune(
     device = next(encoder.parameters()).device
     student = copy.deepcopy(encoder) if start is None else start
     student.requires_grad_(True).train()
-    torch.manual_seed(seed)  # the fresh projection head
-    student, result = train_backbone(
-        student,
-        clean,
-        cfg.training(),
-        seed=seed,
-        device=device,
-        checkpoint_dir=checkpoint_dir,
-        desc=cfg.name,
-    )
+    with seeded(seed):  # the fresh projection head
+        student, result = train_backbone(
+            student,
+            clean,
+            cfg.training(),
+            seed=seed,
+            device=device,
+            checkpoint_dir=checkpoint_dir,
+            desc=cfg.name,
+        )
     return Defended(student.eval(), result, {"method": cfg.method})
 
 
@@ -182,7 +182,8 @@ def prune_dormant(
     order = [c for c in activity.argsort().tolist() if c not in already]
     count = round(share * activity.numel())
     chosen = sorted(already | set(order[: max(0, count - len(already))]))
-    pruned = build_backbone(card["arch"], **{**card["args"], "pruned": chosen})
+    with seeded():  # its fresh weights are overwritten: leave the global RNG as it was
+        pruned = build_backbone(card["arch"], **{**card["args"], "pruned": chosen})
     pruned.load_state_dict(encoder.state_dict())
     if "source" in card:
         pruned.card["source"] = card["source"]

@@ -63,9 +63,10 @@ from sslpoison.models.backbone import BackboneConfig
 from sslpoison.models.heads import mlp_head
 from sslpoison.ssl.pretrain import AugmentConfig
 from sslpoison.ssl.simclr import nt_xent
+from sslpoison.train.checkpoint import set_rng_state
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
-from sslpoison.utils import frozen
+from sslpoison.utils import frozen, seeded
 
 #: The stages whose attention maps are matched (ResNet ``layer1`` … ``layer4``).
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -198,8 +199,7 @@ def mi_lower_bound(
         checkpoint_every=0,
         progress=progress,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         critic = Critic(maps.shape[1], reps.shape[1], cfg.hidden).to(reps.device)
     batches = TensorBatches(maps, reps, batch_size=train.batch_size, seed=seed)
     fit(CriticTask(critic), batches, train, seed=seed, desc="mimic MI critic")
@@ -366,8 +366,7 @@ def run_mimic(
         probe = teacher if cfg.mi.network == "teacher" else student
         mi = estimate_mi(probe, images, cfg.mi, seed=seed, progress=cfg.train.progress)
         weights = attention_weights(mi, cfg.attention_base, cfg.attention_scale)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             dim = int(student.feature_dim)
             projector = mlp_head(dim, dim, cfg.proj_dim)
         task = MimicTask(
@@ -387,7 +386,8 @@ def run_mimic(
         result = fit(
             task, batches, cfg.train, seed=seed, checkpoint_dir=checkpoint_dir, desc="mimic"
         )
-        with torch.no_grad():
+        with seeded(), torch.no_grad():
+            set_rng_state(result.rng)  # the views continue the training's draws
             terms = task.eval().terms(images[: cfg.train.batch_size])
     record: dict[str, Any] = {
         "student_arch": arch_of(student),

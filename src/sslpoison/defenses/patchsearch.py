@@ -59,7 +59,7 @@ from sslpoison.poisoning import Filtered
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
 from sslpoison.triggers import paste_patches
-from sslpoison.utils import module_device
+from sslpoison.utils import module_device, seeded
 
 log = logging.getLogger(__name__)
 
@@ -353,10 +353,10 @@ def poison_classifier(
     for member in range(cfg.models):
         draw = pool[torch.randperm(pool.numel(), generator=g)]
         draw = draw.repeat(math.ceil(wanted / max(1, draw.numel())))[:wanted]
-        torch.manual_seed(seed + 7919 * (member + 1))
-        backbone = build_encoder(cfg.backbone, data.channels)
-        model = nn.Sequential(backbone, nn.Linear(int(backbone.feature_dim), 2)).to(device)
-        task = _PoisonTask(model, windows, cfg, data.image_size, data.channels).to(device)
+        with seeded(seed + 7919 * (member + 1)):
+            backbone = build_encoder(cfg.backbone, data.channels)
+            model = nn.Sequential(backbone, nn.Linear(int(backbone.feature_dim), 2)).to(device)
+            task = _PoisonTask(model, windows, cfg, data.image_size, data.channels).to(device)
         batches = TensorBatches(
             data.images[draw.to(data.device)].to(device),
             batch_size=cfg.train.batch_size, seed=seed + member,

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+import torch
 import torch.nn as nn
 
 from sslpoison.data.imageset import ImageSet
@@ -23,11 +24,27 @@ from sslpoison.eval.features import FeatureCache
 from sslpoison.eval.rows import ATTACKED, CLEAN, Evaluation
 from sslpoison.eval.zero_shot import evaluate_zero_shot
 from sslpoison.models.text import Tokenizer
-from sslpoison.poisoning import BackdoorTarget, Filtered, PoisonedSet
+from sslpoison.poisoning import BackdoorTarget, Filtered, PoisonedSet, Sanitized
 from sslpoison.ssl.clip import CLIP
 
-if TYPE_CHECKING:
-    from sslpoison.defenses.base import DownstreamDataDefense
+
+class Sanitizer(Protocol):
+    """A downstream-data defense as the evaluation sees it (a
+    :class:`~sslpoison.defenses.base.DownstreamDataDefense`, which sits above it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def reference_count(self) -> int | float | None: ...
+
+    def relabels(self) -> bool: ...
+
+    def sanitize(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> Sanitized: ...
 
 
 @dataclass
@@ -59,7 +76,7 @@ class Outcome:
     features: FeatureCache
     seed: int = 0
     filtered: dict[str, Filtered] = field(default_factory=dict)
-    downstream_defenses: list[DownstreamDataDefense] = field(default_factory=list)
+    downstream_defenses: list[Sanitizer] = field(default_factory=list)
 
 
 def evaluate(
@@ -97,4 +114,4 @@ def evaluate(
     return evaluation
 
 
-__all__ = ["Outcome", "evaluate"]
+__all__ = ["Outcome", "Sanitizer", "evaluate"]

@@ -19,6 +19,7 @@ from sslpoison.eval.features import extract_features
 from sslpoison.eval.metrics import accuracy
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
+from sslpoison.utils import seeded
 
 
 def finetune_training() -> TrainConfig:
@@ -62,8 +63,7 @@ def finetune(
     it was."""
     cfg = cfg or finetune_training()
     device = next(encoder.parameters()).device
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = Classifier(copy.deepcopy(encoder).requires_grad_(True), train.num_classes)
     model = model.to(device)
     batches = TensorBatches(

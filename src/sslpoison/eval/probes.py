@@ -29,6 +29,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from sslpoison.configbase import Config
 from sslpoison.train.engine import TensorBatches, TrainConfig, fit
 from sslpoison.train.optim import OptimConfig
+from sslpoison.utils import seeded
 
 
 class ProbeConfig(Config):
@@ -120,7 +121,7 @@ def fit_logistic(
 
     Minimises mean cross-entropy + ``l2``·‖W‖² (bias not penalised). ``init`` warm-starts.
     """
-    head = nn.Linear(x.shape[1], num_classes).to(x.device, x.dtype)
+    head = nn.utils.skip_init(nn.Linear, x.shape[1], num_classes, device=x.device, dtype=x.dtype)
     with torch.no_grad():
         if init is not None:
             head.load_state_dict(init.state_dict())
@@ -191,13 +192,13 @@ def _mlp_probe(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeConfig, seed: int
 ) -> Probe:
     mean, std = feature_scaling(features, cfg.normalize)
-    torch.manual_seed(seed)
-    head = nn.Sequential(
-        nn.Linear(features.shape[1], cfg.hidden),
-        nn.ReLU(inplace=True),
-        nn.Dropout(cfg.dropout),
-        nn.Linear(cfg.hidden, num_classes),
-    )
+    with seeded(seed):
+        head = nn.Sequential(
+            nn.Linear(features.shape[1], cfg.hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, num_classes),
+        )
     probe = Probe(mean, std, head, cfg.normalize == "l2").to(features.device)
     batch = min(cfg.batch_size, features.shape[0])
     steps_per_epoch = features.shape[0] // batch

@@ -75,7 +75,7 @@ from sslpoison.ssl.clip import CLIP
 from sslpoison.ssl.pretrain import PretrainConfig
 from sslpoison.train import dist
 from sslpoison.train.tracker import tracking
-from sslpoison.utils import resolve_device
+from sslpoison.utils import resolve_device, seeded
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,9 @@ def random_encoder(
     device: torch.device,
     size: int | None = None,
 ) -> nn.Module:
-    """The untrained baseline: ``backbone`` drawn from ``seed`` (the global RNG's)."""
-    torch.manual_seed(seed)
-    return build_encoder(backbone, channels, size).to(device)
+    """The untrained baseline: ``backbone`` drawn from ``seed``."""
+    with seeded(seed):
+        return build_encoder(backbone, channels, size).to(device)
 
 
 def given_encoder(cfg: ExperimentConfig, device: torch.device) -> LoadedEncoder | None:

@@ -23,6 +23,7 @@ from sslpoison.models.text import TextConfig, Tokenizer
 from sslpoison.ssl import IMAGE_TEXT_METHODS, METHODS, SSLMethod
 from sslpoison.ssl.clip import CLIP, CLIPConfig, CLIPTask, clip_augment
 from sslpoison.train.engine import FitResult, TensorBatches, TrainConfig, fit
+from sslpoison.utils import seeded
 
 
 class AugmentConfig(Config):
@@ -116,11 +117,11 @@ def pretrain(
     Returns the trained backbone (on ``device``) and the engine's result. Resumes from
     ``checkpoint_dir`` when a checkpoint is there.
     """
-    torch.manual_seed(seed)
-    backbone = build_encoder(cfg.backbone, data.channels, data.image_size)
-    return train_backbone(
-        backbone, data, cfg, seed=seed, device=device, checkpoint_dir=checkpoint_dir
-    )
+    with seeded(seed):  # the backbone, then the method's heads
+        backbone = build_encoder(cfg.backbone, data.channels, data.image_size)
+        return train_backbone(
+            backbone, data, cfg, seed=seed, device=device, checkpoint_dir=checkpoint_dir
+        )
 
 
 def train_backbone(
@@ -135,14 +136,16 @@ def train_backbone(
 ) -> tuple[nn.Module, FitResult]:
     """Train ``backbone`` (in place, from its current weights) on ``data`` with ``cfg.method``,
     ``cfg.augment`` and ``cfg.train``; ``cfg.backbone`` is not used. The method's heads are
-    fresh (drawn from the global RNG) and are dropped afterwards.
+    fresh (drawn from the global RNG as the caller left it; it is put back after) and are
+    dropped afterwards.
 
     :func:`pretrain` starts it from a fresh backbone; the fine-tuning defenses start it from
     a suspect encoder. Returns (``backbone`` on ``device``, the engine's result).
     """
     device = torch.device(device)
-    method = METHODS[cfg.method](backbone, **cfg.checked_method_args())
-    views = cfg.augment.build(method.augmentation, data.image_size, data.channels)
+    with seeded():
+        method = METHODS[cfg.method](backbone, **cfg.checked_method_args())
+        views = cfg.augment.build(method.augmentation, data.image_size, data.channels)
     task = PretrainTask(method, views).to(device)
     data = data.to(device)
     batches = TensorBatches(
@@ -165,8 +168,8 @@ def build_clip(
     """A fresh CLIP model for ``data``'s image–caption pairs, as ``pretrain.method: clip``
     builds it: the tokenizer from ``data.captions`` (streamed pairs: from their captions'
     word counts, the same vocabulary), the image tower ``cfg.backbone``, the text tower
-    ``cfg.text``, ``cfg.method_args`` the rest of :class:`CLIPConfig`; weights drawn after
-    ``torch.manual_seed(seed)``."""
+    ``cfg.text``, ``cfg.method_args`` the rest of :class:`CLIPConfig`; weights drawn from
+    ``seed``."""
     streamed = isinstance(data, PairStream)
     if not streamed and data.captions is None:
         raise ValueError(
@@ -177,8 +180,8 @@ def build_clip(
         tokenizer = cfg.text.tokenizer_from_counts(data.words)
     else:
         tokenizer = cfg.text.build_tokenizer(data.captions)
-    torch.manual_seed(seed)
-    return model_cfg.build(tokenizer, data.channels, data.image_size), tokenizer
+    with seeded(seed):
+        return model_cfg.build(tokenizer, data.channels, data.image_size), tokenizer
 
 
 def clip_views(data: ImageSet | PairStream, cfg: PretrainConfig) -> nn.Module | None:

@@ -49,6 +49,7 @@ from sslpoison.train.checkpoint import (
 from sslpoison.train.optim import OptimConfig, build_optimizer, lr_factor
 from sslpoison.train.precision import AmpSetting, Precision, explain_precision, resolve_precision
 from sslpoison.train.tracker import epoch_loggers
+from sslpoison.utils import seeded
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,9 @@ class FitResult:
     steps: int = 0
     resumed_from: int | None = None
     precision: Precision = "fp32"
+    #: The training's random state when it ended (:func:`~sslpoison.train.checkpoint.rng_state`;
+    #: the global one is put back): a draw that continues it sets it inside ``seeded()``.
+    rng: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
 
 def ema_momentum(base: float, final: float, step: int, total: int) -> float:
@@ -196,7 +200,8 @@ def fit(
             from shards: :class:`~sslpoison.data.shards.StreamBatches`).
         cfg: the optimizer, schedule and loop settings.
         seed: seeds the global RNG (used by kornia augmentation) at the start of a fresh run;
-            a resumed run restores the RNG state saved in the checkpoint instead.
+            a resumed run restores the RNG state saved in the checkpoint instead. Either way
+            the global RNG is put back as it was when training ends.
         checkpoint_dir: where checkpoints go; a complete one there is resumed from.
         desc: label of the progress bar.
         on_epoch_end: callbacks ``(epoch, mean_loss)`` run after each epoch's checkpoint
@@ -204,6 +209,20 @@ def fit(
 
     Returns: per-epoch losses and throughput. ``task`` holds the trained weights.
     """
+    with seeded(device=next(task.parameters()).device):
+        return _train(task, data, cfg, seed, checkpoint_dir, desc, on_epoch_end)
+
+
+def _train(
+    task: nn.Module,
+    data: TensorBatches | Any,
+    cfg: TrainConfig,
+    seed: int,
+    checkpoint_dir: str | Path | None,
+    desc: str,
+    on_epoch_end: Sequence[EpochCallback],
+) -> FitResult:
+    """:func:`fit`, in a random state of its own."""
     device = next(task.parameters()).device
     on_epoch_end = [*on_epoch_end, *epoch_loggers(desc)]
     if cfg.channels_last:
@@ -310,4 +329,5 @@ def fit(
     result.seconds = time.perf_counter() - t0
     result.steps = total
     result.samples_per_s = seen / max(1e-9, result.seconds)
+    result.rng = rng_state()
     return result

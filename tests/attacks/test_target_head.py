@@ -7,12 +7,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sslpoison.attacks import target as target_module
+from sslpoison.attacks import target_head
 from sslpoison.attacks.linear_victim import LinearVictim, gradpc
 from sslpoison.attacks.newton import NewtonDistance
-from sslpoison.attacks.target import (
+from sslpoison.attacks.target_head import (
     RadiusSearch,
-    TargetConfig,
+    TargetHeadConfig,
     choose_target,
     gc_in_features,
     head_distance,
@@ -79,7 +79,7 @@ def test_feature_space_gc_moves_the_retrained_head_onto_the_target():
     features, labels, victim = toy()
     x = victim.standardise(features)
     head = victim.fit(x, labels)
-    target = target_at(head, x, labels, 0.1, TargetConfig(), seed=0)
+    target = target_at(head, x, labels, 0.1, TargetHeadConfig(), seed=0)
     base = torch.arange(0, 300, 10)  # 30 poisons, 10 % of the set, with their true labels
     runs = {}
     for objective in ("newton", "gradient"):
@@ -108,7 +108,7 @@ def test_the_radius_search_finds_the_reachability_threshold_by_bisection(monkeyp
 
     def fake_retrain(self, x, labels, poisons, poison_labels):
         radius = tried[-1]
-        goal = target_at(head, x, labels, radius, TargetConfig(), 0)
+        goal = target_at(head, x, labels, radius, TargetHeadConfig(), 0)
         share = 0.1 if radius <= threshold else 0.9  # of the way left from the clean head
         mixed = torch.nn.Linear(x.shape[1], 3).double()
         with torch.no_grad():
@@ -116,10 +116,10 @@ def test_the_radius_search_finds_the_reachability_threshold_by_bisection(monkeyp
             mixed.bias.copy_(goal.bias + share * (head.bias - goal.bias))
         return mixed
 
-    monkeypatch.setattr(target_module, "gc_in_features", fake_gc)
+    monkeypatch.setattr(target_head, "gc_in_features", fake_gc)
     monkeypatch.setattr(LinearVictim, "retrain", fake_retrain)
     search = RadiusSearch(low=0.01, high=1.0, steps=6, gc_steps=1)
-    cfg = TargetConfig(radius="auto", search=search)
+    cfg = TargetHeadConfig(radius="auto", search=search)
     found = choose_target(victim, head, x, labels, x[:9], labels[:9], cfg, seed=0)
     ratio = (1.0 / 0.01) ** (1 / 2**6)  # the bracket after 6 halvings on a log scale
     assert threshold / ratio < found.radius <= threshold

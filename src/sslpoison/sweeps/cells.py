@@ -1,6 +1,6 @@
 """A sweep's cells, each one run, and their status files.
 
-A :class:`Cell` is opaque to the executors (:mod:`sslpoison.experiment.executors`): a name, a
+A :class:`Cell` is opaque to the executors (:mod:`sslpoison.sweeps.executors`): a name, a
 validated config, its folder and the callable that runs it, ``run(config, folder)`` (the CLI
 passes its launcher; a multi-seed run plugs in the same way). :func:`run_cell` runs one where
 it is called — in the sweep's process (``serial``) or in a job's (``local``, ``slurm``) — and
@@ -30,7 +30,7 @@ from typing import Any
 from sslpoison.errors import one_line
 from sslpoison.experiment.cache import file_lock
 from sslpoison.experiment.config import ExperimentConfig
-from sslpoison.experiment.sweep_checks import finished_results
+from sslpoison.sweeps.checks import finished_results
 from sslpoison.utils import atomic_write_json
 
 log = logging.getLogger(__name__)

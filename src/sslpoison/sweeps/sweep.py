@@ -19,11 +19,11 @@ grid keys, ``value`` in each cell — as a table in ``sweep.md`` and ``OUT/sweep
 
 Each run (a *cell*) writes ``OUT/<i>-<key=value,...>/results.json`` like ``sslpoison run``;
 the stage cache shares what the runs have in common (the clean encoder), and the plan
-(:mod:`~sslpoison.experiment.plan`) runs each shared stage once before the other cells. With
+(:mod:`~sslpoison.sweeps.plan`) runs each shared stage once before the other cells. With
 ``seeds`` (or ``sslpoison sweep --seeds``; or ``seeds`` in the base config) each cell is a run
 over seeds (:mod:`~sslpoison.experiment.seeds`: ``seed-<s>/`` folders and their aggregate),
 and the table shows each metric as mean ± std. The cells run one after another, as local
-processes or as SLURM job arrays (:mod:`~sslpoison.experiment.executors`), each keeping
+processes or as SLURM job arrays (:mod:`~sslpoison.sweeps.executors`), each keeping
 ``OUT/status/<cell>.json``. ``OUT/sweep.json`` and ``OUT/sweep.md`` — a row per cell, those
 without results marked — are rewritten as cells end; a failed cell does not stop the others
 (:class:`SweepIncomplete` at the end), and a sweep started again runs only the cells without
@@ -47,16 +47,16 @@ from pydantic import Field, ValidationError
 
 from sslpoison.configbase import Config, format_validation_error
 from sslpoison.errors import UserError
-from sslpoison.experiment.cells import Cell
 from sslpoison.experiment.config import (
     ConfigError,
     ExperimentConfig,
     apply_overrides,
     load_config,
 )
-from sslpoison.experiment.executors import ExecutorConfig, Outcome
 from sslpoison.experiment.results import Results
-from sslpoison.experiment.sweep_checks import MetricCheck, claim_sweep_folder, finished_results
+from sslpoison.sweeps.cells import Cell
+from sslpoison.sweeps.checks import MetricCheck, claim_sweep_folder, finished_results
+from sslpoison.sweeps.executors import ExecutorConfig, Outcome
 from sslpoison.utils import atomic_write_json, atomic_write_text, resolve_device, safe_name
 from sslpoison.yamlio import read_yaml
 
@@ -405,13 +405,13 @@ def run_sweep(
     :func:`~sslpoison.experiment.runner.run_experiment`; the CLI passes its launcher; over the
     cell's seeds where it has them, :func:`~sslpoison.experiment.seeds.run_config`) on
     ``executor`` (default: the sweep's ``executor:``), the stages several cells share first
-    (:mod:`sslpoison.experiment.plan`); write the table; return its rows.
+    (:mod:`sslpoison.sweeps.plan`); write the table; return its rows.
 
     Raises:
         SweepIncomplete: some cells failed (the others ran; the table marks them).
     """
-    from sslpoison.experiment.executors import make_executor
-    from sslpoison.experiment.plan import plan_sweep
+    from sslpoison.sweeps.executors import make_executor
+    from sslpoison.sweeps.plan import plan_sweep
 
     out, executor = Path(out_dir), executor or sweep.executor
     cells, combos = sweep_cells(sweep, base, out, overrides, run)

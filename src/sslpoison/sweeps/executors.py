@@ -18,7 +18,7 @@ line (``--executor``, ``--jobs``, ``--executor-set KEY=VALUE``)::
       setup: [module load cuda/12.4]        # shell lines before each job
       log_dir: null            # default OUT/logs (submitit's job files and logs)
 
-Every executor runs the phases of the sweep's plan (:mod:`sslpoison.experiment.plan`) in order:
+Every executor runs the phases of the sweep's plan (:mod:`sslpoison.sweeps.plan`) in order:
 ``local`` starts the next phase when the last one is done; ``slurm`` submits one job array
 per phase, each after the previous one (``--dependency=afterany``), so the sweep's process
 may end (Ctrl-C) while its jobs go on; started again it waits for the cells still queued or
@@ -49,7 +49,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_va
 
 from sslpoison.configbase import Config
 from sslpoison.errors import ConfigError, one_line
-from sslpoison.experiment.cells import (
+from sslpoison.sweeps.cells import (
     ALIVE,
     Cell,
     append_traceback,

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sslpoison.cli import main
-from sslpoison.experiment.sweep import ReachSpec, combinations, format_reach, run_name
+from sslpoison.sweeps.sweep import ReachSpec, combinations, format_reach, run_name
 
 
 def test_combinations_vary_the_first_key_slowest():

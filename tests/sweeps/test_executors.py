@@ -21,10 +21,10 @@ import yaml
 from fake_slurm import install_fake_slurm, submissions
 
 from sslpoison.cli import launch, main
-from sslpoison.experiment.cells import status_path, status_table, update_status
 from sslpoison.experiment.config import ExperimentConfig
-from sslpoison.experiment.plan import PlannedStage, SweepPlan, plan_sweep
-from sslpoison.experiment.sweep import SweepIncomplete, load_sweep, run_sweep, with_executor
+from sslpoison.sweeps.cells import status_path, status_table, update_status
+from sslpoison.sweeps.plan import PlannedStage, SweepPlan, plan_sweep
+from sslpoison.sweeps.sweep import SweepIncomplete, load_sweep, run_sweep, with_executor
 from tiny_runs import TINY_RUN
 
 SRC = Path(__file__).parents[2] / "src"
@@ -127,7 +127,7 @@ def test_the_executor_section_and_its_command_line_overrides(sweep_file, tmp_pat
 
 def test_local_cells_with_gpus_get_gpus_of_their_own(tmp_path, monkeypatch):
     from sslpoison.errors import ConfigError
-    from sslpoison.experiment.executors import ExecutorConfig, SubmititExecutor
+    from sslpoison.sweeps.executors import ExecutorConfig, SubmititExecutor
 
     class Recorder:
         def update_parameters(self, **params):

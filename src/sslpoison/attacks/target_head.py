@@ -64,8 +64,8 @@ class RadiusSearch(Config):
         return self
 
 
-class TargetConfig(Config):
-    """Target head parameters θ* by GradPC: ``radius`` (the L2 ball's, as a share of ‖θ‖ of
+class TargetHeadConfig(Config):
+    """The target head θ* by GradPC: ``radius`` (the L2 ball's, as a share of ‖θ‖ of
     the clean head; ``auto``: the largest that feature-space gradient canceling reaches, by
     ``search``) and GradPC's ``batch_size``. ``reachable`` (our addition, on by default):
     then re-fit θ*'s bias on the clean set, so that the poisons need not shift the predicted
@@ -79,7 +79,7 @@ class TargetConfig(Config):
 
 
 @dataclass
-class Target:
+class TargetHead:
     """Stage 1's result: the clean ``head`` and the ``target`` θ* (both on standardised
     features), its GradPC ``radius``, facts for the record, and — when the radius was
     searched — the feature-space GC poisons (standardised P×D) that reached it."""
@@ -116,7 +116,7 @@ def target_facts(
 
 
 def target_at(
-    head: nn.Linear, x: torch.Tensor, labels: torch.Tensor, radius: float, cfg: TargetConfig,
+    head: nn.Linear, x: torch.Tensor, labels: torch.Tensor, radius: float, cfg: TargetHeadConfig,
     seed: int,
 ) -> nn.Linear:  # fmt: skip
     """The GradPC target at ``radius`` around the clean ``head`` (bias re-fitted when
@@ -158,8 +158,8 @@ def gc_in_features(
 
 def choose_target(
     victim: LinearVictim, head: nn.Linear, x: torch.Tensor, labels: torch.Tensor,
-    start: torch.Tensor, poison_labels: torch.Tensor, cfg: TargetConfig, seed: int,
-) -> Target:  # fmt: skip
+    start: torch.Tensor, poison_labels: torch.Tensor, cfg: TargetHeadConfig, seed: int,
+) -> TargetHead:  # fmt: skip
     """Stage 1: θ* around the clean ``head`` on standardised ``x`` — at ``cfg.radius``, or,
     for ``auto``, at the largest radius that feature-space GC reaches from the poisons
     ``start`` (P×D) with ``poison_labels`` (:class:`RadiusSearch`)."""
@@ -170,9 +170,9 @@ def choose_target(
             "target: radius %.3g, accuracy on the clean set %.3f (clean head %.3f)",
             cfg.radius, facts["target_train_acc"], facts["clean_head_train_acc"],
         )  # fmt: skip
-        return Target(head, target, cfg.radius, facts)
+        return TargetHead(head, target, cfg.radius, facts)
     search, trials = cfg.search, []
-    found: Target | None = None
+    found: TargetHead | None = None
 
     def attempt(radius: float) -> bool:
         nonlocal found
@@ -193,7 +193,7 @@ def choose_target(
             100 * left, values[0], values[-1],
         )  # fmt: skip
         if reached and (found is None or radius > found.radius):
-            found = Target(head, target, radius, poisons=poisons)
+            found = TargetHead(head, target, radius, poisons=poisons)
         return reached
 
     low, high = search.low, search.high
@@ -204,7 +204,7 @@ def choose_target(
         else:
             high = mid
     if found is None and not attempt(search.low):
-        found = Target(head, target_at(head, x, labels, search.low, cfg, seed), search.low)
+        found = TargetHead(head, target_at(head, x, labels, search.low, cfg, seed), search.low)
         log.info("target search: no radius reached; using the lowest, %.3g", search.low)
     assert found is not None
     found.facts = target_facts(head, found.target, x, labels) | {
@@ -220,8 +220,8 @@ def choose_target(
 __all__ = [
     "GCObjective",
     "RadiusSearch",
-    "Target",
-    "TargetConfig",
+    "TargetHead",
+    "TargetHeadConfig",
     "choose_target",
     "gc_in_features",
     "gc_loss",
