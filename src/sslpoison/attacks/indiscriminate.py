@@ -34,10 +34,10 @@ from sslpoison.attacks.base import DownstreamDataAttack, Measured, Outcome
 from sslpoison.attacks.linear_victim import LinearVictim
 from sslpoison.data.imageset import ImageSet
 from sslpoison.data.pictures import save_rows
-from sslpoison.defenses.base import DownstreamDataDefense
 from sslpoison.errors import warn
 from sslpoison.eval.controls import ACC_DROP, ACC_DROP_NULL
 from sslpoison.eval.downstream import Downstream
+from sslpoison.eval.evaluate import Sanitizer
 from sslpoison.eval.features import extract_features
 from sslpoison.eval.finetune import finetune_accuracy, finetune_training
 from sslpoison.eval.metrics import accuracy, accuracy_drop
@@ -302,7 +302,7 @@ def null_duplicates(crafted: Crafted, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def calibration(
-    defense: DownstreamDataDefense, name: str, outcome: Outcome
+    defense: Sanitizer, name: str, outcome: Outcome
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The clean held-out (features R×D, labels R) ``defense`` calibrates on for dataset
     ``name`` — its ``reference_count()`` images of the train split outside the victim's
