@@ -51,7 +51,7 @@ def long_run(tiny_run, write_yaml, tmp_path):
     """A config whose pre-training checkpoints every epoch for a few seconds, in fp32 on
     every machine (so that in-process and subprocess runs share their stage keys); the
     fixture ``tiny_run`` becomes the same run without ``cache_dir``."""
-    tiny_run["pretrain"]["train"] |= {"epochs": 20, "amp_cpu": False, "checkpoint_every": 1}
+    tiny_run["pretrain"]["train"] |= {"epochs": 10, "amp_cpu": False, "checkpoint_every": 1}
     return write_yaml(tiny_run | {"cache_dir": str(tmp_path / "cache")}, "long.yaml")
 
 

@@ -216,7 +216,7 @@ def test_the_status_table_names_each_state(tmp_path):
 def test_local_jobs_give_the_serial_metrics_and_a_killed_cell_is_the_only_one_run_again(
     sweep_file, tmp_path, monkeypatch, caplog
 ):
-    """The pipeline's end-to-end test. Four cells sharing one pre-training (25 epochs, a
+    """The pipeline's end-to-end test. Four cells sharing one pre-training (12 epochs, a
     checkpoint each) run as two parallel processes (submitit's local executor): the first
     cell computes the shared pre-training alone, before the others start. Killed (SIGKILL)
     mid-training, it is listed as failed with its log; the three others finish (one resumes
@@ -224,7 +224,7 @@ def test_local_jobs_give_the_serial_metrics_and_a_killed_cell_is_the_only_one_ru
     command again runs the killed cell alone. Every cell then has the metrics of the same
     sweep run serially, with a cache of its own."""
     base = copy.deepcopy(BASE)
-    base["pretrain"]["train"] |= {"epochs": 25, "checkpoint_every": 1}
+    base["pretrain"]["train"] |= {"epochs": 12, "checkpoint_every": 1}
     path = sweep_file({"eval.knn.k": [3, 5, 7, 9]}, base=base)
     assert main(["sweep", str(path), "--out", str(tmp_path / "serial")]) == 0
     monkeypatch.setenv("SSLPOISON_CACHE", str(tmp_path / "local-cache"))
